@@ -3,9 +3,17 @@
 //! Two stages, as in ripgrep's flags: [`Config::from_vars`] is a pure
 //! function from `(name, value)` pairs to a validated [`Config`], reporting
 //! every bad variable at once in one [`ConfigError`]; [`Config::from_env`] is
-//! the thin wrapper that feeds it `std::env::vars()`. `Config::default()` is
-//! the embedded mode: HTTP ingest, no Redis, auth `none`, loopback only.
+//! the thin wrapper that feeds it the process environment. `Config::default()`
+//! is the embedded mode: HTTP ingest, no Redis, auth `none`, loopback only.
+//!
+//! One table, `GROUPS`, holds every variable's name, default, meaning and
+//! parser. Parsing and `livecast --help` ([`Config::help`]) both walk it, so
+//! a variable cannot be parsed without being documented; unit tests check the
+//! table against the field docs below and its defaults against `Default`.
+//!
+//! Only `main` calls into this module, once, before any thread is spawned.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -96,9 +104,11 @@ pub struct Config {
     pub reconnect_spread: Duration,
     /// `LIVE_WS_MAX_SUBSCRIPTIONS` (32): subscriptions per connection.
     pub max_subscriptions: usize,
-    /// `LIVE_WS_THREAD_STACK_BYTES` (262144): stack of connection threads.
+    /// `LIVE_WS_THREAD_STACK_BYTES` (262144): stack of connection threads; at
+    /// least 65536, as a smaller stack overflows and aborts the process.
     pub thread_stack_bytes: usize,
-    /// `LIVE_WS_ALLOWED_ORIGINS` (unset): comma list of allowed `Origin`s.
+    /// `LIVE_WS_ALLOWED_ORIGINS` (unset): comma list of allowed `Origin`s,
+    /// each `scheme://host[:port]`, stored lowercased as browsers send them.
     pub allowed_origins: Vec<String>,
     /// `LIVE_AUTH_MODE` (`none`).
     pub auth_mode: AuthMode,
@@ -138,7 +148,9 @@ pub struct Config {
     pub directus_devices_collection: String,
     /// `DIRECTUS_TOKEN` (unset): static token for the device→event map.
     pub directus_token: Option<Secret>,
-    /// `LIVE_AUTH_CACHE_TTL_MS` (30000).
+    /// `LIVE_AUTH_CACHE_TTL_MS` (30000): how long auth decisions are cached;
+    /// 0 disables the cache (every check asks Directus: strict, but a
+    /// reconnect storm then reaches Directus whole).
     pub auth_cache_ttl: Duration,
     /// `LIVE_AUTH_REVALIDATE_MS` (300000).
     pub auth_revalidate: Duration,
@@ -201,6 +213,901 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Builds a validated [`Config`] from `(name, value)` pairs, starting
+    /// from [`Config::default()`].
+    ///
+    /// Pure, so tests can feed it any environment: it reads no file and binds
+    /// nothing (`LIVE_TOKENS_FILE` and `LIVE_DEVICE_EVENT_FILE` are only named
+    /// here; their owners read them at start). Names are case-sensitive, as in
+    /// the environment; unknown names are ignored, because the environment
+    /// holds much that is not ours. Values are trimmed, and an empty value
+    /// counts as unset (`FOO=` in a compose file usually means "not set"), so
+    /// string settings such as `LIVE_STREAM_KEY` can never end up empty. When
+    /// a name appears twice, the last value wins.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] listing every bad variable, not only the first, so
+    /// that an operator fixes them all in one round.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = livecast::Config::from_vars([("LIVE_WS_PORT", "0")]).unwrap();
+    /// assert_eq!(config.ws_port, 0);
+    ///
+    /// let vars = [("LIVE_WS_PORT", "http"), ("PATH", "/bin"), ("LOG_LEVEL", "loud")];
+    /// let err = livecast::Config::from_vars(vars).unwrap_err();
+    /// assert_eq!(err.variables().collect::<Vec<_>>(), ["LIVE_WS_PORT", "LOG_LEVEL"]);
+    /// ```
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut given = HashMap::new();
+        for (name, value) in vars {
+            if let Some(var) = find_var(name.as_ref()) {
+                given.insert(var.name, Raw::Text(value.as_ref().to_owned()));
+            }
+        }
+        build(given)
+    }
+
+    /// [`Config::from_vars`] over the process environment.
+    ///
+    /// Reads `std::env::vars_os()` rather than `vars()`, which panics on a
+    /// value that is not UTF-8: such a value is reported as a bad variable if
+    /// the name is one of ours, and ignored otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_vars`].
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut given = HashMap::new();
+        for (name, value) in std::env::vars_os() {
+            // A name that is not UTF-8 cannot be one of ours: all are ASCII.
+            let Some(var) = name.to_str().and_then(find_var) else { continue };
+            let raw = value.into_string().map_or(Raw::NotUnicode, Raw::Text);
+            given.insert(var.name, raw);
+        }
+        build(given)
+    }
+
+    /// The text `livecast --help` prints: what livecast is, its usage, and
+    /// every variable with its default and meaning, grouped by component.
+    ///
+    /// Generated from the same table that [`Config::from_vars`] parses with,
+    /// so a variable cannot be recognised without being documented here.
+    pub fn help() -> String {
+        let mut out = format!(
+            "livecast {version}: live GPS positions over WebSocket.\n\
+             \n\
+             livecast pushes the live positions of tracked devices to dashboard\n\
+             clients. Positions come from a Redis Stream (REDIS_URL) and/or from\n\
+             POST /ingest on the HTTP port; a client subscribes to an event, gets\n\
+             the latest position of each of its devices, then every new one as it\n\
+             arrives. The HTTP port also serves /metrics, /healthz, /readyz,\n\
+             /debug/connections and a built-in dashboard at /.\n\
+             \n\
+             Usage: livecast [--help]\n\
+             \n\
+             There are no other arguments and no configuration file: livecast is\n\
+             configured by the environment variables below only. Values are\n\
+             trimmed, and an empty value counts as unset. *_MS values are whole\n\
+             milliseconds. Every invalid variable is reported at once, and\n\
+             livecast then exits with code 2 before binding any port. SIGTERM or\n\
+             SIGINT stops it gracefully.\n",
+            version = env!("CARGO_PKG_VERSION"),
+        );
+        for group in GROUPS {
+            out.push('\n');
+            out.push_str(group.title);
+            out.push_str(":\n");
+            for var in group.vars {
+                let default = match var.default {
+                    HelpDefault::Is(value) => format!("={value}"),
+                    HelpDefault::Unset => " (unset)".to_owned(),
+                    HelpDefault::Computed(how) => format!(" (default: {how})"),
+                };
+                let secret = if var.secret { " [secret: never logged]" } else { "" };
+                out.push_str(&format!("  {}{default}{secret}\n      {}\n", var.name, var.meaning));
+            }
+        }
+        out
+    }
+}
+
+/// Every bad variable found by [`Config::from_vars`] or [`Config::from_env`].
+///
+/// `Display` prints `invalid configuration:` and then one indented line per
+/// bad variable, `NAME="value": what was expected`, in the order of
+/// `livecast --help`. The values of secrets (`INGEST_TOKEN`, `DIRECTUS_TOKEN`,
+/// `REDIS_URL`) show as `NAME=<redacted>`, in `Debug` as well, so the error
+/// is safe to print and log as is.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// At least one; in table order, cross-variable rules last.
+    problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    /// The names of the bad variables, in the order they are printed (one
+    /// name may appear twice if it breaks two rules).
+    pub fn variables(&self) -> impl Iterator<Item = &str> {
+        self.problems.iter().map(|problem| problem.variable)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid configuration:")?;
+        for problem in &self.problems {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One bad variable.
+#[derive(Debug)]
+struct Problem {
+    /// The variable's name, taken from the table.
+    variable: &'static str,
+    /// How much of the value the message may show.
+    value: Shown,
+    /// What was expected, lowercase, with a hint where one helps.
+    reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.variable)?;
+        match &self.value {
+            // `{:?}` quotes and escapes: a value holding a newline cannot
+            // forge an extra line of the message.
+            Shown::Value(value) => write!(f, "={value:?}")?,
+            Shown::Redacted => f.write_str("=<redacted>")?,
+            Shown::NotUnicode => f.write_str("=<not UTF-8>")?,
+            Shown::Nothing => {}
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// How a [`Problem`] shows the offending value.
+#[derive(Debug)]
+enum Shown {
+    /// The trimmed value, cut to [`MAX_SHOWN_CHARS`]: not a secret.
+    Value(String),
+    /// A secret: the message names the variable only.
+    Redacted,
+    /// Not UTF-8 (only [`Config::from_env`] can see such a value).
+    NotUnicode,
+    /// A missing variable, or a rule about several variables.
+    Nothing,
+}
+
+/// Longest value a message repeats: enough to recognise it, short enough
+/// that a pasted blob does not bury the other problems.
+const MAX_SHOWN_CHARS: usize = 80;
+
+impl Shown {
+    /// The value, cut to [`MAX_SHOWN_CHARS`].
+    fn value(text: &str) -> Shown {
+        if text.chars().count() <= MAX_SHOWN_CHARS {
+            Shown::Value(text.to_owned())
+        } else {
+            let mut cut: String = text.chars().take(MAX_SHOWN_CHARS).collect();
+            cut.push_str("...");
+            Shown::Value(cut)
+        }
+    }
+}
+
+/// A value as read from the environment.
+#[derive(Debug)]
+enum Raw {
+    /// UTF-8 text, not yet trimmed.
+    Text(String),
+    /// Bytes that are not UTF-8.
+    NotUnicode,
+}
+
+/// Applies the given values over the defaults, then the rules that involve
+/// several variables.
+fn build(mut given: HashMap<&'static str, Raw>) -> Result<Config, ConfigError> {
+    let mut config = Config::default();
+    let mut problems = Vec::new();
+    // Walk the table, not the input, so problems come out in help order.
+    for var in all_vars() {
+        let Some(raw) = given.remove(var.name) else { continue };
+        let text = match &raw {
+            Raw::Text(text) => text.trim(),
+            Raw::NotUnicode => {
+                problems.push(Problem {
+                    variable: var.name,
+                    value: Shown::NotUnicode,
+                    reason: "expected UTF-8 text".to_owned(),
+                });
+                continue;
+            }
+        };
+        if text.is_empty() {
+            continue;
+        }
+        if let Err(reason) = (var.apply)(&mut config, text) {
+            let value = if var.secret { Shown::Redacted } else { Shown::value(text) };
+            problems.push(Problem { variable: var.name, value, reason });
+        }
+    }
+    check_combinations(&config, &mut problems);
+    if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
+}
+
+/// Rules about several variables at once.
+///
+/// A rule is skipped when one of its inputs is already reported as bad: that
+/// input still holds its default, and judging the default would add a
+/// confusing second message about a value the operator never wrote.
+fn check_combinations(config: &Config, problems: &mut Vec<Problem>) {
+    let failed: Vec<&str> = problems.iter().map(|problem| problem.variable).collect();
+    let sound = |names: &[&str]| names.iter().all(|name| !failed.contains(name));
+
+    if config.auth_mode == AuthMode::Tokens
+        && config.tokens_file.is_none()
+        && sound(&["LIVE_AUTH_MODE", "LIVE_TOKENS_FILE"])
+    {
+        problems.push(Problem {
+            variable: "LIVE_TOKENS_FILE",
+            value: Shown::Nothing,
+            reason: "required when LIVE_AUTH_MODE=tokens: set it to the path of the JSON \
+                     token file"
+                .to_owned(),
+        });
+    }
+    if config.auth_mode == AuthMode::Directus
+        && config.directus_base_url.is_none()
+        && sound(&["LIVE_AUTH_MODE", "DIRECTUS_BASE_URL"])
+    {
+        problems.push(Problem {
+            variable: "DIRECTUS_BASE_URL",
+            value: Shown::Nothing,
+            reason: "required when LIVE_AUTH_MODE=directus: set it to the Directus URL, e.g. \
+                     https://directus.example.com"
+                .to_owned(),
+        });
+    }
+    // SPEC §5: mode `none` lets anyone subscribe to anything, which is only
+    // acceptable when nobody but this host can connect, or when the operator
+    // says so explicitly.
+    if config.auth_mode == AuthMode::None
+        && !config.auth_allow_insecure
+        && !config.ws_host.to_canonical().is_loopback()
+        && sound(&["LIVE_AUTH_MODE", "LIVE_WS_HOST", "LIVE_AUTH_ALLOW_INSECURE"])
+    {
+        problems.push(Problem {
+            variable: "LIVE_AUTH_MODE",
+            value: Shown::Nothing,
+            reason: format!(
+                "mode none (the default) lets anyone subscribe to any event, but \
+                 LIVE_WS_HOST={} is not a loopback address; set LIVE_AUTH_MODE=tokens or \
+                 directus, or LIVE_WS_HOST=127.0.0.1, or LIVE_AUTH_ALLOW_INSECURE=1 to \
+                 accept anonymous access from the network",
+                config.ws_host
+            ),
+        });
+    }
+    // Caught here because SPEC §7 wants every bad value reported before any
+    // port is bound, rather than as an "address in use" from the second bind.
+    let overlap = config.ws_host == config.http_host
+        || config.ws_host.is_unspecified()
+        || config.http_host.is_unspecified();
+    if config.http_port != 0
+        && config.http_port == config.ws_port
+        && overlap
+        && sound(&["LIVE_WS_HOST", "LIVE_WS_PORT", "HTTP_HOST", "HTTP_PORT"])
+    {
+        problems.push(Problem {
+            variable: "HTTP_PORT",
+            value: Shown::value(&config.http_port.to_string()),
+            reason: "same port and address as LIVE_WS_PORT; the HTTP and WebSocket listeners \
+                     need different ports"
+                .to_owned(),
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The table.
+// ---------------------------------------------------------------------------
+
+/// A heading of `livecast --help` and its variables.
+#[derive(Debug)]
+struct Group {
+    /// The heading.
+    title: &'static str,
+    /// The variables under it, in help order.
+    vars: &'static [Var],
+}
+
+/// One environment variable: the single place that knows its name, default,
+/// meaning and how to parse it.
+#[derive(Debug)]
+struct Var {
+    /// Exact name, case-sensitive as the environment is.
+    name: &'static str,
+    /// The default, as help shows it. A unit test checks that the `Is`
+    /// values parse to `Config::default()`.
+    default: HelpDefault,
+    /// One line for help: what it does and when to change it.
+    meaning: &'static str,
+    /// Whether the value must never appear in messages.
+    secret: bool,
+    /// Parses a trimmed, non-empty value into its field; the error says what
+    /// was expected and must not repeat the value (the caller shows it when
+    /// the variable is not secret).
+    apply: Apply,
+}
+
+/// Parses a trimmed, non-empty value into its field of the config.
+type Apply = fn(&mut Config, &str) -> Result<(), String>;
+
+/// A default as help shows it.
+#[derive(Debug, Clone, Copy)]
+enum HelpDefault {
+    /// This exact value, which parses to the field's `Default`.
+    Is(&'static str),
+    /// The field is `None` or empty unless the variable is set.
+    Unset,
+    /// Computed at start; the text says how.
+    Computed(&'static str),
+}
+
+impl Var {
+    /// A variable whose value may be quoted in messages.
+    const fn new(
+        name: &'static str,
+        default: HelpDefault,
+        meaning: &'static str,
+        apply: Apply,
+    ) -> Var {
+        Var { name, default, meaning, secret: false, apply }
+    }
+
+    /// A secret: unset by default, its value never quoted.
+    const fn secret(name: &'static str, meaning: &'static str, apply: Apply) -> Var {
+        Var { name, default: HelpDefault::Unset, meaning, secret: true, apply }
+    }
+}
+
+// Short names for the table's `default` column.
+use HelpDefault::{Computed, Is, Unset};
+
+/// Every variable livecast reads, grouped as `livecast --help` prints them.
+const GROUPS: &[Group] = &[
+    Group {
+        title: "WebSocket listener",
+        vars: &[
+            Var::new(
+                "LIVE_WS_HOST",
+                Is("127.0.0.1"),
+                "Address of the WebSocket listener: an IP address or localhost.",
+                |c, v| set(&mut c.ws_host, host(v)),
+            ),
+            Var::new(
+                "LIVE_WS_PORT",
+                Is("8080"),
+                "Port of the WebSocket listener; 0 picks a free port.",
+                |c, v| set(&mut c.ws_port, port(v)),
+            ),
+            Var::new(
+                "LIVE_WS_MAX_CONNECTIONS",
+                Is("10000"),
+                "Connections, handshaking ones included; past it an upgrade gets 503.",
+                |c, v| set(&mut c.max_connections, count(v, 1)),
+            ),
+            Var::new(
+                "LIVE_WS_MAX_CONNECTIONS_PER_IP",
+                Is("0"),
+                "Connections per client IP, past it 503; 0 means unlimited.",
+                |c, v| set(&mut c.max_connections_per_ip, count(v, 0)),
+            ),
+            Var::new(
+                "LIVE_WS_HANDSHAKE_TIMEOUT_MS",
+                Is("5000"),
+                "Time a client has to send its whole upgrade request (slowloris).",
+                |c, v| set(&mut c.handshake_timeout, millis(v, 1)),
+            ),
+            Var::new(
+                "LIVE_WS_PING_INTERVAL_MS",
+                Is("30000"),
+                "Ping period; a peer silent for two periods is dropped.",
+                |c, v| set(&mut c.ping_interval, millis(v, 1)),
+            ),
+            Var::new(
+                "LIVE_WS_MAX_INBOUND_PER_SEC",
+                Is("20"),
+                "Sustained inbound messages per second past which a client gets 1008.",
+                |c, v| set(&mut c.max_inbound_per_sec, count(v, 1)),
+            ),
+            Var::new(
+                "LIVE_WS_MAX_MESSAGE_BYTES",
+                Is("4096"),
+                "Largest inbound frame; a larger one closes the connection with 1009.",
+                |c, v| set(&mut c.max_message_bytes, count(v, 1)),
+            ),
+            Var::new(
+                "LIVE_WS_QUEUE_CAPACITY",
+                Is("64"),
+                "Entries in a client's outbound queue; when full the client gets 1008.",
+                |c, v| set(&mut c.queue_capacity, queue_capacity(v)),
+            ),
+            Var::new(
+                "LIVE_WS_BACKPRESSURE_THRESHOLD_BYTES",
+                Is("1048576"),
+                "Queued unsent bytes past which a client is closed with 1008.",
+                |c, v| set(&mut c.backpressure_threshold_bytes, count(v, 1)),
+            ),
+            Var::new(
+                "LIVE_WS_MAX_SUBSCRIPTIONS",
+                Is("32"),
+                "Subscriptions per connection.",
+                |c, v| set(&mut c.max_subscriptions, count(v, 1)),
+            ),
+            Var::new(
+                "LIVE_WS_DRAIN_TIMEOUT_MS",
+                Is("5000"),
+                "At stop, how long clients have to answer the 1001 close; 0 = none.",
+                |c, v| set(&mut c.drain_timeout, millis(v, 0)),
+            ),
+            Var::new(
+                "LIVE_WS_RECONNECT_SPREAD_MS",
+                Is("10000"),
+                "At stop, clients are told to come back spread over this window.",
+                |c, v| set(&mut c.reconnect_spread, millis(v, 0)),
+            ),
+            Var::new(
+                "LIVE_WS_THREAD_STACK_BYTES",
+                Is("262144"),
+                "Stack of each connection thread; at least 65536.",
+                |c, v| set(&mut c.thread_stack_bytes, thread_stack(v)),
+            ),
+        ],
+    },
+    Group {
+        title: "HTTP listener and ingest",
+        vars: &[
+            Var::new(
+                "HTTP_HOST",
+                Is("127.0.0.1"),
+                "Address of the metrics/health/ingest/dashboard listener.",
+                |c, v| set(&mut c.http_host, host(v)),
+            ),
+            Var::new(
+                "HTTP_PORT",
+                Is("9090"),
+                "Port of that listener; 0 picks a free port.",
+                |c, v| set(&mut c.http_port, port(v)),
+            ),
+            Var::new(
+                "INGEST_MAX_BODY_BYTES",
+                Is("8388608"),
+                "Largest POST /ingest body; a larger one gets 413.",
+                |c, v| set(&mut c.ingest_max_body_bytes, count(v, 1)),
+            ),
+            Var::secret(
+                "INGEST_TOKEN",
+                "When set, POST /ingest requires Authorization: Bearer <token>.",
+                |c, v| set(&mut c.ingest_token, Ok(Some(Secret::new(v)))),
+            ),
+        ],
+    },
+    Group {
+        title: "Authentication",
+        vars: &[
+            Var::new(
+                "LIVE_AUTH_MODE",
+                Is("none"),
+                "none (anonymous), tokens (LIVE_TOKENS_FILE) or directus.",
+                |c, v| set(&mut c.auth_mode, auth_mode(v)),
+            ),
+            Var::new(
+                "LIVE_AUTH_ALLOW_INSECURE",
+                Is("0"),
+                "1 allows mode none on a non-loopback LIVE_WS_HOST.",
+                |c, v| set(&mut c.auth_allow_insecure, boolean(v)),
+            ),
+            Var::new(
+                "LIVE_TOKENS_FILE",
+                Unset,
+                "JSON {\"<token>\":{\"user\":..,\"events\":[..]}}; required in mode tokens.",
+                |c, v| set(&mut c.tokens_file, Ok(Some(PathBuf::from(v)))),
+            ),
+            Var::new(
+                "LIVE_WS_ALLOWED_ORIGINS",
+                Unset,
+                "Comma list of scheme://host[:port]; other Origins get 403.",
+                |c, v| set(&mut c.allowed_origins, origins(v)),
+            ),
+        ],
+    },
+    Group {
+        title: "Redis source",
+        vars: &[
+            Var::secret(
+                "REDIS_URL",
+                "Position stream: redis://, rediss:// or unix:// URL; unset = no Redis.",
+                |c, v| set(&mut c.redis_url, redis_url(v)),
+            ),
+            Var::new(
+                "LIVE_STREAM_KEY",
+                Is("positions"),
+                "Stream holding the positions (field data).",
+                |c, v| set(&mut c.stream_key, Ok(v.to_owned())),
+            ),
+            Var::new(
+                "LIVE_BROADCAST_GROUP_PREFIX",
+                Is("livecast:"),
+                "Consumer group name prefix; the group is prefix + INSTANCE_ID.",
+                |c, v| set(&mut c.group_prefix, Ok(v.to_owned())),
+            ),
+            Var::new(
+                "INSTANCE_ID",
+                Computed("hostname-<8 random hex digits>"),
+                "Names this instance's consumer group; a random one's is deleted at stop.",
+                |c, v| {
+                    c.instance_id = v.to_owned();
+                    c.instance_id_configured = true;
+                    Ok(())
+                },
+            ),
+            Var::new(
+                "LIVE_BROADCAST_BATCH_SIZE",
+                Is("500"),
+                "XREADGROUP COUNT: positions read per batch.",
+                |c, v| set(&mut c.batch_size, count(v, 1)),
+            ),
+            Var::new(
+                "LIVE_BROADCAST_BATCH_BLOCK_MS",
+                Is("1000"),
+                "XREADGROUP BLOCK: longest wait for new positions (0 would block forever).",
+                |c, v| set(&mut c.batch_block, millis(v, 1)),
+            ),
+        ],
+    },
+    Group {
+        title: "Directus (LIVE_AUTH_MODE=directus)",
+        vars: &[
+            Var::new(
+                "DIRECTUS_BASE_URL",
+                Unset,
+                "http:// or https:// URL of Directus; required in mode directus.",
+                |c, v| set(&mut c.directus_base_url, http_url(v)),
+            ),
+            Var::new(
+                "DIRECTUS_AUTH_TIMEOUT_MS",
+                Is("3000"),
+                "Timeout of GET /users/me at upgrade; on expiry the upgrade gets 503.",
+                |c, v| set(&mut c.directus_auth_timeout, millis(v, 1)),
+            ),
+            Var::new(
+                "DIRECTUS_AUTHZ_TIMEOUT_MS",
+                Is("3000"),
+                "Timeout of the event check at subscribe (error authz-unavailable).",
+                |c, v| set(&mut c.directus_authz_timeout, millis(v, 1)),
+            ),
+            Var::new(
+                "DIRECTUS_EVENTS_COLLECTION",
+                Is("events"),
+                "Collection whose items are the events a user may subscribe to.",
+                |c, v| set(&mut c.directus_events_collection, collection(v)),
+            ),
+            Var::new(
+                "LIVE_AUTH_CACHE_TTL_MS",
+                Is("30000"),
+                "How long auth decisions are cached; 0 disables the cache.",
+                |c, v| set(&mut c.auth_cache_ttl, millis(v, 0)),
+            ),
+            Var::new(
+                "LIVE_AUTH_REVALIDATE_MS",
+                Is("300000"),
+                "How often open sessions are re-checked; an invalid one gets 4401.",
+                |c, v| set(&mut c.auth_revalidate, millis(v, 1)),
+            ),
+        ],
+    },
+    Group {
+        title: "Device->event map (for positions without eventId)",
+        vars: &[
+            Var::new(
+                "LIVE_DEVICE_EVENT_FILE",
+                Unset,
+                "JSON file {\"<deviceId>\":\"<eventId>\"}.",
+                |c, v| set(&mut c.device_event_file, Ok(Some(PathBuf::from(v)))),
+            ),
+            Var::new(
+                "LIVE_DEVICE_EVENT_REFRESH_MS",
+                Is("30000"),
+                "How often the map is reloaded; a failed reload keeps the old map.",
+                |c, v| set(&mut c.device_event_refresh, millis(v, 1)),
+            ),
+            Var::new(
+                "DIRECTUS_DEVICES_COLLECTION",
+                Is("devices"),
+                "Directus collection with fields id and event, read for the map.",
+                |c, v| set(&mut c.directus_devices_collection, collection(v)),
+            ),
+            Var::secret(
+                "DIRECTUS_TOKEN",
+                "Static Directus token; in mode directus, loads the map from Directus.",
+                |c, v| set(&mut c.directus_token, Ok(Some(Secret::new(v)))),
+            ),
+        ],
+    },
+    Group {
+        title: "Logging",
+        vars: &[
+            Var::new(
+                "LOG_LEVEL",
+                Is("info"),
+                "Most verbose level logged: off, error, warn, info, debug or trace.",
+                |c, v| set(&mut c.log_level, log_level(v)),
+            ),
+            Var::new(
+                "LOG_FORMAT",
+                Is("text"),
+                "text, or json for one JSON object per line.",
+                |c, v| set(&mut c.log_format, log_format(v)),
+            ),
+        ],
+    },
+];
+
+/// Every variable of the table, in help order.
+fn all_vars() -> impl Iterator<Item = &'static Var> {
+    GROUPS.iter().flat_map(|group| group.vars)
+}
+
+/// The table's entry for `name`, if it is one of ours.
+fn find_var(name: &str) -> Option<&'static Var> {
+    all_vars().find(|var| var.name == name)
+}
+
+// ---------------------------------------------------------------------------
+// Value parsers. Each gets a trimmed, non-empty value and, on error, says
+// what was expected without repeating the value (secrets go through these).
+// ---------------------------------------------------------------------------
+
+/// Stores a parsed value in its field, keeping the default on error.
+fn set<T>(field: &mut T, parsed: Result<T, String>) -> Result<(), String> {
+    *field = parsed?;
+    Ok(())
+}
+
+/// An IP address (v6 with or without brackets) or `localhost`.
+///
+/// `localhost` means 127.0.0.1 rather than whatever the resolver says: binding
+/// must not depend on `/etc/hosts`, and the loopback rule of mode `none` must
+/// be decidable here.
+fn host(value: &str) -> Result<IpAddr, String> {
+    if value.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let bare = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')).unwrap_or(value);
+    bare.parse()
+        .map_err(|_| "expected an IP address (such as 0.0.0.0 or ::) or localhost".to_owned())
+}
+
+/// A TCP port; 0 asks the kernel for a free one.
+fn port(value: &str) -> Result<u16, String> {
+    value.parse().map_err(|_| "expected a port number 0-65535".to_owned())
+}
+
+/// A whole number of at least `min`, in the field's integer type.
+fn count<T: TryFrom<u64>>(value: &str, min: u64) -> Result<T, String> {
+    let n = whole(value)?;
+    if n < min {
+        return Err(format!("must be at least {min}"));
+    }
+    T::try_from(n).map_err(|_| "number too large".to_owned())
+}
+
+/// Largest `LIVE_WS_QUEUE_CAPACITY`: crossbeam's bounded channel allocates
+/// all its slots up front, per connection, so a typo like 64000000 would cost
+/// gigabytes per client and abort the process at the first connection.
+const MAX_QUEUE_CAPACITY: usize = 65_536;
+
+/// `LIVE_WS_QUEUE_CAPACITY`: 1 to [`MAX_QUEUE_CAPACITY`].
+fn queue_capacity(value: &str) -> Result<usize, String> {
+    let n: usize = count(value, 1)?;
+    if n > MAX_QUEUE_CAPACITY {
+        return Err(format!(
+            "must be at most {MAX_QUEUE_CAPACITY}: every connection allocates its whole queue \
+             up front"
+        ));
+    }
+    Ok(n)
+}
+
+/// Smallest `LIVE_WS_THREAD_STACK_BYTES`. Below it a connection thread can
+/// overflow its stack in the handshake or in serde_json, and a stack overflow
+/// aborts the whole process (the guard page kills it), not just that client.
+const MIN_THREAD_STACK_BYTES: u64 = 65_536;
+
+/// `LIVE_WS_THREAD_STACK_BYTES`: at least [`MIN_THREAD_STACK_BYTES`].
+fn thread_stack(value: &str) -> Result<usize, String> {
+    let n = whole(value)?;
+    if n < MIN_THREAD_STACK_BYTES {
+        return Err(format!(
+            "must be at least {MIN_THREAD_STACK_BYTES}: smaller stacks overflow, and a stack \
+             overflow aborts the whole server"
+        ));
+    }
+    usize::try_from(n).map_err(|_| "number too large".to_owned())
+}
+
+/// Longest accepted `*_MS` value: 30 days. Other modules compute deadlines as
+/// `Instant::now() + duration`, which panics on overflow; a bound keeps every
+/// such sum far from it, and no timeout here is sensibly longer.
+const MAX_MILLIS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Whole milliseconds, at least `min` (0 or 1), at most [`MAX_MILLIS`].
+fn millis(value: &str, min: u64) -> Result<Duration, String> {
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("expected a whole number of milliseconds".to_owned());
+    }
+    // All digits: parsing can only overflow, and an overflow is too large.
+    let ms = value.parse().unwrap_or(u64::MAX);
+    if ms < min {
+        return Err(format!("must be at least {min} ms"));
+    }
+    if ms > MAX_MILLIS {
+        return Err(format!("must be at most {MAX_MILLIS} ms (30 days)"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// A non-negative whole number in decimal digits (no sign, no `_`).
+fn whole(value: &str) -> Result<u64, String> {
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("expected a non-negative whole number".to_owned());
+    }
+    value.parse().map_err(|_| "number too large".to_owned())
+}
+
+/// `1/0`, `true/false`, `yes/no`, any case.
+fn boolean(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err("expected 1/0, true/false or yes/no".to_owned()),
+    }
+}
+
+/// `none`, `tokens` or `directus`, any case.
+fn auth_mode(value: &str) -> Result<AuthMode, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "none" => Ok(AuthMode::None),
+        "tokens" => Ok(AuthMode::Tokens),
+        "directus" => Ok(AuthMode::Directus),
+        _ => Err("expected none, tokens or directus".to_owned()),
+    }
+}
+
+/// A log level, any case.
+fn log_level(value: &str) -> Result<log::LevelFilter, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "off" => Ok(log::LevelFilter::Off),
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        "trace" => Ok(log::LevelFilter::Trace),
+        _ => Err("expected off, error, warn, info, debug or trace".to_owned()),
+    }
+}
+
+/// `text` or `json`, any case.
+fn log_format(value: &str) -> Result<LogFormat, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected text or json".to_owned()),
+    }
+}
+
+/// The Directus base URL, without trailing `/` so that callers can append
+/// `/users/me` as is.
+fn http_url(value: &str) -> Result<Option<String>, String> {
+    let lower = value.to_ascii_lowercase();
+    let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+    match rest {
+        None => Err("must start with http:// or https://".to_owned()),
+        Some(rest) if rest.trim_end_matches('/').is_empty() => {
+            Err("has no host after http:// or https://".to_owned())
+        }
+        Some(_) => Ok(Some(value.trim_end_matches('/').to_owned())),
+    }
+}
+
+/// A Redis URL. Only the scheme is checked: the rest may hold a password, and
+/// the Redis client reports its own errors at connect time.
+fn redis_url(value: &str) -> Result<Option<Secret>, String> {
+    let lower = value.to_ascii_lowercase();
+    if ["redis://", "rediss://", "unix://"].iter().any(|scheme| lower.starts_with(scheme)) {
+        Ok(Some(Secret::new(value)))
+    } else {
+        Err("must start with redis://, rediss:// or unix://".to_owned())
+    }
+}
+
+/// A Directus collection name, which becomes a URL path segment
+/// (`/items/<collection>/...`), so it may not hold characters that would
+/// change the URL's structure.
+fn collection(value: &str) -> Result<String, String> {
+    if value.chars().any(|c| c.is_whitespace() || c.is_control() || "/?#%".contains(c)) {
+        return Err("a collection name may not contain spaces, /, ?, # or %".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// A comma list of origins: trimmed, empty entries dropped, each checked by
+/// [`origin`], all bad entries named in one message.
+fn origins(value: &str) -> Result<Vec<String>, String> {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        match origin(entry) {
+            Some(normalised) => good.push(normalised),
+            None => bad.push(format!("{entry:?}")),
+        }
+    }
+    if bad.is_empty() {
+        Ok(good)
+    } else {
+        Err(format!(
+            "expected scheme://host[:port] entries (no path, not even a trailing /), got {}",
+            bad.join(", ")
+        ))
+    }
+}
+
+/// One origin as a browser sends it in `Origin` (RFC 6454 §6.2):
+/// `scheme://host[:port]`, lowercased because browsers send scheme and host
+/// in lowercase and the check elsewhere compares strings.
+fn origin(entry: &str) -> Option<String> {
+    let lower = entry.to_ascii_lowercase();
+    let (scheme, authority) = lower.split_once("://")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        // An IPv6 literal: `[::1]` or `[::1]:8080`.
+        Some(v6) => {
+            let (address, after) = v6.split_once(']')?;
+            let port = if after.is_empty() { None } else { Some(after.strip_prefix(':')?) };
+            (address.parse::<std::net::Ipv6Addr>().is_ok(), port)
+        }
+        None => {
+            let (host, port) = match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            let ok = !host.is_empty()
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            (ok, port)
+        }
+    };
+    let port_ok = port.is_none_or(|port| {
+        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+    });
+    (scheme_ok && host_ok && port_ok).then_some(lower)
+}
+
 /// Hostname plus a random suffix, so that two instances on one host differ.
 fn default_instance_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -209,4 +1116,428 @@ fn default_instance_id() -> String {
     let host = if host.is_empty() { "livecast".to_owned() } else { host };
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}-{}", suffix.get(..8).unwrap_or("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(vars.iter().copied())
+    }
+
+    fn rejected(vars: &[(&str, &str)]) -> ConfigError {
+        match parse(vars) {
+            Ok(config) => panic!("{vars:?} accepted: {config:?}"),
+            Err(err) => err,
+        }
+    }
+
+    fn names(err: &ConfigError) -> Vec<&str> {
+        err.variables().collect()
+    }
+
+    /// `Debug` of a config with the random instance id blanked, to compare
+    /// two configs (`Config` has no `PartialEq`).
+    fn fingerprint(config: &Config) -> String {
+        let mut config = config.clone();
+        config.instance_id.clear();
+        format!("{config:?}")
+    }
+
+    #[test]
+    fn no_variables_give_the_defaults() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(fingerprint(&config), fingerprint(&Config::default()));
+        assert_eq!(config.ws_host, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(config.ws_port, 8080);
+        assert_eq!(config.http_port, 9090);
+        assert_eq!(config.auth_mode, AuthMode::None);
+        assert_eq!(config.ping_interval, Duration::from_secs(30));
+        assert!(config.redis_url.is_none());
+        assert!(config.allowed_origins.is_empty());
+        assert!(!config.instance_id.is_empty());
+        assert!(!config.instance_id_configured);
+    }
+
+    #[test]
+    fn help_defaults_are_the_real_defaults() {
+        let vars: Vec<(&str, &str)> = all_vars()
+            .filter_map(|var| match var.default {
+                Is(value) => Some((var.name, value)),
+                Unset | Computed(_) => None,
+            })
+            .collect();
+        let config = Config::from_vars(vars).expect("the documented defaults are valid");
+        assert_eq!(fingerprint(&config), fingerprint(&Config::default()));
+    }
+
+    #[test]
+    fn table_matches_the_field_docs() {
+        // Every field doc of `Config` opens with its variable in backticks.
+        let source = include_str!("config.rs");
+        let start = source.find("pub struct Config {").expect("struct in source");
+        let end = start + source[start..].find("\nimpl Default for Config").expect("impl");
+        let documented: BTreeSet<&str> = source[start..end]
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("/// `")?.split_once('`'))
+            .map(|(name, _)| name)
+            .filter(|name| name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+            .collect();
+        let table: BTreeSet<&str> = all_vars().map(|var| var.name).collect();
+        assert_eq!(documented, table);
+        assert_eq!(table.len(), all_vars().count(), "a name appears twice in the table");
+    }
+
+    #[test]
+    fn every_variable_is_wired_to_its_field() {
+        // An odd value either changes the config or is rejected under the
+        // variable's own name: no row of the table is a dead end.
+        for var in all_vars() {
+            match Config::from_vars([(var.name, "zz-7")]) {
+                Ok(config) => assert_ne!(
+                    fingerprint(&config),
+                    fingerprint(&Config::default()),
+                    "{} changed nothing",
+                    var.name
+                ),
+                Err(err) => assert_eq!(names(&err), [var.name]),
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_good_values() {
+        let config = parse(&[
+            ("LIVE_WS_HOST", "LocalHost"),
+            ("HTTP_HOST", "[::1]"),
+            ("LIVE_WS_PORT", "0"),
+            ("HTTP_PORT", "0"),
+            ("LIVE_WS_PING_INTERVAL_MS", " 1500 "),
+            ("LIVE_WS_DRAIN_TIMEOUT_MS", "0"),
+            ("LIVE_WS_RECONNECT_SPREAD_MS", "0"),
+            ("LIVE_AUTH_CACHE_TTL_MS", "0"),
+            ("LIVE_WS_MAX_CONNECTIONS_PER_IP", "0"),
+            ("LIVE_WS_MAX_INBOUND_PER_SEC", "4294967295"),
+            ("LIVE_WS_THREAD_STACK_BYTES", "65536"),
+            ("LIVE_WS_QUEUE_CAPACITY", "65536"),
+            ("LIVE_WS_ALLOWED_ORIGINS", " https://Dash.Example.com , ,http://localhost:8080,"),
+            ("LIVE_AUTH_MODE", "Directus"),
+            ("DIRECTUS_BASE_URL", "https://directus.example.com/"),
+            ("DIRECTUS_TOKEN", "static-token"),
+            ("REDIS_URL", "rediss://:pw@redis:6380/0"),
+            ("INSTANCE_ID", "eu-1"),
+            ("LIVE_TOKENS_FILE", "/etc/livecast/tokens.json"),
+            ("LOG_LEVEL", "DEBUG"),
+            ("LOG_FORMAT", "json"),
+        ])
+        .expect("all valid");
+        assert_eq!(config.ws_host, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(config.http_host, "::1".parse::<IpAddr>().expect("literal"));
+        assert_eq!((config.ws_port, config.http_port), (0, 0));
+        assert_eq!(config.ping_interval, Duration::from_millis(1500));
+        assert_eq!(config.drain_timeout, Duration::ZERO);
+        assert_eq!(config.reconnect_spread, Duration::ZERO);
+        assert_eq!(config.auth_cache_ttl, Duration::ZERO);
+        assert_eq!(config.max_inbound_per_sec, u32::MAX);
+        assert_eq!(config.thread_stack_bytes, 65_536);
+        assert_eq!(config.allowed_origins, ["https://dash.example.com", "http://localhost:8080"]);
+        assert_eq!(config.auth_mode, AuthMode::Directus);
+        assert_eq!(config.directus_base_url.as_deref(), Some("https://directus.example.com"));
+        assert_eq!(config.directus_token.as_ref().map(Secret::expose), Some("static-token"));
+        assert_eq!(
+            config.redis_url.as_ref().map(Secret::expose),
+            Some("rediss://:pw@redis:6380/0")
+        );
+        assert_eq!(config.instance_id, "eu-1");
+        assert!(config.instance_id_configured);
+        assert_eq!(config.tokens_file, Some(PathBuf::from("/etc/livecast/tokens.json")));
+        assert_eq!(config.log_level, log::LevelFilter::Debug);
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn accepts_every_boolean_spelling() {
+        for (value, expected) in [
+            ("1", true),
+            ("TRUE", true),
+            ("yes", true),
+            ("0", false),
+            ("False", false),
+            ("NO", false),
+        ] {
+            let config = parse(&[("LIVE_AUTH_ALLOW_INSECURE", value)]).expect(value);
+            assert_eq!(config.auth_allow_insecure, expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn accepts_origin_shapes() {
+        for good in ["https://a.example", "http://a.example:8080", "http://[::1]:9090", "app://x"] {
+            assert!(origin(good).is_some(), "{good}");
+        }
+        for bad in [
+            "a.example",
+            "https://a.example/",
+            "https://a.example/path",
+            "https://a.example?x",
+            "https://user@a.example",
+            "https://a.example:",
+            "https://a.example:99999",
+            "https://",
+            "https://[::1",
+            "https://[nope]",
+            "1http://a.example",
+            "*",
+        ] {
+            assert!(origin(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_and_unknown_variables_are_ignored() {
+        let config = parse(&[
+            ("LIVE_WS_PORT", ""),
+            ("LIVE_STREAM_KEY", "   "),
+            ("REDIS_URL", ""),
+            ("LIVE_AUTH_MODE", ""),
+            ("LIVE_WS_ALLOWED_ORIGINS", " , "),
+            ("PATH", "/usr/bin"),
+            ("live_ws_port", "not ours: names are case-sensitive"),
+        ])
+        .expect("nothing to reject");
+        assert_eq!(fingerprint(&config), fingerprint(&Config::default()));
+    }
+
+    #[test]
+    fn the_last_of_two_values_wins() {
+        let config = parse(&[("LIVE_WS_PORT", "abc"), ("LIVE_WS_PORT", "81")]).expect("81");
+        assert_eq!(config.ws_port, 81);
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_value() {
+        let cases = [
+            ("LIVE_WS_HOST", "ws.example.com", "expected an IP address"),
+            ("HTTP_HOST", "300.1.1.1", "expected an IP address"),
+            ("LIVE_WS_PORT", "abc", "expected a port number 0-65535"),
+            ("HTTP_PORT", "65536", "expected a port number 0-65535"),
+            ("LIVE_WS_PORT", "-1", "expected a port number 0-65535"),
+            ("LIVE_WS_PING_INTERVAL_MS", "0", "must be at least 1 ms"),
+            ("LIVE_WS_HANDSHAKE_TIMEOUT_MS", "0", "must be at least 1 ms"),
+            ("LIVE_BROADCAST_BATCH_BLOCK_MS", "0", "must be at least 1 ms"),
+            ("DIRECTUS_AUTH_TIMEOUT_MS", "0", "must be at least 1 ms"),
+            ("DIRECTUS_AUTHZ_TIMEOUT_MS", "0", "must be at least 1 ms"),
+            ("LIVE_AUTH_REVALIDATE_MS", "0", "must be at least 1 ms"),
+            ("LIVE_DEVICE_EVENT_REFRESH_MS", "0", "must be at least 1 ms"),
+            ("LIVE_WS_HANDSHAKE_TIMEOUT_MS", "5s", "expected a whole number of milliseconds"),
+            ("LIVE_WS_DRAIN_TIMEOUT_MS", "-5", "expected a whole number of milliseconds"),
+            ("LIVE_AUTH_CACHE_TTL_MS", "99999999999999999999999", "must be at most"),
+            ("LIVE_WS_RECONNECT_SPREAD_MS", "2592000001", "must be at most"),
+            ("LIVE_WS_MAX_CONNECTIONS", "0", "must be at least 1"),
+            ("LIVE_WS_QUEUE_CAPACITY", "0", "must be at least 1"),
+            ("LIVE_WS_QUEUE_CAPACITY", "64000000", "must be at most 65536"),
+            ("LIVE_WS_MAX_SUBSCRIPTIONS", "0", "must be at least 1"),
+            ("LIVE_BROADCAST_BATCH_SIZE", "0", "must be at least 1"),
+            ("LIVE_WS_MAX_INBOUND_PER_SEC", "0", "must be at least 1"),
+            ("LIVE_WS_MAX_INBOUND_PER_SEC", "4294967296", "number too large"),
+            ("LIVE_WS_MAX_MESSAGE_BYTES", "0", "must be at least 1"),
+            ("LIVE_WS_BACKPRESSURE_THRESHOLD_BYTES", "0", "must be at least 1"),
+            ("INGEST_MAX_BODY_BYTES", "8 MiB", "expected a non-negative whole number"),
+            ("LIVE_WS_MAX_CONNECTIONS_PER_IP", "-1", "expected a non-negative whole number"),
+            ("LIVE_WS_THREAD_STACK_BYTES", "32768", "at least 65536: smaller stacks overflow"),
+            ("LIVE_AUTH_ALLOW_INSECURE", "maybe", "expected 1/0, true/false or yes/no"),
+            ("LIVE_AUTH_MODE", "oauth", "expected none, tokens or directus"),
+            ("LIVE_WS_ALLOWED_ORIGINS", "https://a.example, b.example", "got \"b.example\""),
+            ("LIVE_WS_ALLOWED_ORIGINS", "https://a.example/", "not even a trailing /"),
+            ("DIRECTUS_BASE_URL", "directus:8055", "must start with http:// or https://"),
+            ("DIRECTUS_BASE_URL", "https:///", "has no host"),
+            ("REDIS_URL", "localhost:6379", "must start with redis://, rediss:// or unix://"),
+            ("DIRECTUS_EVENTS_COLLECTION", "events/1", "may not contain"),
+            ("DIRECTUS_DEVICES_COLLECTION", "my devices", "may not contain"),
+            ("LOG_LEVEL", "verbose", "expected off, error, warn, info, debug or trace"),
+            ("LOG_FORMAT", "xml", "expected text or json"),
+        ];
+        for (name, value, expected) in cases {
+            let err = rejected(&[(name, value)]);
+            assert_eq!(names(&err), [name], "{name}={value}");
+            let message = err.to_string();
+            assert!(message.contains(expected), "{name}={value}: {message}");
+        }
+    }
+
+    #[test]
+    fn reports_every_bad_variable_at_once() {
+        let err = rejected(&[
+            ("LOG_FORMAT", "xml"),
+            ("LIVE_WS_PORT", "abc"),
+            ("HTTP_PORT", "9091"),
+            ("REDIS_URL", "nope"),
+            ("LIVE_WS_QUEUE_CAPACITY", "0"),
+        ]);
+        // In help order, whatever the input order.
+        assert_eq!(
+            names(&err),
+            ["LIVE_WS_PORT", "LIVE_WS_QUEUE_CAPACITY", "REDIS_URL", "LOG_FORMAT"]
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration:\n  \
+             LIVE_WS_PORT=\"abc\": expected a port number 0-65535\n  \
+             LIVE_WS_QUEUE_CAPACITY=\"0\": must be at least 1\n  \
+             REDIS_URL=<redacted>: must start with redis://, rediss:// or unix://\n  \
+             LOG_FORMAT=\"xml\": expected text or json"
+        );
+    }
+
+    #[test]
+    fn secrets_are_never_shown() {
+        let err = rejected(&[("REDIS_URL", "http://:hunter2@redis")]);
+        for text in [err.to_string(), format!("{err:?}")] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("REDIS_URL"), "{text}");
+        }
+        assert!(err.to_string().contains("REDIS_URL=<redacted>: "));
+
+        let config = parse(&[
+            ("REDIS_URL", "redis://:hunter2@redis"),
+            ("INGEST_TOKEN", "hunter3"),
+            ("DIRECTUS_TOKEN", "hunter4"),
+        ])
+        .expect("valid");
+        let debug = format!("{config:?}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(Config::help().contains("INGEST_TOKEN (unset) [secret: never logged]"));
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_named_not_shown() {
+        let given = HashMap::from([
+            ("INGEST_TOKEN", Raw::NotUnicode),
+            ("LIVE_WS_PORT", Raw::NotUnicode),
+            ("LOG_LEVEL", Raw::Text("debug".to_owned())),
+        ]);
+        let err = match build(given) {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(err) => err,
+        };
+        assert_eq!(names(&err), ["LIVE_WS_PORT", "INGEST_TOKEN"]);
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration:\n  \
+             LIVE_WS_PORT=<not UTF-8>: expected UTF-8 text\n  \
+             INGEST_TOKEN=<not UTF-8>: expected UTF-8 text"
+        );
+    }
+
+    #[test]
+    fn from_env_does_not_panic() {
+        // The test runner's environment is whatever it is: only the absence
+        // of a panic is checked (tests may not set variables: `set_var` is
+        // unsafe and unsafe code is forbidden).
+        let _ = Config::from_env();
+    }
+
+    #[test]
+    fn shown_values_are_escaped_and_cut() {
+        let err = rejected(&[("LIVE_WS_PORT", "1\n  LOG_LEVEL=\"x\": forged")]);
+        assert_eq!(err.to_string().lines().count(), 2, "{err}");
+        let long = "9".repeat(500);
+        let err = rejected(&[("LIVE_WS_HOST", long.as_str())]);
+        let expected = format!("LIVE_WS_HOST=\"{}...\": ", "9".repeat(MAX_SHOWN_CHARS));
+        assert!(err.to_string().contains(&expected), "{err}");
+    }
+
+    #[test]
+    fn mode_none_needs_loopback_or_explicit_consent() {
+        for host in ["0.0.0.0", "::", "192.168.1.10"] {
+            let err = rejected(&[("LIVE_WS_HOST", host)]);
+            assert_eq!(names(&err), ["LIVE_AUTH_MODE"]);
+            let message = err.to_string();
+            for hint in
+                ["LIVE_AUTH_MODE=tokens", "LIVE_WS_HOST=127.0.0.1", "LIVE_AUTH_ALLOW_INSECURE=1"]
+            {
+                assert!(message.contains(hint), "{message}");
+            }
+        }
+        for host in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", "localhost"] {
+            assert!(parse(&[("LIVE_WS_HOST", host)]).is_ok(), "{host}");
+        }
+        let insecure = [("LIVE_WS_HOST", "0.0.0.0"), ("LIVE_AUTH_ALLOW_INSECURE", "yes")];
+        assert!(parse(&insecure).is_ok());
+        let tokens = [
+            ("LIVE_WS_HOST", "0.0.0.0"),
+            ("LIVE_AUTH_MODE", "tokens"),
+            ("LIVE_TOKENS_FILE", "/etc/livecast/tokens.json"),
+        ];
+        assert!(parse(&tokens).is_ok());
+        // The HTTP listener is not the WebSocket listener.
+        assert!(parse(&[("HTTP_HOST", "0.0.0.0")]).is_ok());
+    }
+
+    #[test]
+    fn tokens_mode_requires_its_file() {
+        let err = rejected(&[("LIVE_AUTH_MODE", "tokens")]);
+        assert_eq!(names(&err), ["LIVE_TOKENS_FILE"]);
+        assert!(err.to_string().contains("LIVE_TOKENS_FILE: required when LIVE_AUTH_MODE=tokens"));
+        let config = parse(&[("LIVE_AUTH_MODE", "tokens"), ("LIVE_TOKENS_FILE", "t.json")])
+            .expect("file given");
+        assert_eq!(config.auth_mode, AuthMode::Tokens);
+    }
+
+    #[test]
+    fn directus_mode_requires_its_url() {
+        let err = rejected(&[("LIVE_AUTH_MODE", "directus")]);
+        assert_eq!(names(&err), ["DIRECTUS_BASE_URL"]);
+        // A bad URL is reported once, not also as missing.
+        let err = rejected(&[("LIVE_AUTH_MODE", "directus"), ("DIRECTUS_BASE_URL", "ftp://x")]);
+        assert_eq!(names(&err), ["DIRECTUS_BASE_URL"]);
+    }
+
+    #[test]
+    fn a_bad_input_does_not_trigger_rules_about_its_default() {
+        // The bad mode keeps the default `none`; judging that against the
+        // public host would be a second, confusing message.
+        let err = rejected(&[("LIVE_AUTH_MODE", "oauth"), ("LIVE_WS_HOST", "0.0.0.0")]);
+        assert_eq!(names(&err), ["LIVE_AUTH_MODE"]);
+        assert!(err.to_string().contains("expected none, tokens or directus"));
+        let err = rejected(&[("LIVE_WS_HOST", "0.0.0.0"), ("LIVE_AUTH_ALLOW_INSECURE", "si")]);
+        assert_eq!(names(&err), ["LIVE_AUTH_ALLOW_INSECURE"]);
+    }
+
+    #[test]
+    fn listeners_may_not_share_a_port() {
+        let err = rejected(&[("HTTP_PORT", "8080")]);
+        assert_eq!(names(&err), ["HTTP_PORT"]);
+        let err = rejected(&[("LIVE_WS_PORT", "9090"), ("HTTP_HOST", "0.0.0.0")]);
+        assert_eq!(names(&err), ["HTTP_PORT"]);
+        assert!(parse(&[("HTTP_PORT", "8080"), ("HTTP_HOST", "127.0.0.2")]).is_ok());
+        assert!(parse(&[("LIVE_WS_PORT", "0"), ("HTTP_PORT", "0")]).is_ok());
+    }
+
+    #[test]
+    fn help_lists_every_variable_with_its_default() {
+        let help = Config::help();
+        assert!(help.contains("Usage: livecast [--help]"));
+        assert!(help.contains("environment variables"));
+        for group in GROUPS {
+            assert!(help.contains(&format!("\n{}:\n", group.title)), "{}", group.title);
+        }
+        for var in all_vars() {
+            let shown = match var.default {
+                Is(value) => format!("\n  {}={value}", var.name),
+                Unset => format!("\n  {} (unset)", var.name),
+                Computed(how) => format!("\n  {} (default: {how})", var.name),
+            };
+            assert!(help.contains(&shown), "{shown}");
+            assert!(help.contains(var.meaning), "{}", var.name);
+        }
+        for line in help.lines() {
+            assert!(line.chars().count() <= 80, "help line over 80 columns: {line}");
+        }
+    }
 }

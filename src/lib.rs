@@ -1,10 +1,293 @@
-//! livecast: a self-hosted WebSocket server that pushes live GPS positions.
+//! livecast: a self-hosted WebSocket server that pushes live GPS positions
+//! of tracked devices to dashboard clients.
+//!
+//! # Architecture: one blocking thread per client
+//!
+//! ```text
+//!  POST /ingest ─> [http-N] ─ parse, validate, serialise once ─┐
+//!                                                               v  bounded channel of commands
+//!                                                       [broadcaster]  owns event -> subscribers,
+//!                                                         │            latest positions, device map
+//!                                                         │ try_send(Arc<batch>) never blocks
+//!                                                         v
+//!  [acceptor] ─spawn─> [ws-1a2b3c4d] one per client: handshake (limit, Origin, auth) -> 101,
+//!                        then poll(socket, eventfd; timeout = next heartbeat deadline)
+//!                        -> write every queued frame, flush once -> read until WouldBlock
+//!  [device-map] refreshes the device->event map; [http] serves /metrics /healthz /readyz ...
+//! ```
+//!
+//! Four decisions carry the design:
+//! - **One owner of the registry.** Subscribes travel to the broadcaster as
+//!   commands; it registers the client and queues the snapshot in the same
+//!   step, so the snapshot/live handover is exact without locks.
+//! - **Serialise once.** A position becomes JSON once; the same
+//!   reference-counted batch goes to every subscriber of its event.
+//! - **Coalesce writes.** A connection thread that wakes to k frames writes
+//!   them all and flushes once.
+//! - **Back-pressure is bookkeeping.** A full bounded queue (or too many
+//!   queued bytes) marks the client for a 1008 close; nobody waits.
+//!
+//! Use [`start`] to run a server and [`Server::stop`] to stop it.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
 )]
 
+mod auth;
+mod broadcast;
 mod config;
+mod http;
+pub mod logging;
+mod metrics;
+mod position;
+mod protocol;
+mod server;
+mod source;
 mod thread;
 
-pub use config::{AuthMode, Config, LogFormat, Secret};
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+
+pub use config::{AuthMode, Config, ConfigError, LogFormat, Secret};
+
+use broadcast::{Broadcaster, Command};
+use http::server::{HttpServer, Limits};
+use protocol::CloseReason;
+use server::{Acceptor, Shared};
+use source::device_map::Refresher;
+
+/// Why [`start`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not be bound (port in use, no permission).
+    Bind {
+        /// Which listener: `websocket` or `http`.
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A thread could not be spawned.
+    Spawn(std::io::Error),
+    /// The configuration cannot run (e.g. an unreadable tokens file, a mode
+    /// this build does not offer).
+    Setup(String),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { what, addr, source } => {
+                write!(f, "start: cannot listen for {what} on {addr}: {source}")
+            }
+            StartError::Spawn(e) => write!(f, "start: cannot spawn a thread: {e}"),
+            StartError::Setup(why) => write!(f, "start: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Bind { source, .. } | StartError::Spawn(source) => Some(source),
+            StartError::Setup(_) => None,
+        }
+    }
+}
+
+/// A running server. Dropping it stops it (with the configured drain
+/// timeout); [`Server::stop`] does so with a timeout of your choice.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    acceptor: Acceptor,
+    http: HttpServer,
+    broadcaster: Option<JoinHandle<()>>,
+    device_map: Option<Refresher>,
+    stopped: bool,
+}
+
+/// Capacity of the broadcaster's inbox. Producers block when it is full,
+/// which slows ingest down rather than growing memory.
+const COMMAND_CAPACITY: usize = 4096;
+
+/// Starts every thread and returns once both ports are listening.
+///
+/// # Errors
+/// [`StartError`] when a port cannot be bound, a thread cannot be spawned,
+/// or the auth mode cannot start.
+pub fn start(config: Config) -> Result<Server, StartError> {
+    if config.redis_url.is_some() {
+        return Err(StartError::Setup(
+            "REDIS_URL is set, but this build has no Redis source yet".into(),
+        ));
+    }
+    raise_open_files_limit(config.max_connections);
+    let metrics =
+        metrics::Metrics::new().map_err(|e| StartError::Setup(format!("metrics: {e}")))?;
+    let auth = auth::from_config(&config).map_err(StartError::Setup)?;
+    if config.auth_mode == AuthMode::None {
+        warn!("LIVE_AUTH_MODE=none: every client may subscribe to every event");
+    }
+
+    let ws_addr = SocketAddr::new(config.ws_host, config.ws_port);
+    let ws_listener = TcpListener::bind(ws_addr).map_err(|source| StartError::Bind {
+        what: "websocket",
+        addr: ws_addr,
+        source,
+    })?;
+    let http_addr = SocketAddr::new(config.http_host, config.http_port);
+    let http_listener = TcpListener::bind(http_addr).map_err(|source| StartError::Bind {
+        what: "http",
+        addr: http_addr,
+        source,
+    })?;
+
+    let (commands, inbox) = crossbeam_channel::bounded(COMMAND_CAPACITY);
+    let broadcaster = Broadcaster::new(metrics.clone(), config.backpressure_threshold_bytes);
+    let broadcaster =
+        thread::spawn_named("broadcaster".into(), None, move || broadcaster.run(&inbox))
+            .map_err(StartError::Spawn)?;
+
+    let device_map = match &config.device_event_file {
+        Some(path) => Some(
+            Refresher::start(
+                path.clone(),
+                config.device_event_refresh,
+                commands.clone(),
+                metrics.clone(),
+            )
+            .map_err(StartError::Spawn)?,
+        ),
+        None => None,
+    };
+
+    let limits = Limits {
+        max_body_bytes: config.ingest_max_body_bytes,
+        max_head_bytes: 16 * 1024,
+        max_connections: 256,
+        read_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+    };
+    let shared = Arc::new(Shared::new(config, metrics, commands, auth));
+    let routes = Arc::new(http::Routes { shared: Arc::clone(&shared) });
+    let http = HttpServer::start(http_listener, limits, routes).map_err(StartError::Spawn)?;
+    let acceptor = Acceptor::start(ws_listener, Arc::clone(&shared)).map_err(StartError::Spawn)?;
+    info!(
+        "livecast {} instance {} ready: ws://{} http://{}",
+        env!("CARGO_PKG_VERSION"),
+        shared.config.instance_id,
+        acceptor.local_addr(),
+        http.local_addr()
+    );
+    Ok(Server {
+        shared,
+        acceptor,
+        http,
+        broadcaster: Some(broadcaster),
+        device_map,
+        stopped: false,
+    })
+}
+
+impl Server {
+    /// The WebSocket listener's address (with the real port when 0 was
+    /// asked for).
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.acceptor.local_addr()
+    }
+
+    /// The HTTP (ops) listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// Stops gracefully, in the order SPEC §2 gives: stop accepting, send
+    /// every client close 1001 with its own `retry-after-ms`, wait up to
+    /// `drain` for them to close, terminate the rest, then stop the
+    /// position sources and the HTTP server. Blocks until done.
+    pub fn stop(mut self, drain: Duration) {
+        self.shutdown(drain);
+    }
+
+    fn shutdown(&mut self, drain: Duration) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        let shared = &self.shared;
+        shared.accepting.store(false, Ordering::SeqCst);
+        self.acceptor.stop();
+
+        let clients: Vec<_> = shared.connections.read().values().cloned().collect();
+        info!("stopping: closing {} connections (drain up to {drain:?})", clients.len());
+        let spread = u64::try_from(shared.config.reconnect_spread.as_millis()).unwrap_or(u64::MAX);
+        let n = clients.len() as u64;
+        for (i, client) in (0u64..).zip(&clients) {
+            let retry_after_ms = spread.saturating_mul(i) / n.max(1);
+            client.request_close(CloseReason::Shutdown { retry_after_ms });
+        }
+        let deadline = Instant::now() + drain;
+        wait_until(deadline, || shared.connections.read().is_empty());
+        let stragglers: Vec<_> = shared.connections.read().values().cloned().collect();
+        for client in &stragglers {
+            warn!("{} {}: did not close in time, terminating", client.thread_name, client.remote);
+            client.terminate();
+        }
+        // Handshaking threads end at their own handshake deadline.
+        wait_until(Instant::now() + Duration::from_secs(1), || shared.threads() == 0);
+
+        if let Some(mut refresher) = self.device_map.take() {
+            refresher.stop();
+        }
+        let _ = shared.commands.send(Command::Shutdown);
+        if let Some(thread) = self.broadcaster.take() {
+            let _ = thread.join();
+        }
+        self.http.stop(Instant::now() + Duration::from_secs(1));
+        info!("stopped");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let drain = self.shared.config.drain_timeout;
+        self.shutdown(drain);
+    }
+}
+
+/// Waits for `done` with short polls; used only on the stop path.
+fn wait_until(deadline: Instant, done: impl Fn() -> bool) {
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Raises the open-files soft limit to the hard limit: every client is a
+/// socket and an eventfd. Warns when the connection limit cannot fit.
+fn raise_open_files_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            warn!("cannot raise the open-files limit: {e}");
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    // Two descriptors per connection (socket, eventfd) plus headroom.
+    let needed = (max_connections as u64).saturating_mul(2).saturating_add(64);
+    if soft < needed {
+        warn!(
+            "open-files limit {soft} cannot fit LIVE_WS_MAX_CONNECTIONS={max_connections} \
+             (needs about {needed}); raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Authentication at the upgrade and authorization per subscribe (SPEC §5).
+//!
+//! - `none.rs`: everyone is `anonymous`;
+//! - `tokens.rs`: bearer tokens from a JSON file, re-read when it changes.
+//!
+//! Both calls run in the connection's own thread and may block (a file
+//! read, later a network call): a slow authority stalls that client only.
+
+mod none;
+mod tokens;
+
+use std::fmt;
+use std::time::Instant;
+
+use crate::config::{AuthMode, Config, Secret};
+use crate::http::server::RequestHead;
+use crate::metrics::Metrics;
+
+pub(crate) use none::NoAuth;
+pub(crate) use tokens::TokenFile;
+
+/// Credentials found in an upgrade (or `/auth/check`) request.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Credentials {
+    /// `Authorization: Bearer <token>`.
+    pub(crate) bearer: Option<Secret>,
+    /// `?access_token=<token>`.
+    pub(crate) query: Option<Secret>,
+    /// The session cookie.
+    pub(crate) cookie: Option<Secret>,
+}
+
+/// Name of the Directus session cookie.
+pub(crate) const SESSION_COOKIE: &str = "directus_session_token";
+
+impl Credentials {
+    pub(crate) fn from_head(head: &RequestHead) -> Credentials {
+        let bearer = head.header("authorization").and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| Secret::new(token.trim()))
+        });
+        let query = head.query_param("access_token").filter(|t| !t.is_empty()).map(Secret::new);
+        let cookie = head.header("cookie").and_then(|c| {
+            c.split(';').find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == SESSION_COOKIE && !v.is_empty()).then(|| Secret::new(v))
+            })
+        });
+        Credentials { bearer, query, cookie }
+    }
+
+    /// The token given by header or query, header first.
+    pub(crate) fn token(&self) -> Option<&Secret> {
+        self.bearer.as_ref().or(self.query.as_ref())
+    }
+
+    /// Whether the credential in use is a cookie, which the browser attaches
+    /// by itself and which therefore needs the Origin rule.
+    pub(crate) fn uses_cookie(&self) -> bool {
+        self.token().is_none() && self.cookie.is_some()
+    }
+}
+
+/// Who a connection belongs to.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub(crate) user: String,
+    /// The credential, kept to authorize subscribes later.
+    pub(crate) credentials: Credentials,
+}
+
+/// Why an upgrade is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AuthError {
+    /// No credential, or one the authority does not know: 401.
+    Denied,
+    /// The authority could not be asked: 503 with `Retry-After`.
+    #[allow(dead_code)] // produced by network authorities (Directus)
+    Unavailable(String),
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Denied => f.write_str("auth: credentials missing or invalid"),
+            AuthError::Unavailable(why) => write!(f, "auth: authority unavailable: {why}"),
+        }
+    }
+}
+
+/// Why a subscribe is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthzError {
+    /// Not allowed, or no such event: `forbidden`.
+    Forbidden,
+    /// The authority timed out: `authz-unavailable`.
+    #[allow(dead_code)] // produced by network authorities (Directus)
+    Unavailable,
+}
+
+/// An authority deciding who may connect and subscribe.
+pub(crate) trait Authenticator: Send + Sync + fmt::Debug {
+    /// Checks the credentials of an upgrade. May block.
+    fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError>;
+    /// Checks that `who` may subscribe to `event`. May block.
+    fn authorize(&self, who: &Identity, event: &str) -> Result<(), AuthzError>;
+}
+
+/// Builds the authenticator of `config.auth_mode`.
+///
+/// # Errors
+/// A description when the mode cannot start (tokens file unreadable).
+pub(crate) fn from_config(config: &Config) -> Result<Box<dyn Authenticator>, String> {
+    match config.auth_mode {
+        AuthMode::None => Ok(Box::new(NoAuth)),
+        AuthMode::Tokens => {
+            let path = config.tokens_file.clone().ok_or("LIVE_TOKENS_FILE is not set")?;
+            Ok(Box::new(TokenFile::open(path)?))
+        }
+        AuthMode::Directus => {
+            Err("LIVE_AUTH_MODE=directus is not available in this build yet".into())
+        }
+    }
+}
+
+/// Authenticates and records the duration by outcome.
+pub(crate) fn authenticate(
+    auth: &dyn Authenticator,
+    metrics: &Metrics,
+    credentials: &Credentials,
+) -> Result<Identity, AuthError> {
+    let started = Instant::now();
+    let result = auth.authenticate(credentials);
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(AuthError::Denied) => "denied",
+        Err(AuthError::Unavailable(_)) => "error",
+    };
+    metrics.auth_duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Authorizes and records the duration by outcome.
+pub(crate) fn authorize(
+    auth: &dyn Authenticator,
+    metrics: &Metrics,
+    who: &Identity,
+    event: &str,
+) -> Result<(), AuthzError> {
+    let started = Instant::now();
+    let result = auth.authorize(who, event);
+    let outcome = match result {
+        Ok(()) => "ok",
+        Err(AuthzError::Forbidden) => "denied",
+        Err(AuthzError::Unavailable) => "timeout",
+    };
+    metrics.authz_duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The Origin rule (SPEC §5), against cross-site WebSocket hijacking.
+///
+/// With an allow-list, an `Origin` outside it is refused. Without one, a
+/// cookie credential needs an `Origin` whose hostname equals the `Host`
+/// header's (ports may differ: cookies ignore ports). Requests without
+/// `Origin` come from non-browser clients, which no cookie is forced on.
+pub(crate) fn origin_allowed(
+    allowed: &[String],
+    origin: Option<&str>,
+    host: Option<&str>,
+    cookie: bool,
+) -> bool {
+    let Some(origin) = origin else { return true };
+    if !allowed.is_empty() {
+        return allowed.iter().any(|a| a.eq_ignore_ascii_case(origin.trim_end_matches('/')));
+    }
+    if !cookie {
+        return true;
+    }
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    match host {
+        Some(host) => hostname(origin_host).eq_ignore_ascii_case(hostname(host)),
+        None => false,
+    }
+}
+
+/// `host[:port]` or `[v6]:port` → host.
+fn hostname(authority: &str) -> &str {
+    let authority = authority.split('/').next().unwrap_or(authority);
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_rules() {
+        let list = vec!["http://good.example".to_owned()];
+        assert!(origin_allowed(&list, Some("http://good.example"), None, false));
+        assert!(!origin_allowed(&list, Some("http://evil.example"), None, false));
+        assert!(origin_allowed(&list, None, None, true));
+        // No list: only cookie credentials are checked against Host.
+        assert!(origin_allowed(&[], Some("http://evil.example"), Some("a:1"), false));
+        assert!(origin_allowed(&[], Some("http://a:9090"), Some("a:8080"), true));
+        assert!(!origin_allowed(&[], Some("http://evil:8080"), Some("a:8080"), true));
+        assert!(origin_allowed(&[], Some("http://[::1]:9090"), Some("[::1]:8080"), true));
+    }
+}

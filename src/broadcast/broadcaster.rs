@@ -1,0 +1,242 @@
+//! The `broadcaster` thread's loop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+use log::{debug, info};
+use prometheus::IntCounter;
+use tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use super::cache::Cache;
+use super::registry::Registry;
+use crate::metrics::Metrics;
+use crate::position::{Position, now_ms};
+use crate::protocol::{CloseReason, subscribed_frame, unsubscribed_frame};
+use crate::server::{ClientHandle, Kind, OfferError, Outbound};
+
+/// What other threads ask of the broadcaster, in the order they ask it.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Validated positions from a source, in source order.
+    Positions(Vec<Position>),
+    /// Register the client on the event and queue `subscribed` + snapshot.
+    /// Authorization has already been done by the connection thread.
+    Subscribe { client: Arc<ClientHandle>, event: String },
+    /// Unregister and queue `unsubscribed`.
+    Unsubscribe { client: Arc<ClientHandle>, event: String },
+    /// The connection ended: forget it.
+    Disconnect { id: Uuid },
+    /// A new device→event map.
+    DeviceMap(Arc<HashMap<String, String>>),
+    /// Leave the loop.
+    Shutdown,
+}
+
+/// How many commands one cycle takes before it flushes, so that a flood of
+/// positions still reaches clients in bounded steps.
+const MAX_COMMANDS_PER_CYCLE: usize = 256;
+
+/// Frames for one event gathered during a cycle.
+#[derive(Debug, Default)]
+struct Pending {
+    frames: Vec<Utf8Bytes>,
+    bytes: usize,
+    last_ts: Option<i64>,
+}
+
+/// State owned by the broadcaster thread.
+#[derive(Debug)]
+pub(crate) struct Broadcaster {
+    registry: Registry,
+    cache: Cache,
+    device_map: Arc<HashMap<String, String>>,
+    pending: HashMap<String, Pending>,
+    metrics: Metrics,
+    /// `livecast_outbound_messages_total` by [`Kind`] (position,
+    /// subscribed, unsubscribed), resolved once instead of per delivery.
+    outbound: (IntCounter, IntCounter, IntCounter),
+    byte_limit: usize,
+}
+
+impl Broadcaster {
+    pub(crate) fn new(metrics: Metrics, byte_limit: usize) -> Broadcaster {
+        Broadcaster {
+            registry: Registry::default(),
+            cache: Cache::default(),
+            device_map: Arc::default(),
+            pending: HashMap::new(),
+            outbound: (
+                metrics.outbound_messages.with_label_values(&[Kind::Position.label()]),
+                metrics.outbound_messages.with_label_values(&[Kind::Subscribed.label()]),
+                metrics.outbound_messages.with_label_values(&[Kind::Unsubscribed.label()]),
+            ),
+            metrics,
+            byte_limit,
+        }
+    }
+
+    /// Runs until [`Command::Shutdown`] or until every sender is gone.
+    ///
+    /// Blocks in `recv` while there is nothing to do; never blocks on a
+    /// client.
+    pub(crate) fn run(mut self, commands: &Receiver<Command>) {
+        while let Ok(first) = commands.recv() {
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(command) = next.take() {
+                if matches!(command, Command::Shutdown) {
+                    self.flush();
+                    info!("broadcaster stopped");
+                    return;
+                }
+                self.handle(command);
+                taken += 1;
+                if taken < MAX_COMMANDS_PER_CYCLE {
+                    next = commands.try_recv().ok();
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Positions(positions) => {
+                for p in positions {
+                    self.position(p);
+                }
+            }
+            Command::Subscribe { client, event } => {
+                // Everything queued before this subscribe goes out first, so
+                // the snapshot below is exactly where the live stream starts.
+                self.flush();
+                let started = Instant::now();
+                self.registry.add(&event, &client);
+                let frame = subscribed_frame(&event, self.cache.snapshot(&event));
+                let count = self.cache.snapshot(&event).count();
+                self.metrics.snapshot_duration.observe(started.elapsed().as_secs_f64());
+                #[allow(clippy::cast_precision_loss)] // a count of devices
+                self.metrics.snapshot_positions.observe(count as f64);
+                self.deliver(&client, &Arc::new(Outbound::single(Kind::Subscribed, frame)));
+                self.update_gauge();
+            }
+            Command::Unsubscribe { client, event } => {
+                self.flush();
+                self.registry.remove(&event, client.id);
+                let frame = unsubscribed_frame(&event);
+                self.deliver(&client, &Arc::new(Outbound::single(Kind::Unsubscribed, frame)));
+                self.update_gauge();
+            }
+            Command::Disconnect { id } => {
+                self.registry.remove_client(id);
+                self.update_gauge();
+            }
+            Command::DeviceMap(map) => {
+                self.device_map = map;
+                for (event, position) in self.cache.remap(&self.device_map) {
+                    debug!("device {} moved to event {event}", position.device_id);
+                    self.route(&event, position, true);
+                }
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Routes one position: its own `eventId`, else the device map.
+    fn position(&mut self, p: Position) {
+        let now = now_ms();
+        #[allow(clippy::cast_precision_loss)] // lag in ms fits an f64 exactly
+        self.metrics.broadcast_lag.observe((now - p.ts_ms).max(0) as f64 / 1000.0);
+        if let Some(event) = p.event_id.clone() {
+            self.route(&event, p, false);
+        } else if let Some(event) = self.device_map.get(&p.device_id).cloned() {
+            self.route(&event, p, true);
+        } else {
+            self.metrics.positions_unrouted.inc();
+        }
+    }
+
+    fn route(&mut self, event: &str, p: Position, via_map: bool) {
+        let frame = Utf8Bytes::from(p.frame(event));
+        self.metrics.positions_broadcast.inc();
+        if self.registry.has_subscribers(event) {
+            let pending = self.pending.entry(event.to_owned()).or_default();
+            pending.bytes += frame.len();
+            pending.last_ts = Some(p.ts_ms);
+            pending.frames.push(frame.clone());
+        }
+        self.cache.put(event, p, frame, via_map);
+    }
+
+    /// Hands every pending batch to the subscribers of its event: one
+    /// shared entry per event, one `try_send` per subscriber.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        for (event, batch) in pending {
+            let entry = Arc::new(Outbound {
+                kind: Kind::Position,
+                frames: batch.frames,
+                bytes: batch.bytes,
+                last_ts: batch.last_ts,
+            });
+            let mut failed = Vec::new();
+            let mut delivered = 0;
+            for client in self.registry.subscribers(&event) {
+                match client.offer(&entry, self.byte_limit) {
+                    Ok(()) => delivered += 1,
+                    Err(e) => failed.push((Arc::clone(client), e)),
+                }
+            }
+            let n = delivered * entry.frames.len() as u64;
+            self.outbound(Kind::Position).inc_by(n);
+            self.metrics.fanout_deliveries.inc_by(n);
+            for (client, e) in failed {
+                self.failed(&client, e);
+            }
+        }
+    }
+
+    /// Queues `entry` for `client`, closing it on overflow.
+    fn deliver(&mut self, client: &Arc<ClientHandle>, entry: &Arc<Outbound>) {
+        match client.offer(entry, self.byte_limit) {
+            Ok(()) => self.outbound(entry.kind).inc_by(entry.frames.len() as u64),
+            Err(e) => self.failed(client, e),
+        }
+    }
+
+    /// A client whose queue overflowed is closed with 1008; a client whose
+    /// thread is gone is forgotten.
+    fn failed(&mut self, client: &Arc<ClientHandle>, error: OfferError) {
+        match error {
+            OfferError::Overflow => {
+                debug!("{} {}: back-pressure, closing", client.thread_name, client.remote);
+                self.metrics.backpressure_closes.inc();
+                client.request_close(CloseReason::BackPressure);
+                self.registry.remove_client(client.id);
+                self.update_gauge();
+            }
+            OfferError::Gone => {
+                self.registry.remove_client(client.id);
+                self.update_gauge();
+            }
+        }
+    }
+
+    fn outbound(&self, kind: Kind) -> &IntCounter {
+        match kind {
+            Kind::Position => &self.outbound.0,
+            Kind::Subscribed => &self.outbound.1,
+            Kind::Unsubscribed => &self.outbound.2,
+        }
+    }
+
+    fn update_gauge(&self) {
+        self.metrics.subscriptions.set(i64::try_from(self.registry.total()).unwrap_or(i64::MAX));
+    }
+}

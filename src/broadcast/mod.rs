@@ -1,0 +1,16 @@
+//! The broadcaster: the one thread that owns who is subscribed to what and
+//! the latest position of every device.
+//!
+//! - `broadcaster.rs`: the thread's loop and the [`Command`]s it obeys;
+//! - `registry.rs`: event → subscribers;
+//! - `cache.rs`: latest position per device, by event, for snapshots.
+//!
+//! Owning both in one thread makes the snapshot/live handover exact without
+//! any lock on the hot path: a subscribe is registered and its snapshot
+//! queued in the same step, between two batches of positions.
+
+mod broadcaster;
+mod cache;
+mod registry;
+
+pub(crate) use broadcaster::{Broadcaster, Command};

@@ -1,0 +1,129 @@
+//! The ops port (`HTTP_HOST:HTTP_PORT`): metrics, health, ingest, debug.
+//!
+//! - `server.rs`: a small blocking HTTP/1.1 server (`http` accept thread,
+//!   one `http-N` thread per connection), also used to read the WebSocket
+//!   port's upgrade requests;
+//! - this file: the routes.
+
+pub(crate) mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use crate::broadcast::Command;
+use crate::server::Shared;
+use crate::source::ingest;
+use server::{Handler, Request, Response};
+
+/// The routes of the ops port.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Handler for Routes {
+    fn handle(&self, req: Request) -> Response {
+        match (req.method.as_str(), req.path.as_str()) {
+            ("GET" | "HEAD", "/metrics") => Response::new(200).with_body(
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.shared.metrics.render(),
+            ),
+            ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
+            ("GET" | "HEAD", "/readyz") => self.readyz(),
+            ("POST", "/ingest") => self.ingest(&req),
+            ("GET" | "HEAD", "/debug/connections") => self.connections(),
+            ("GET" | "HEAD", "/") => {
+                Response::new(200).with_body("text/html; charset=utf-8", INDEX.as_bytes().to_vec())
+            }
+            (_, "/metrics" | "/healthz" | "/readyz" | "/ingest" | "/debug/connections" | "/") => {
+                Response::text(405, "method not allowed\n")
+            }
+            _ => Response::text(404, "not found\n"),
+        }
+    }
+}
+
+/// Placeholder page until the built-in dashboard lands.
+const INDEX: &str = "<!doctype html><title>livecast</title><h1>livecast</h1>\
+<p>Endpoints: <a href=\"/metrics\">/metrics</a>, <a href=\"/healthz\">/healthz</a>, \
+<a href=\"/readyz\">/readyz</a>, <a href=\"/debug/connections\">/debug/connections</a>, \
+POST /ingest.</p>";
+
+impl Routes {
+    fn readyz(&self) -> Response {
+        if self.shared.accepting.load(Ordering::SeqCst) {
+            Response::json(200, &json!({"ready": true}))
+        } else {
+            Response::json(503, &json!({"ready": false, "reason": "shutting down"}))
+        }
+    }
+
+    fn ingest(&self, req: &Request) -> Response {
+        if let Some(token) = &self.shared.config.ingest_token {
+            let given = req.header("authorization").and_then(|v| {
+                let (scheme, t) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(t.trim())
+            });
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+                return Response::json(401, &json!({"error": "a valid bearer token is required"}))
+                    .with_header("WWW-Authenticate", "Bearer");
+            }
+        }
+        let parsed = if ingest::is_ndjson(req.header("content-type")) {
+            ingest::parse_ndjson(&req.body)
+        } else {
+            match ingest::parse_json(&req.body) {
+                Ok(parsed) => parsed,
+                Err(e) => return Response::json(400, &json!({"error": e})),
+            }
+        };
+        let metrics = &self.shared.metrics;
+        let accepted = parsed.positions.len();
+        metrics.positions_received.with_label_values(&["ingest"]).inc_by(accepted as u64);
+        metrics
+            .positions_rejected
+            .with_label_values(&["ingest"])
+            .inc_by(parsed.rejected.len() as u64);
+        if accepted > 0 && self.shared.commands.send(Command::Positions(parsed.positions)).is_err()
+        {
+            return Response::json(503, &json!({"error": "server is stopping"}));
+        }
+        Response::json(202, &json!({"accepted": accepted, "rejected": parsed.rejected}))
+    }
+
+    fn connections(&self) -> Response {
+        let list: Vec<Value> = self
+            .shared
+            .connections
+            .read()
+            .values()
+            .map(|c| {
+                let tid = c.tid.load(Ordering::Relaxed);
+                json!({
+                    "id": c.id.to_string(),
+                    "thread": c.thread_name,
+                    "tid": tid,
+                    "cpuSeconds": crate::thread::cpu_seconds(tid),
+                    "remoteAddr": c.remote.to_string(),
+                    "user": c.user,
+                    "openedAt": c.opened_at_ms,
+                    "lastSeenAt": c.last_seen_ms.load(Ordering::Relaxed),
+                    "subscriptions": *c.subscriptions.lock(),
+                    "queuedMessages": c.queued_messages(),
+                    "queuedBytes": c.queued_bytes(),
+                    "messagesSent": c.messages_sent.load(Ordering::Relaxed),
+                    "stalenessMs": c.staleness_ms(),
+                })
+            })
+            .collect();
+        Response::json(200, &Value::Array(list))
+    }
+}
+
+/// Compares secrets without an early exit, so timing does not reveal how
+/// much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,73 @@
+//! Log output through `fern`: `text` lines or one JSON object per line.
+//!
+//! Only `main` calls [`init`]; the library only uses `log` macros. Log lines
+//! never carry tokens or cookies: no code logs a header value or a query.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::LogFormat;
+
+/// Installs the global logger, writing to stderr.
+///
+/// # Errors
+/// When a logger is already installed.
+pub fn init(level: log::LevelFilter, format: LogFormat) -> Result<(), log::SetLoggerError> {
+    let dispatch = fern::Dispatch::new().level(level);
+    let dispatch = match format {
+        LogFormat::Text => dispatch.format(|out, message, record| {
+            out.finish(format_args!(
+                "{} {:<5} [{}] {}: {}",
+                rfc3339_now(),
+                record.level(),
+                std::thread::current().name().unwrap_or("?"),
+                record.target(),
+                message
+            ));
+        }),
+        LogFormat::Json => dispatch.format(|out, message, record| {
+            let line = serde_json::json!({
+                "ts": rfc3339_now(),
+                "level": record.level().as_str(),
+                "thread": std::thread::current().name().unwrap_or("?"),
+                "target": record.target(),
+                "msg": message.to_string(),
+            });
+            out.finish(format_args!("{line}"));
+        }),
+    };
+    dispatch.chain(std::io::stderr()).apply()
+}
+
+/// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn rfc3339_now() -> String {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = i64::try_from(d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // H. Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamp_shape() {
+        let t = super::rfc3339_now();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+}

@@ -1,0 +1,207 @@
+//! Every Prometheus handle of one server instance (SPEC §7).
+//!
+//! Each [`crate::Server`] owns its own registry, so that several servers in
+//! one process (the integration tests) never mix their counts. Handles are
+//! cheap to clone and lock-free to update from any thread.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Buckets for latencies that should sit in the millisecond range.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Buckets for counts of positions in a snapshot.
+const SIZE_BUCKETS: &[f64] = &[0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
+
+/// All metrics, registered in a private [`Registry`].
+#[derive(Clone, Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub(crate) connections_open: IntGauge,
+    pub(crate) connections_opened: IntCounter,
+    pub(crate) connections_closed: IntCounterVec,
+    pub(crate) upgrades_rejected: IntCounterVec,
+    pub(crate) backpressure_closes: IntCounter,
+    pub(crate) inbound_messages: IntCounterVec,
+    pub(crate) outbound_messages: IntCounterVec,
+    pub(crate) auth_duration: HistogramVec,
+    pub(crate) authz_duration: HistogramVec,
+    pub(crate) subscriptions: IntGauge,
+    pub(crate) positions_received: IntCounterVec,
+    pub(crate) positions_rejected: IntCounterVec,
+    pub(crate) positions_broadcast: IntCounter,
+    pub(crate) positions_unrouted: IntCounter,
+    pub(crate) fanout_deliveries: IntCounter,
+    pub(crate) broadcast_lag: Histogram,
+    pub(crate) snapshot_duration: Histogram,
+    pub(crate) snapshot_positions: Histogram,
+    pub(crate) device_map_size: IntGauge,
+    pub(crate) device_map_refresh_failures: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    ///
+    /// # Errors
+    /// Only on a programming error (two metrics with one name).
+    pub(crate) fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new_custom(Some("livecast".to_owned()), None)?;
+        let r = &registry;
+        Ok(Metrics {
+            connections_open: reg(
+                r,
+                IntGauge::new("connections_open", "Open WebSocket connections")?,
+            )?,
+            connections_opened: reg(
+                r,
+                IntCounter::new("connections_opened_total", "WebSocket connections opened")?,
+            )?,
+            connections_closed: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "connections_closed_total",
+                        "WebSocket connections closed, by reason",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            upgrades_rejected: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("upgrades_rejected_total", "Refused upgrades, by HTTP status"),
+                    &["status"],
+                )?,
+            )?,
+            backpressure_closes: reg(
+                r,
+                IntCounter::new(
+                    "backpressure_closes_total",
+                    "Clients closed because their queue or queued bytes overflowed",
+                )?,
+            )?,
+            inbound_messages: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("inbound_messages_total", "Frames received from clients, by type"),
+                    &["type"],
+                )?,
+            )?,
+            outbound_messages: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("outbound_messages_total", "Messages sent to clients, by type"),
+                    &["type"],
+                )?,
+            )?,
+            auth_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("auth_duration_seconds", "Upgrade authentication time")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["outcome"],
+                )?,
+            )?,
+            authz_duration: reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("authz_duration_seconds", "Subscribe authorization time")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["outcome"],
+                )?,
+            )?,
+            subscriptions: reg(r, IntGauge::new("subscriptions", "Active subscriptions")?)?,
+            positions_received: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("positions_received_total", "Valid positions received, by source"),
+                    &["source"],
+                )?,
+            )?,
+            positions_rejected: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("positions_rejected_total", "Invalid positions rejected, by source"),
+                    &["source"],
+                )?,
+            )?,
+            positions_broadcast: reg(
+                r,
+                IntCounter::new("positions_broadcast_total", "Positions routed to an event")?,
+            )?,
+            positions_unrouted: reg(
+                r,
+                IntCounter::new(
+                    "positions_unrouted_total",
+                    "Positions without eventId whose device is not in the device map",
+                )?,
+            )?,
+            fanout_deliveries: reg(
+                r,
+                IntCounter::new(
+                    "fanout_deliveries_total",
+                    "Position messages queued to subscribers (one per subscriber)",
+                )?,
+            )?,
+            broadcast_lag: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "broadcast_lag_seconds",
+                        "Time from a position's ts to its broadcast",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            )?,
+            snapshot_duration: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("snapshot_duration_seconds", "Time to build a snapshot")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                )?,
+            )?,
+            snapshot_positions: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("snapshot_positions", "Positions per snapshot")
+                        .buckets(SIZE_BUCKETS.to_vec()),
+                )?,
+            )?,
+            device_map_size: reg(
+                r,
+                IntGauge::new("device_map_size", "Devices in the device->event map")?,
+            )?,
+            device_map_refresh_failures: reg(
+                r,
+                IntCounter::new(
+                    "device_map_refresh_failures_total",
+                    "Failed device->event map refreshes (the previous map is kept)",
+                )?,
+            )?,
+            registry,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub(crate) fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec only fails on a malformed metric family,
+        // which our fixed set cannot produce; an empty page is the fallback.
+        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Registers `metric` and hands it back.
+fn reg<M>(registry: &Registry, metric: M) -> prometheus::Result<M>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}

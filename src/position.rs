@@ -1,0 +1,297 @@
+//! Positions: parsing, validation and the one serialisation (SPEC §4).
+//!
+//! A position is validated and turned into JSON once, by the thread that
+//! received it (an HTTP worker or the Redis source), so that the broadcaster
+//! only prefixes the event and fans the same bytes out to every subscriber.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+/// Longest accepted `eventId`, in characters (SPEC §3).
+pub(crate) const MAX_EVENT_ID_CHARS: usize = 128;
+
+/// A validated position.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Position {
+    /// The tracked device.
+    pub(crate) device_id: String,
+    /// The event given by the source, if any; otherwise the device→event map
+    /// decides.
+    pub(crate) event_id: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) ts_ms: i64,
+    /// The serialised message minus its head: `,"deviceId":..,"ts":..,...}`.
+    /// [`Position::frame`] prefixes `{"type":"position","eventId":..`.
+    tail: String,
+}
+
+/// Why a position was rejected; the text goes back to the producer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Invalid(pub(crate) String);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+impl Position {
+    /// Validates one JSON value as a position.
+    ///
+    /// # Errors
+    /// [`Invalid`] naming the first bad field.
+    pub(crate) fn from_value(value: Value) -> Result<Position, Invalid> {
+        let Value::Object(mut obj) = value else {
+            return Err(invalid("a position must be a JSON object"));
+        };
+        let device_id = match obj.remove("deviceId") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(Value::String(_)) => return Err(invalid("deviceId must not be empty")),
+            Some(_) => return Err(invalid("deviceId must be a string")),
+            None => return Err(invalid("deviceId is required")),
+        };
+        let event_id = match obj.remove("eventId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(check_event_id(s).map_err(invalid)?),
+            Some(_) => return Err(invalid("eventId must be a string")),
+        };
+        let lat = coordinate(&mut obj, "lat", 90.0)?;
+        let lon = coordinate(&mut obj, "lon", 180.0)?;
+        let ts_ms = match obj.remove("ts") {
+            Some(Value::Number(n)) => millis_from_number(&n)?,
+            Some(Value::String(s)) => parse_rfc3339_ms(&s).ok_or_else(|| {
+                invalid("ts must be milliseconds since the epoch or an RFC 3339 time with offset")
+            })?,
+            Some(_) => return Err(invalid("ts must be a number or an RFC 3339 string")),
+            None => return Err(invalid("ts is required")),
+        };
+        // The outbound `type` is ours; a producer's own is dropped.
+        obj.remove("type");
+
+        let mut tail = String::with_capacity(96);
+        tail.push_str(",\"deviceId\":");
+        push_json_str(&mut tail, &device_id);
+        tail.push_str(",\"lat\":");
+        tail.push_str(&lat.to_string());
+        tail.push_str(",\"lon\":");
+        tail.push_str(&lon.to_string());
+        tail.push_str(",\"ts\":");
+        tail.push_str(&ts_ms.to_string());
+        for (key, value) in &obj {
+            tail.push(',');
+            push_json_str(&mut tail, key);
+            tail.push(':');
+            tail.push_str(&value.to_string());
+        }
+        tail.push('}');
+        Ok(Position { device_id, event_id, ts_ms, tail })
+    }
+
+    /// The `position` message for `event_id`, as sent to every subscriber.
+    pub(crate) fn frame(&self, event_id: &str) -> String {
+        let mut out = String::with_capacity(40 + event_id.len() + self.tail.len());
+        out.push_str("{\"type\":\"position\",\"eventId\":");
+        push_json_str(&mut out, event_id);
+        out.push_str(&self.tail);
+        out
+    }
+}
+
+/// Checks an `eventId` against SPEC §3: non-empty, at most 128 characters.
+pub(crate) fn check_event_id(id: String) -> Result<String, &'static str> {
+    if id.is_empty() {
+        Err("eventId must not be empty")
+    } else if id.chars().count() > MAX_EVENT_ID_CHARS {
+        Err("eventId must be at most 128 characters")
+    } else {
+        Ok(id)
+    }
+}
+
+/// Removes and checks a coordinate; keeps the producer's number as written.
+fn coordinate(obj: &mut Map<String, Value>, name: &str, limit: f64) -> Result<Value, Invalid> {
+    match obj.remove(name) {
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_finite() && (-limit..=limit).contains(&v) => Ok(Value::Number(n)),
+            _ => Err(invalid(format!("{name} must be between -{limit} and {limit}"))),
+        },
+        Some(_) => Err(invalid(format!("{name} must be a number"))),
+        None => Err(invalid(format!("{name} is required"))),
+    }
+}
+
+fn millis_from_number(n: &serde_json::Number) -> Result<i64, Invalid> {
+    if let Some(ms) = n.as_i64() {
+        return if ms >= 0 { Ok(ms) } else { Err(invalid("ts must not be negative")) };
+    }
+    match n.as_f64() {
+        // Fractional milliseconds are truncated; 2^53 ms is year 287396.
+        #[allow(clippy::cast_possible_truncation)]
+        Some(f) if f.is_finite() && (0.0..9.0e15).contains(&f) => Ok(f as i64),
+        _ => Err(invalid("ts is out of range")),
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    // Serialising a &str into a String cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned()));
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into epoch milliseconds.
+///
+/// RFC 3339 requires the offset; a time without one is ambiguous and is
+/// rejected. Lower-case `t`/`z` and a space separator are accepted (§5.6
+/// NOTE).
+fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        // Keep milliseconds, pad or truncate the rest.
+        let digits = b.get(start..i)?;
+        for k in 0..3 {
+            millis = millis * 10 + digits.get(k).map_or(0, |d| i64::from(d - b'0'));
+        }
+    }
+    let offset_min = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && sep(i + 3, b":") => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = oh * 60 + om;
+            if *sign == b'-' { -off } else { off }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    let ms = secs.checked_mul(1000)?.checked_add(millis)?;
+    (ms >= 0).then_some(ms)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<Position, Invalid> {
+        Position::from_value(v)
+    }
+
+    #[test]
+    fn serialises_once_with_extras_passed_through() {
+        let p = parse(json!({"deviceId":"d-7","lat":46.52,"lon":6.63,"ts":1764316800123_i64,
+            "speed":12.5,"type":"junk","eventId":"e-42"}))
+        .unwrap();
+        assert_eq!(p.event_id.as_deref(), Some("e-42"));
+        let v: Value = serde_json::from_str(&p.frame("e-42")).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"position","eventId":"e-42","deviceId":"d-7","lat":46.52,
+                "lon":6.63,"ts":1764316800123_i64,"speed":12.5})
+        );
+    }
+
+    #[test]
+    fn rejects_each_bad_field() {
+        let base = json!({"deviceId":"d","lat":1,"lon":2,"ts":3});
+        let with = |k: &str, v: Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        assert!(parse(base.clone()).is_ok());
+        assert!(parse(with("deviceId", json!(""))).is_err());
+        assert!(parse(with("deviceId", json!(5))).is_err());
+        assert!(parse(with("lat", json!(90.01))).is_err());
+        assert!(parse(with("lon", json!(-180.5))).is_err());
+        assert!(parse(with("lat", json!("1"))).is_err());
+        assert!(parse(with("ts", json!(-1))).is_err());
+        assert!(parse(with("ts", json!("yesterday"))).is_err());
+        assert!(parse(with("eventId", json!(""))).is_err());
+        assert!(parse(with("eventId", json!("x".repeat(129)))).is_err());
+        assert!(parse(json!([1])).is_err());
+        let mut no_ts = base;
+        no_ts.as_object_mut().unwrap().remove("ts");
+        assert!(parse(no_ts).is_err());
+    }
+
+    #[test]
+    fn rfc3339_normalised_to_millis() {
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_ms("2025-11-28T10:00:00.123+01:00"), Some(1_764_320_400_123));
+        assert_eq!(parse_rfc3339_ms("2025-11-28T09:00:00.1234Z"), Some(1_764_320_400_123));
+        assert_eq!(parse_rfc3339_ms("2024-02-29t12:00:00-00:30"), Some(1_709_209_800_000));
+        assert_eq!(parse_rfc3339_ms("2025-11-28T10:00:00"), None);
+        assert_eq!(parse_rfc3339_ms("2023-02-29T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339_ms("2025-11-28T10:00:00.Z"), None);
+        assert_eq!(parse_rfc3339_ms("2025-11-28T10:00:00Zjunk"), None);
+        assert_eq!(parse_rfc3339_ms("€€€€-11-28T10:00:00Z"), None);
+    }
+}

@@ -1,0 +1,241 @@
+//! The JSON protocol spoken over the WebSocket (SPEC §3) and the close
+//! codes livecast uses (SPEC §2, RFC 6455 §7.4).
+//!
+//! Outbound messages are built as strings by hand: they are few, fixed in
+//! shape, and the position frames inside a snapshot are already serialised.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::position::{check_event_id, push_json_str};
+
+/// A message a client may send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// `{"type":"subscribe","eventId":..}`
+    Subscribe(String),
+    /// `{"type":"unsubscribe","eventId":..}`
+    Unsubscribe(String),
+}
+
+impl Inbound {
+    /// Parses one text frame; the error text goes back in a
+    /// `protocol-violation` error.
+    pub(crate) fn parse(text: &str) -> Result<Inbound, String> {
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        let Value::Object(mut obj) = value else {
+            return Err("a message must be a JSON object".to_owned());
+        };
+        let kind = match obj.get("type") {
+            Some(Value::String(t)) => t.clone(),
+            Some(_) => return Err("type must be a string".to_owned()),
+            None => return Err("type is required".to_owned()),
+        };
+        let event = |obj: &mut serde_json::Map<String, Value>| match obj.remove("eventId") {
+            Some(Value::String(s)) => check_event_id(s).map_err(str::to_owned),
+            Some(_) => Err("eventId must be a string".to_owned()),
+            None => Err("eventId is required".to_owned()),
+        };
+        match kind.as_str() {
+            "subscribe" => Ok(Inbound::Subscribe(event(&mut obj)?)),
+            "unsubscribe" => Ok(Inbound::Unsubscribe(event(&mut obj)?)),
+            _ => Err("unknown type: expected subscribe or unsubscribe".to_owned()),
+        }
+    }
+}
+
+/// The `code` of an `error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorCode {
+    /// The client sent something that is not a valid inbound message.
+    ProtocolViolation,
+    /// Not authorized, or no such event: indistinguishable on purpose.
+    Forbidden,
+    /// The authority did not answer in time.
+    AuthzUnavailable,
+    /// `LIVE_WS_MAX_SUBSCRIPTIONS` reached.
+    TooManySubscriptions,
+    /// A bug or resource exhaustion on our side.
+    Internal,
+}
+
+impl ErrorCode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ProtocolViolation => "protocol-violation",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::AuthzUnavailable => "authz-unavailable",
+            ErrorCode::TooManySubscriptions => "too-many-subscriptions",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// `{"type":"error",...}`.
+pub(crate) fn error_frame(code: ErrorCode, message: &str, event_id: Option<&str>) -> String {
+    let mut out = String::with_capacity(64 + message.len());
+    out.push_str("{\"type\":\"error\",\"code\":\"");
+    out.push_str(code.as_str());
+    out.push_str("\",\"message\":");
+    push_json_str(&mut out, message);
+    if let Some(event) = event_id {
+        out.push_str(",\"eventId\":");
+        push_json_str(&mut out, event);
+    }
+    out.push('}');
+    out
+}
+
+/// `{"type":"subscribed","eventId":..,"positions":[..]}` from the already
+/// serialised position frames of the snapshot.
+pub(crate) fn subscribed_frame<'a>(
+    event_id: &str,
+    positions: impl Iterator<Item = &'a str>,
+) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"type\":\"subscribed\",\"eventId\":");
+    push_json_str(&mut out, event_id);
+    out.push_str(",\"positions\":[");
+    for (i, p) in positions.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(p);
+    }
+    out.push_str("]}");
+    out
+}
+
+/// `{"type":"unsubscribed","eventId":..}`.
+pub(crate) fn unsubscribed_frame(event_id: &str) -> String {
+    let mut out = String::with_capacity(48 + event_id.len());
+    out.push_str("{\"type\":\"unsubscribed\",\"eventId\":");
+    push_json_str(&mut out, event_id);
+    out.push('}');
+    out
+}
+
+/// Why a connection ended: its close code, reason text and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The client closed (or went away cleanly).
+    ClientClose,
+    /// No frame from the peer for more than two ping intervals; dropped
+    /// without a close handshake.
+    HeartbeatTimeout,
+    /// Its queue or queued bytes overflowed: 1008.
+    BackPressure,
+    /// Too many inbound messages per second: 1008.
+    InboundFlood,
+    /// An inbound frame over `LIVE_WS_MAX_MESSAGE_BYTES`: 1009.
+    MessageTooBig,
+    /// The WebSocket layer found a protocol error: 1002 (1007 for bad UTF-8).
+    ProtocolError,
+    /// Invalid UTF-8 in a text frame: 1007.
+    InvalidPayload,
+    /// Server stopping: 1001 with a `retry-after-ms` hint.
+    Shutdown {
+        /// When this client should come back.
+        retry_after_ms: u64,
+    },
+    /// The socket failed.
+    IoError,
+    /// Internal failure: 1011.
+    Internal,
+}
+
+impl CloseReason {
+    /// The close code sent to the peer (RFC 6455 §7.4.1).
+    pub(crate) fn code(self) -> u16 {
+        match self {
+            CloseReason::ClientClose => 1000,
+            CloseReason::Shutdown { .. } => 1001,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidPayload => 1007,
+            CloseReason::BackPressure | CloseReason::InboundFlood => 1008,
+            CloseReason::MessageTooBig => 1009,
+            CloseReason::HeartbeatTimeout | CloseReason::IoError | CloseReason::Internal => 1011,
+        }
+    }
+
+    /// The label of `livecast_connections_closed_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClose => "client-close",
+            CloseReason::HeartbeatTimeout => "heartbeat-timeout",
+            CloseReason::BackPressure => "back-pressure",
+            CloseReason::InboundFlood => "inbound-flood",
+            CloseReason::MessageTooBig => "message-too-big",
+            CloseReason::ProtocolError | CloseReason::InvalidPayload => "protocol-error",
+            CloseReason::Shutdown { .. } => "shutdown",
+            CloseReason::IoError => "io-error",
+            CloseReason::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    /// The close frame's reason text.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::ClientClose => f.write_str("bye"),
+            CloseReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            CloseReason::BackPressure => f.write_str("back-pressure threshold exceeded"),
+            CloseReason::InboundFlood => f.write_str("inbound message rate exceeded"),
+            CloseReason::MessageTooBig => f.write_str("message too big"),
+            CloseReason::ProtocolError => f.write_str("protocol error"),
+            CloseReason::InvalidPayload => f.write_str("invalid UTF-8 in text frame"),
+            CloseReason::Shutdown { retry_after_ms } => {
+                write!(f, "server shutting down; retry-after-ms={retry_after_ms}")
+            }
+            CloseReason::IoError => f.write_str("i/o error"),
+            CloseReason::Internal => f.write_str("internal error"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_inbound() {
+        assert_eq!(
+            Inbound::parse(r#"{"type":"subscribe","eventId":"e-42","x":1}"#),
+            Ok(Inbound::Subscribe("e-42".into()))
+        );
+        assert_eq!(
+            Inbound::parse(r#"{"type":"unsubscribe","eventId":"e"}"#),
+            Ok(Inbound::Unsubscribe("e".into()))
+        );
+        for bad in [
+            "nope",
+            "[]",
+            r#"{"eventId":"e"}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"subscribe"}"#,
+            r#"{"type":"subscribe","eventId":""}"#,
+            r#"{"type":"subscribe","eventId":7}"#,
+        ] {
+            assert!(Inbound::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn outbound_frames_are_valid_json() {
+        let s = subscribed_frame("e\"1", [r#"{"a":1}"#, r#"{"b":2}"#].into_iter());
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["eventId"], "e\"1");
+        assert_eq!(v["positions"].as_array().unwrap().len(), 2);
+        let e: Value =
+            serde_json::from_str(&error_frame(ErrorCode::Forbidden, "no", Some("e"))).unwrap();
+        assert_eq!(e["code"], "forbidden");
+        let u: Value = serde_json::from_str(&unsubscribed_frame("e")).unwrap();
+        assert_eq!(u["type"], "unsubscribed");
+        assert_eq!(
+            CloseReason::Shutdown { retry_after_ms: 5 }.to_string(),
+            "server shutting down; retry-after-ms=5"
+        );
+    }
+}

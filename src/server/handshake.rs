@@ -1,0 +1,164 @@
+//! The HTTP upgrade (RFC 6455 §4.2), run in the new connection's thread.
+//!
+//! livecast reads and answers the upgrade itself rather than through
+//! tungstenite's `accept_hdr`, because the WebSocket port also answers plain
+//! HTTP (`GET /auth/check`, 404, 426), which tungstenite's handshake cannot
+//! express. Checks run in the order SPEC §2 gives (the connection limit has
+//! already been enforced by the acceptor): Origin (403), credentials (401,
+//! 503 when the authority is unavailable). The whole request must arrive
+//! within `LIVE_WS_HANDSHAKE_TIMEOUT_MS`, counted from the accept, so a
+//! one-byte-per-second client is cut at the deadline (slowloris).
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use log::debug;
+use tungstenite::handshake::derive_accept_key;
+
+use crate::auth::{self, AuthError, Credentials, Identity};
+use crate::http::server::{HeadError, RequestHead, Response, read_head, write_response};
+use crate::server::Shared;
+
+/// Largest upgrade request head accepted.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// A completed upgrade.
+#[derive(Debug)]
+pub(super) struct Upgraded {
+    pub(super) identity: Identity,
+    /// Bytes the client sent after its request (the first frames).
+    pub(super) leftover: Vec<u8>,
+}
+
+/// Runs the upgrade. `None` when the request was answered otherwise (or
+/// the peer went away): the caller just drops the socket.
+pub(super) fn perform(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    remote: SocketAddr,
+) -> Option<Upgraded> {
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(shared.config.handshake_timeout));
+    let (head, leftover) = match read_head(stream, deadline, MAX_HEAD_BYTES) {
+        Ok(pair) => pair,
+        Err(HeadError::Malformed(why)) => {
+            debug!("{remote}: malformed request: {why}");
+            reply(shared, stream, &Response::text(400, "malformed request\n"));
+            return None;
+        }
+        Err(HeadError::TooLarge) => {
+            reply(shared, stream, &Response::text(431, "request head too large\n"));
+            return None;
+        }
+        Err(e) => {
+            debug!("{remote}: handshake dropped: {e}");
+            return None;
+        }
+    };
+
+    if head.method == "GET" && head.path == "/auth/check" {
+        auth_check(shared, stream, &head);
+        return None;
+    }
+    let wants_upgrade = head.header("upgrade").is_some_and(|u| has_token(u, "websocket"));
+    if !wants_upgrade {
+        reply(
+            shared,
+            stream,
+            &Response::text(404, "not found: this port serves WebSocket upgrades\n"),
+        );
+        return None;
+    }
+    let Some(key) = valid_upgrade(&head) else {
+        let resp = Response::text(426, "invalid WebSocket upgrade (RFC 6455 §4.2.1)\n")
+            .with_header("Sec-WebSocket-Version", "13")
+            .with_header("Upgrade", "websocket");
+        reply(shared, stream, &resp);
+        return None;
+    };
+
+    let credentials = Credentials::from_head(&head);
+    let origin = head.header("origin");
+    if !auth::origin_allowed(
+        &shared.config.allowed_origins,
+        origin,
+        head.header("host"),
+        credentials.uses_cookie(),
+    ) {
+        debug!("{remote}: origin refused");
+        reply(shared, stream, &Response::text(403, "origin not allowed\n"));
+        return None;
+    }
+    let identity = match auth::authenticate(shared.auth.as_ref(), &shared.metrics, &credentials) {
+        Ok(identity) => identity,
+        Err(e) => {
+            debug!("{remote}: {e}");
+            reply(shared, stream, &auth_error_response(&e));
+            return None;
+        }
+    };
+
+    let accept = derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if let Err(e) = std::io::Write::write_all(stream, response.as_bytes()) {
+        debug!("{remote}: handshake write failed: {e}");
+        return None;
+    }
+    Some(Upgraded { identity, leftover })
+}
+
+/// The `Sec-WebSocket-Key` of a well-formed upgrade request, or `None`.
+fn valid_upgrade(head: &RequestHead) -> Option<&str> {
+    let connection_ok = head.header("connection").is_some_and(|c| has_token(c, "upgrade"));
+    let version_ok = head.header("sec-websocket-version").is_some_and(|v| v.trim() == "13");
+    let key = head.header("sec-websocket-key").map(str::trim).filter(|k| k.len() == 24)?;
+    (head.method == "GET" && head.version >= 1 && connection_ok && version_ok).then_some(key)
+}
+
+/// Whether a comma-separated header value holds `token` (case-insensitive).
+fn has_token(value: &str, token: &str) -> bool {
+    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// `GET /auth/check`: 204 when the credentials would open a connection,
+/// 401 when not, 503 when the authority cannot tell. Lets a page whose
+/// upgrade was refused (browsers only see 1006) choose between "log in
+/// again" and "retry".
+fn auth_check(shared: &Shared, stream: &mut TcpStream, head: &RequestHead) {
+    let credentials = Credentials::from_head(head);
+    let mut resp = match auth::authenticate(shared.auth.as_ref(), &shared.metrics, &credentials) {
+        Ok(_) => Response::new(204),
+        Err(e) => auth_error_response(&e),
+    };
+    // The dashboard on the HTTP port is another origin: let it read the
+    // answer, with cookies, when the Origin rule allows it.
+    let host = head.header("host");
+    if let Some(origin) = head.header("origin")
+        && auth::origin_allowed(&shared.config.allowed_origins, Some(origin), host, true)
+    {
+        resp = resp
+            .with_header("Access-Control-Allow-Origin", origin)
+            .with_header("Access-Control-Allow-Credentials", "true")
+            .with_header("Vary", "Origin");
+    }
+    let _ = write_response(stream, &resp, true);
+}
+
+fn auth_error_response(e: &AuthError) -> Response {
+    match e {
+        AuthError::Denied => {
+            Response::text(401, "unauthorized\n").with_header("WWW-Authenticate", "Bearer")
+        }
+        AuthError::Unavailable(_) => Response::text(503, "authentication backend unavailable\n")
+            .with_header("Retry-After", "5"),
+    }
+}
+
+/// Writes a refusal and counts it.
+fn reply(shared: &Shared, stream: &mut TcpStream, resp: &Response) {
+    shared.metrics.upgrades_rejected.with_label_values(&[&resp.status.to_string()]).inc();
+    let _ = write_response(stream, resp, true);
+}

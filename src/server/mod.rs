@@ -1,0 +1,124 @@
+//! The WebSocket side: one blocking acceptor, one thread per client.
+//!
+//! - `acceptor.rs`: the `acceptor` thread: accept, enforce the connection
+//!   limits, spawn a `ws-xxxxxxxx` thread per socket;
+//! - `handshake.rs`: the HTTP upgrade, run in the new thread: Origin, auth,
+//!   `GET /auth/check`, 101;
+//! - `connection.rs`: the connection loop: poll on socket + wake fd, write
+//!   queued frames, read, heartbeat;
+//! - `queue.rs`: the client's bounded outbound queue and its shared handle.
+
+mod acceptor;
+mod connection;
+mod handshake;
+mod queue;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+use uuid::Uuid;
+
+use crate::auth::Authenticator;
+use crate::broadcast::Command;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+pub(crate) use acceptor::Acceptor;
+pub(crate) use queue::{ClientHandle, Kind, OfferError, Outbound};
+
+/// What every connection thread shares with the rest of the server.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) metrics: Metrics,
+    /// The broadcaster's inbox.
+    pub(crate) commands: Sender<Command>,
+    pub(crate) auth: Box<dyn Authenticator>,
+    /// Open (post-upgrade) connections, for the debug endpoint and the stop.
+    pub(crate) connections: RwLock<HashMap<Uuid, Arc<ClientHandle>>>,
+    /// False once a stop has begun: readiness turns 503.
+    pub(crate) accepting: AtomicBool,
+    /// Connection threads alive, handshaking ones included.
+    threads: AtomicUsize,
+    /// Connection threads per peer address, when a per-IP limit is set.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: Config,
+        metrics: Metrics,
+        commands: Sender<Command>,
+        auth: Box<dyn Authenticator>,
+    ) -> Shared {
+        Shared {
+            config,
+            metrics,
+            commands,
+            auth,
+            connections: RwLock::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+            threads: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Connection threads alive (handshaking ones included).
+    pub(crate) fn threads(&self) -> usize {
+        self.threads.load(Ordering::SeqCst)
+    }
+}
+
+/// A connection thread's place in the limits: taken by the acceptor before
+/// spawning, released when the thread ends on any path (tiny-http's
+/// `Registration`), so the counts cannot drift.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    /// Takes a slot, or `None` when a limit is reached.
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Slot> {
+        let max = shared.config.max_connections;
+        let taken = shared
+            .threads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .is_ok();
+        if !taken {
+            return None;
+        }
+        let per_ip_max = shared.config.max_connections_per_ip;
+        if per_ip_max > 0 {
+            let mut per_ip = shared.per_ip.lock();
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= per_ip_max {
+                drop(per_ip);
+                shared.threads.fetch_sub(1, Ordering::SeqCst);
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Slot { shared: Arc::clone(shared), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.shared.config.max_connections_per_ip > 0 {
+            let mut per_ip = self.shared.per_ip.lock();
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
+        }
+        self.shared.threads.fetch_sub(1, Ordering::SeqCst);
+    }
+}

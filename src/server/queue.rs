@@ -1,0 +1,258 @@
+//! A client's outbound queue and the handle the broadcaster holds on it.
+//!
+//! The broadcaster never blocks on a client: it `try_send`s an [`Outbound`]
+//! entry into the client's bounded crossbeam queue, adds its bytes to a
+//! shared counter, and wakes the connection thread through its eventfd only
+//! when that thread has announced it is about to sleep. A full queue or too
+//! many queued bytes is bookkeeping: the client is marked for a 1008 close
+//! and the broadcaster moves on.
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
+use rustix::event::{EventfdFlags, eventfd};
+use tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use crate::protocol::CloseReason;
+
+/// What kind of message an entry carries, for `livecast_outbound_messages_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Live positions of one event from one broadcaster cycle.
+    Position,
+    /// A `subscribed` message with its snapshot.
+    Subscribed,
+    /// An `unsubscribed` message.
+    Unsubscribed,
+}
+
+impl Kind {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kind::Position => "position",
+            Kind::Subscribed => "subscribed",
+            Kind::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
+/// One queue entry: every frame a client gets from one event in one
+/// broadcaster cycle.
+///
+/// The same `Arc<Outbound>` goes to every subscriber of the event, so a
+/// position is serialised once however many clients receive it, and a queue
+/// slot costs one pointer.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub(crate) kind: Kind,
+    pub(crate) frames: Vec<Utf8Bytes>,
+    /// Sum of the frames' lengths.
+    pub(crate) bytes: usize,
+    /// `ts` of the last position in `frames`, for staleness.
+    pub(crate) last_ts: Option<i64>,
+}
+
+impl Outbound {
+    /// An entry holding one message.
+    pub(crate) fn single(kind: Kind, frame: String) -> Outbound {
+        Outbound { kind, bytes: frame.len(), frames: vec![Utf8Bytes::from(frame)], last_ts: None }
+    }
+}
+
+/// Sentinel for "no position written yet" in `staleness_ms`.
+const NO_STALENESS: i64 = i64::MIN;
+
+/// What the broadcaster, the debug endpoint and the stopper share with one
+/// connection thread.
+#[derive(Debug)]
+pub(crate) struct ClientHandle {
+    pub(crate) id: Uuid,
+    /// `ws-` + the first 8 hex digits of `id`: the thread's name.
+    pub(crate) thread_name: String,
+    pub(crate) remote: SocketAddr,
+    pub(crate) user: String,
+    pub(crate) opened_at_ms: i64,
+    tx: Sender<Arc<Outbound>>,
+    /// Bytes queued but not yet taken by the connection thread.
+    queued_bytes: AtomicUsize,
+    /// Set by the connection thread just before it blocks in `poll`.
+    sleeping: AtomicBool,
+    /// Written to wake the connection thread.
+    wake_fd: OwnedFd,
+    /// The first close asked of this connection by another thread.
+    close_request: Mutex<Option<CloseReason>>,
+    /// Set to drop the connection now, without a close handshake.
+    terminate: AtomicBool,
+    /// A clone of the socket, so that a stuck connection can be shut down
+    /// from outside its thread.
+    socket: TcpStream,
+    pub(crate) tid: AtomicI32,
+    pub(crate) last_seen_ms: AtomicI64,
+    pub(crate) messages_sent: AtomicU64,
+    staleness_ms: AtomicI64,
+    pub(crate) subscriptions: Mutex<Vec<String>>,
+}
+
+/// Why [`ClientHandle::offer`] did not queue an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OfferError {
+    /// The queue or the byte budget is full: close the client with 1008.
+    Overflow,
+    /// The connection thread is gone: forget the client.
+    Gone,
+}
+
+impl ClientHandle {
+    /// Creates the handle and the receiving end of its queue.
+    ///
+    /// # Errors
+    /// When the eventfd or the socket clone cannot be made (fd exhaustion).
+    pub(crate) fn new(
+        id: Uuid,
+        remote: SocketAddr,
+        user: String,
+        socket: &TcpStream,
+        capacity: usize,
+    ) -> std::io::Result<(Arc<ClientHandle>, Receiver<Arc<Outbound>>)> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let wake_fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let handle = ClientHandle {
+            id,
+            thread_name: thread_name(id),
+            remote,
+            user,
+            opened_at_ms: crate::position::now_ms(),
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            sleeping: AtomicBool::new(false),
+            wake_fd,
+            close_request: Mutex::new(None),
+            terminate: AtomicBool::new(false),
+            socket: socket.try_clone()?,
+            tid: AtomicI32::new(0),
+            last_seen_ms: AtomicI64::new(crate::position::now_ms()),
+            messages_sent: AtomicU64::new(0),
+            staleness_ms: AtomicI64::new(NO_STALENESS),
+            subscriptions: Mutex::new(Vec::new()),
+        };
+        Ok((Arc::new(handle), rx))
+    }
+
+    /// Queues `entry` without blocking; called by the broadcaster only.
+    ///
+    /// # Errors
+    /// [`OfferError::Overflow`] when the queue is full or the queued bytes
+    /// would pass `byte_limit`; [`OfferError::Gone`] when the connection
+    /// thread has dropped its end.
+    pub(crate) fn offer(&self, entry: &Arc<Outbound>, byte_limit: usize) -> Result<(), OfferError> {
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if queued.saturating_add(entry.bytes) > byte_limit {
+            return Err(OfferError::Overflow);
+        }
+        match self.tx.try_send(Arc::clone(entry)) {
+            Ok(()) => {
+                self.queued_bytes.fetch_add(entry.bytes, Ordering::Relaxed);
+                self.wake_if_sleeping();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(OfferError::Overflow),
+            Err(TrySendError::Disconnected(_)) => Err(OfferError::Gone),
+        }
+    }
+
+    /// Called by the connection thread for each entry it takes.
+    pub(crate) fn taken(&self, entry: &Outbound) {
+        self.queued_bytes.fetch_sub(entry.bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn queued_messages(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Asks the connection to close with `reason` (the first ask wins) and
+    /// wakes it.
+    pub(crate) fn request_close(&self, reason: CloseReason) {
+        self.close_request.lock().get_or_insert(reason);
+        self.wake();
+    }
+
+    /// Drops the connection at once: no close handshake, the thread ends.
+    pub(crate) fn terminate(&self) {
+        self.terminate.store(true, Ordering::SeqCst);
+        // Wakes a thread blocked in poll or write, whatever it waits on.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        self.wake();
+    }
+
+    pub(crate) fn take_close_request(&self) -> Option<CloseReason> {
+        self.close_request.lock().take()
+    }
+
+    pub(crate) fn terminated(&self) -> bool {
+        self.terminate.load(Ordering::SeqCst)
+    }
+
+    /// The connection thread's side of the sleep protocol: announce the
+    /// sleep, then re-check for work. Returns `false` (and stays awake) when
+    /// work arrived in between, so that no wake-up is lost.
+    pub(crate) fn prepare_sleep(&self, queue_counts: bool) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        let work = (queue_counts && !self.tx.is_empty())
+            || self.terminated()
+            || self.close_request.lock().is_some();
+        if work {
+            self.sleeping.store(false, Ordering::SeqCst);
+        }
+        !work
+    }
+
+    /// The connection thread is awake again; clears the wake counter.
+    pub(crate) fn woke(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.wake_fd, &mut buf);
+    }
+
+    pub(crate) fn wake_fd(&self) -> &OwnedFd {
+        &self.wake_fd
+    }
+
+    fn wake_if_sleeping(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        // A full eventfd counter (2^64-2 wakes) or EAGAIN still leaves it
+        // readable, which is all a wake needs.
+        let _ = rustix::io::write(&self.wake_fd, &1u64.to_ne_bytes());
+    }
+
+    pub(crate) fn set_staleness(&self, ms: i64) {
+        self.staleness_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn staleness_ms(&self) -> Option<i64> {
+        match self.staleness_ms.load(Ordering::Relaxed) {
+            NO_STALENESS => None,
+            ms => Some(ms),
+        }
+    }
+}
+
+/// `ws-` + the first 8 hex digits of the id (11 bytes: fits the kernel's
+/// 15-byte thread name).
+pub(crate) fn thread_name(id: Uuid) -> String {
+    let hex = id.simple().to_string();
+    format!("ws-{}", hex.get(..8).unwrap_or(&hex))
+}
