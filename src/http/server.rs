@@ -94,12 +94,6 @@ impl Request {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         find_header(&self.headers, name)
     }
-
-    /// The first query parameter named `name`, percent-decoded with `+` read
-    /// as a space. A parameter without `=` has the empty value.
-    pub(crate) fn query_param(&self, name: &str) -> Option<String> {
-        self.query.as_deref().and_then(|query| find_query_param(query, name))
-    }
 }
 
 impl fmt::Debug for Request {
@@ -712,8 +706,13 @@ fn refuse_busy(stream: &TcpStream) {
         let _ = stream.shutdown(Shutdown::Write);
         // Discard a request that already arrived, so closing sends FIN, not
         // an RST that could destroy the 503 before the peer reads it.
+        // Bounded, so a peer streaming fast cannot hold the accept thread.
         let mut scratch = [0u8; 4096];
-        while matches!(stream.read(&mut scratch), Ok(n) if n > 0) {}
+        for _ in 0..16 {
+            if !matches!(stream.read(&mut scratch), Ok(n) if n > 0) {
+                break;
+            }
+        }
     }
 }
 
@@ -747,6 +746,9 @@ fn serve_connection(
                 Instant::now() + limits.idle_timeout
             };
             match read_append(stream, &mut buf, READ_CHUNK, until) {
+                Ok(0) if shared.stopping.load(Ordering::SeqCst) => {
+                    return "server stopping".to_owned();
+                }
                 Ok(0) => return "closed by peer".to_owned(),
                 Ok(_) => {}
                 Err(ReadFail::Timeout) => return "idle timeout".to_owned(),
@@ -811,7 +813,8 @@ fn serve_connection(
             (false, 0) => ConnectionHeader::KeepAlive,
             (false, _) => ConnectionHeader::Omit,
         };
-        let with_body = !method.eq_ignore_ascii_case("HEAD");
+        // Methods are case-sensitive (RFC 9110 §9.1).
+        let with_body = method != "HEAD";
         if let Err(e) = stream.write_all(&encode_response(&resp, conn, with_body)) {
             return format!("write: {e}");
         }
@@ -1437,8 +1440,13 @@ mod tests {
     }
 
     fn start(limits: Limits) -> HttpServer {
+        start_with(limits, Arc::new(echo))
+    }
+
+    /// Binds 127.0.0.1:0 before starting, so the port is ready on return.
+    fn start_with(limits: Limits, handler: Arc<dyn Handler>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        HttpServer::start(listener, limits, Arc::new(echo)).expect("start")
+        HttpServer::start(listener, limits, handler).expect("start")
     }
 
     /// A raw client with its own receive buffer.
@@ -1744,25 +1752,26 @@ mod tests {
 
     #[test]
     fn stop_is_prompt_finishes_in_flight_and_wakes_accept() {
-        let mut server = start(test_limits());
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let handler = move |req: Request| {
+            if req.path == "/slow" {
+                let _ = entered_tx.send(());
+            }
+            echo(req)
+        };
+        let mut server = start_with(test_limits(), Arc::new(handler));
         let addr = server.local_addr();
         let mut idle = Client::connect(&server);
         idle.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
         idle.reply(false);
 
-        let (tx, rx) = mpsc::channel();
-        let slow = Client::connect(&server);
-        let in_flight = spawn_named("test-client".into(), None, move || {
-            let mut slow = slow;
-            slow.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
-            tx.send(()).expect("signal");
-            slow.reply(false)
-        })
-        .expect("spawn");
-        rx.recv_timeout(Duration::from_secs(5)).expect("request sent");
-        // Let the request reach the handler before stopping: otherwise it is
-        // legitimately cut as an idle connection.
-        std::thread::sleep(Duration::from_millis(100));
+        let mut slow = Client::connect(&server);
+        slow.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+        let in_flight =
+            spawn_named("test-client".into(), None, move || slow.reply(false)).expect("spawn");
+        // Stop once the request is in the handler: earlier, it would rightly
+        // be cut as an idle connection.
+        entered_rx.recv_timeout(Duration::from_secs(5)).expect("request reached the handler");
 
         let started = Instant::now();
         server.stop(Instant::now() + Duration::from_secs(5));
@@ -1806,13 +1815,25 @@ mod tests {
             body: Vec::new(),
             remote: "127.0.0.1:1".parse().expect("addr"),
         };
-        assert_eq!(req.query_param("a").as_deref(), Some("1"));
-        assert_eq!(req.query_param("b").as_deref(), Some("hello world"));
-        assert_eq!(req.query_param("c").as_deref(), Some("ABé"));
-        assert_eq!(req.query_param("d").as_deref(), Some("%zz%4"));
-        assert_eq!(req.query_param("e").as_deref(), Some(""));
-        assert_eq!(req.query_param("x y").as_deref(), Some("&"));
-        assert_eq!(req.query_param("z"), None);
+        assert_eq!(find_query_param(req.query.as_deref().unwrap_or(""), "a").as_deref(), Some("1"));
+        assert_eq!(
+            find_query_param(req.query.as_deref().unwrap_or(""), "b").as_deref(),
+            Some("hello world")
+        );
+        assert_eq!(
+            find_query_param(req.query.as_deref().unwrap_or(""), "c").as_deref(),
+            Some("ABé")
+        );
+        assert_eq!(
+            find_query_param(req.query.as_deref().unwrap_or(""), "d").as_deref(),
+            Some("%zz%4")
+        );
+        assert_eq!(find_query_param(req.query.as_deref().unwrap_or(""), "e").as_deref(), Some(""));
+        assert_eq!(
+            find_query_param(req.query.as_deref().unwrap_or(""), "x y").as_deref(),
+            Some("&")
+        );
+        assert_eq!(find_query_param(req.query.as_deref().unwrap_or(""), "z"), None);
         assert_eq!(req.path, "/a%20b");
         assert_eq!(req.header("x-TOKEN"), Some("secret"));
         let debug = format!("{req:?}");
@@ -1885,6 +1906,12 @@ mod tests {
         assert_eq!(no_content, b"HTTP/1.1 204 No Content\r\n\r\n");
         let unknown = encode_response(&Response::new(599), ConnectionHeader::Omit, false);
         assert_eq!(unknown, b"HTTP/1.1 599 \r\nContent-Length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn server_handle_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<HttpServer>();
     }
 
     #[test]
