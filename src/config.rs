@@ -136,6 +136,11 @@ pub struct Config {
     pub batch_size: usize,
     /// `LIVE_BROADCAST_BATCH_BLOCK_MS` (1000): `XREADGROUP BLOCK`.
     pub batch_block: Duration,
+    /// `LIVE_STREAM_WARM_COUNT` (10000): entries read from the stream's tail
+    /// at start, so snapshots are right after a restart; 0 skips it.
+    pub warm_count: usize,
+    /// `LIVE_STREAM_MAXLEN` (0 = unlimited): `XADD MAXLEN ~` for ingest.
+    pub stream_maxlen: usize,
     /// `DIRECTUS_BASE_URL`: required in mode `directus`.
     pub directus_base_url: Option<String>,
     /// `DIRECTUS_AUTH_TIMEOUT_MS` (3000).
@@ -197,6 +202,8 @@ impl Default for Config {
             instance_id_configured: false,
             batch_size: 500,
             batch_block: Duration::from_millis(1000),
+            warm_count: 10_000,
+            stream_maxlen: 0,
             directus_base_url: None,
             directus_auth_timeout: Duration::from_millis(3000),
             directus_authz_timeout: Duration::from_millis(3000),
@@ -777,6 +784,18 @@ const GROUPS: &[Group] = &[
                 Is("1000"),
                 "XREADGROUP BLOCK: longest wait for new positions (0 would block forever).",
                 |c, v| set(&mut c.batch_block, millis(v, 1)),
+            ),
+            Var::new(
+                "LIVE_STREAM_WARM_COUNT",
+                Is("10000"),
+                "Stream entries read from the tail at start to warm snapshots (0: none).",
+                |c, v| set(&mut c.warm_count, count(v, 0)),
+            ),
+            Var::new(
+                "LIVE_STREAM_MAXLEN",
+                Is("0"),
+                "XADD MAXLEN ~ for ingested positions (0: the stream is not trimmed).",
+                |c, v| set(&mut c.stream_maxlen, count(v, 0)),
             ),
         ],
     },

@@ -4,7 +4,8 @@
 //! # Architecture: one blocking thread per client
 //!
 //! ```text
-//!  POST /ingest ─> [http-N] ─ parse, validate, serialise once ─┐
+//!  trackers ─XADD─> Redis Stream ─XREADGROUP─> [redis-source] ──┐
+//!  POST /ingest ─> [http-N] ─ validate; no Redis: direct, Redis: XADD
 //!                                                               v  bounded channel of commands
 //!                                                       [broadcaster]  owns event -> subscribers,
 //!                                                         │            latest positions, device map
@@ -61,6 +62,7 @@ use http::server::{HttpServer, Limits};
 use protocol::CloseReason;
 use server::{Acceptor, Shared};
 use source::device_map::Refresher;
+use source::redis::RedisSource;
 
 /// Why [`start`] failed.
 #[derive(Debug)]
@@ -112,6 +114,7 @@ pub struct Server {
     http: HttpServer,
     broadcaster: Option<JoinHandle<()>>,
     device_map: Option<Refresher>,
+    redis_source: Option<RedisSource>,
     stopped: bool,
 }
 
@@ -125,11 +128,6 @@ const COMMAND_CAPACITY: usize = 4096;
 /// [`StartError`] when a port cannot be bound, a thread cannot be spawned,
 /// or the auth mode cannot start.
 pub fn start(config: Config) -> Result<Server, StartError> {
-    if config.redis_url.is_some() {
-        return Err(StartError::Setup(
-            "REDIS_URL is set, but this build has no Redis source yet".into(),
-        ));
-    }
     raise_open_files_limit(config.max_connections);
     let metrics =
         metrics::Metrics::new().map_err(|e| StartError::Setup(format!("metrics: {e}")))?;
@@ -177,7 +175,26 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         read_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(60),
     };
-    let shared = Arc::new(Shared::new(config, metrics, commands, auth));
+    let redis = match config.redis_url {
+        Some(_) => Some(source::redis::client(&config).map_err(StartError::Setup)?),
+        None => None,
+    };
+    let status = redis.as_ref().map(|_| Arc::new(source::redis::SourceStatus::new()));
+    let sink = redis.clone().map(|client| source::redis::StreamSink::new(&config, client));
+    let redis_source = match (redis, &status) {
+        (Some(client), Some(status)) => Some(
+            RedisSource::start(
+                &config,
+                client,
+                commands.clone(),
+                metrics.clone(),
+                Arc::clone(status),
+            )
+            .map_err(StartError::Spawn)?,
+        ),
+        _ => None,
+    };
+    let shared = Arc::new(Shared::new(config, metrics, commands, auth, status, sink));
     let routes = Arc::new(http::Routes { shared: Arc::clone(&shared) });
     let http = HttpServer::start(http_listener, limits, routes).map_err(StartError::Spawn)?;
     let acceptor = Acceptor::start(ws_listener, Arc::clone(&shared)).map_err(StartError::Spawn)?;
@@ -194,6 +211,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         http,
         broadcaster: Some(broadcaster),
         device_map,
+        redis_source,
         stopped: false,
     })
 }
@@ -244,6 +262,10 @@ impl Server {
         // Handshaking threads end at their own handshake deadline.
         wait_until(Instant::now() + Duration::from_secs(1), || shared.threads() == 0);
 
+        // The source acknowledges what it handed over, then stops.
+        if let Some(mut source) = self.redis_source.take() {
+            source.stop();
+        }
         if let Some(mut refresher) = self.device_map.take() {
             refresher.stop();
         }

@@ -40,6 +40,11 @@ pub(crate) struct Metrics {
     pub(crate) snapshot_positions: Histogram,
     pub(crate) device_map_size: IntGauge,
     pub(crate) device_map_refresh_failures: IntCounter,
+    pub(crate) redis_connected: IntGauge,
+    pub(crate) redis_batches: IntCounter,
+    pub(crate) redis_read_errors: IntCounter,
+    pub(crate) redis_reconnects: IntCounter,
+    pub(crate) redis_pending: IntGauge,
 }
 
 impl Metrics {
@@ -179,6 +184,32 @@ impl Metrics {
                 IntCounter::new(
                     "device_map_refresh_failures_total",
                     "Failed device->event map refreshes (the previous map is kept)",
+                )?,
+            )?,
+            redis_connected: reg(
+                r,
+                IntGauge::new("redis_connected", "1 while the Redis stream source is connected")?,
+            )?,
+            redis_batches: reg(
+                r,
+                IntCounter::new("redis_batches_total", "Non-empty XREADGROUP batches read")?,
+            )?,
+            redis_read_errors: reg(
+                r,
+                IntCounter::new("redis_read_errors_total", "Failed Redis reads and acks")?,
+            )?,
+            redis_reconnects: reg(
+                r,
+                IntCounter::new(
+                    "redis_reconnects_total",
+                    "Reconnections to Redis after a failure",
+                )?,
+            )?,
+            redis_pending: reg(
+                r,
+                IntGauge::new(
+                    "redis_pending",
+                    "Entries delivered to this instance's group but not yet acknowledged",
                 )?,
             )?,
             registry,

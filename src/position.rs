@@ -93,6 +93,22 @@ impl Position {
         Ok(Position { device_id, event_id, ts_ms, tail })
     }
 
+    /// The position as a producer would send it (no `type`), for appending
+    /// to the Redis Stream.
+    pub(crate) fn to_json(&self) -> String {
+        let mut out = String::with_capacity(24 + self.tail.len());
+        out.push('{');
+        if let Some(event) = &self.event_id {
+            out.push_str("\"eventId\":");
+            push_json_str(&mut out, event);
+            out.push_str(&self.tail);
+        } else {
+            // `tail` starts with the comma that follows the head.
+            out.push_str(self.tail.get(1..).unwrap_or_default());
+        }
+        out
+    }
+
     /// The `position` message for `event_id`, as sent to every subscriber.
     pub(crate) fn frame(&self, event_id: &str) -> String {
         let mut out = String::with_capacity(40 + event_id.len() + self.tail.len());
@@ -256,6 +272,13 @@ mod tests {
             json!({"type":"position","eventId":"e-42","deviceId":"d-7","lat":46.52,
                 "lon":6.63,"ts":1764316800123_i64,"speed":12.5})
         );
+        // Round trip through the stream form.
+        let again = parse(serde_json::from_str(&p.to_json()).unwrap()).unwrap();
+        assert_eq!(again, p);
+        let mut no_event = p;
+        no_event.event_id = None;
+        let again = parse(serde_json::from_str(&no_event.to_json()).unwrap()).unwrap();
+        assert_eq!(again, no_event);
     }
 
     #[test]

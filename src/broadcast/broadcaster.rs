@@ -22,6 +22,9 @@ use crate::server::{ClientHandle, Kind, OfferError, Outbound};
 pub(crate) enum Command {
     /// Validated positions from a source, in source order.
     Positions(Vec<Position>),
+    /// Positions read back from the stream's tail at start: they fill the
+    /// cache for devices not seen live, and are not broadcast.
+    Warm(Vec<Position>),
     /// Register the client on the event and queue `subscribed` + snapshot.
     /// Authorization has already been done by the connection thread.
     Subscribe { client: Arc<ClientHandle>, event: String },
@@ -109,6 +112,7 @@ impl Broadcaster {
                     self.position(p);
                 }
             }
+            Command::Warm(positions) => self.warm(positions),
             Command::Subscribe { client, event } => {
                 // Everything queued before this subscribe goes out first, so
                 // the snapshot below is exactly where the live stream starts.
@@ -142,6 +146,28 @@ impl Broadcaster {
                 }
             }
             Command::Shutdown => {}
+        }
+    }
+
+    fn warm(&mut self, positions: Vec<Position>) {
+        // Oldest first in: the newest of each device wins.
+        let mut latest: HashMap<String, Position> = HashMap::new();
+        for p in positions {
+            latest.insert(p.device_id.clone(), p);
+        }
+        for p in latest.into_values() {
+            if self.cache.has_device(&p.device_id) {
+                continue;
+            }
+            let (event, via_map) = match &p.event_id {
+                Some(event) => (event.clone(), false),
+                None => match self.device_map.get(&p.device_id) {
+                    Some(event) => (event.clone(), true),
+                    None => continue,
+                },
+            };
+            let frame = Utf8Bytes::from(p.frame(&event));
+            self.cache.put(&event, p, frame, via_map);
         }
     }
 

@@ -46,6 +46,11 @@ impl Cache {
             .insert(device, Latest { position, frame, via_map });
     }
 
+    /// Whether `device` has a cached position.
+    pub(crate) fn has_device(&self, device: &str) -> bool {
+        self.device_event.contains_key(device)
+    }
+
     /// The frames of `event`'s snapshot.
     pub(crate) fn snapshot(&self, event: &str) -> impl Iterator<Item = &str> {
         self.events.get(event).into_iter().flat_map(|d| d.values().map(|l| l.frame.as_str()))

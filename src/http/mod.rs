@@ -53,10 +53,12 @@ POST /ingest.</p>";
 
 impl Routes {
     fn readyz(&self) -> Response {
-        if self.shared.accepting.load(Ordering::SeqCst) {
-            Response::json(200, &json!({"ready": true}))
-        } else {
-            Response::json(503, &json!({"ready": false, "reason": "shutting down"}))
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return Response::json(503, &json!({"ready": false, "reason": "shutting down"}));
+        }
+        match self.shared.source.as_ref().map(|s| s.check()) {
+            Some(Err(reason)) => Response::json(503, &json!({"ready": false, "reason": reason})),
+            None | Some(Ok(())) => Response::json(200, &json!({"ready": true})),
         }
     }
 
@@ -86,9 +88,17 @@ impl Routes {
             .positions_rejected
             .with_label_values(&["ingest"])
             .inc_by(parsed.rejected.len() as u64);
-        if accepted > 0 && self.shared.commands.send(Command::Positions(parsed.positions)).is_err()
-        {
-            return Response::json(503, &json!({"error": "server is stopping"}));
+        if accepted > 0 {
+            // With Redis, the stream is the one path to every instance,
+            // this one included.
+            if let Some(sink) = &self.shared.sink {
+                if let Err(e) = sink.append(&parsed.positions) {
+                    return Response::json(503, &json!({"error": format!("redis: {e}")}))
+                        .with_header("Retry-After", "1");
+                }
+            } else if self.shared.commands.send(Command::Positions(parsed.positions)).is_err() {
+                return Response::json(503, &json!({"error": "server is stopping"}));
+            }
         }
         Response::json(202, &json!({"accepted": accepted, "rejected": parsed.rejected}))
     }

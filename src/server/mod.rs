@@ -26,6 +26,7 @@ use crate::auth::Authenticator;
 use crate::broadcast::Command;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::source::redis::{SourceStatus, StreamSink};
 
 pub(crate) use acceptor::Acceptor;
 pub(crate) use queue::{ClientHandle, Kind, OfferError, Outbound};
@@ -44,6 +45,10 @@ pub(crate) struct Shared {
     pub(crate) accepting: AtomicBool,
     /// Connection threads alive, handshaking ones included.
     threads: AtomicUsize,
+    /// The Redis source's state, when Redis is configured.
+    pub(crate) source: Option<Arc<SourceStatus>>,
+    /// Where ingested positions go when Redis is configured.
+    pub(crate) sink: Option<StreamSink>,
     /// Connection threads per peer address, when a per-IP limit is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -54,6 +59,8 @@ impl Shared {
         metrics: Metrics,
         commands: Sender<Command>,
         auth: Box<dyn Authenticator>,
+        source: Option<Arc<SourceStatus>>,
+        sink: Option<StreamSink>,
     ) -> Shared {
         Shared {
             config,
@@ -63,6 +70,8 @@ impl Shared {
             connections: RwLock::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             threads: AtomicUsize::new(0),
+            source,
+            sink,
             per_ip: Mutex::new(HashMap::new()),
         }
     }

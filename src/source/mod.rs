@@ -2,8 +2,12 @@
 //!
 //! - `ingest.rs`: `POST /ingest` bodies (JSON or NDJSON), parsed on the HTTP
 //!   worker thread that received them;
+//! - `redis.rs`: the `redis-source` thread reading the Redis Stream with
+//!   this instance's consumer group, and the sink appending ingested
+//!   positions to the stream;
 //! - `device_map.rs`: the `device-map` thread keeping the device→event map
 //!   fresh for positions that carry no `eventId`.
 
 pub(crate) mod device_map;
 pub(crate) mod ingest;
+pub(crate) mod redis;
