@@ -219,12 +219,14 @@ impl<'a> Connection<'a> {
         if self.state == State::Open && !self.write_blocked {
             self.drain_queue()?;
         }
-        self.flush()?;
         match self.state {
             State::Lingering { reason, .. } => self.linger(reason)?,
             _ => self.read_all()?,
         }
-        self.timers()
+        self.timers()?;
+        // One flush for everything this wake-up wrote: queued frames,
+        // answers to what was read, a ping.
+        self.flush()
     }
 
     fn closing_reason(&self) -> Option<CloseReason> {
@@ -504,7 +506,6 @@ impl<'a> Connection<'a> {
                 if now >= self.next_ping {
                     self.next_ping = now + interval;
                     self.write(Message::Ping(Vec::new().into()))?;
-                    self.flush()?;
                 }
                 Ok(())
             }
