@@ -6,6 +6,19 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The Redis tests run their own private redis-server on free ports; they
+# need the binary. Install Debian's package when it is missing and we may.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing redis-server"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server is required by the tests: install it (Debian: apt-get install redis-server)" >&2
+    exit 1
+  fi
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
