@@ -15,7 +15,7 @@ use super::registry::Registry;
 use crate::metrics::Metrics;
 use crate::position::{Position, now_ms};
 use crate::protocol::{CloseReason, subscribed_frame, unsubscribed_frame};
-use crate::server::{ClientHandle, Kind, OfferError, Outbound};
+use crate::server::{ClientHandle, Kind, OfferError, Outbound, push_text_frame};
 
 /// What other threads ask of the broadcaster, in the order they ask it.
 #[derive(Debug)]
@@ -45,8 +45,9 @@ const MAX_COMMANDS_PER_CYCLE: usize = 256;
 /// Frames for one event gathered during a cycle.
 #[derive(Debug, Default)]
 struct Pending {
-    frames: Vec<Utf8Bytes>,
-    bytes: usize,
+    /// WebSocket frames, back to back.
+    wire: Vec<u8>,
+    messages: usize,
     last_ts: Option<i64>,
 }
 
@@ -124,14 +125,14 @@ impl Broadcaster {
                 self.metrics.snapshot_duration.observe(started.elapsed().as_secs_f64());
                 #[allow(clippy::cast_precision_loss)] // a count of devices
                 self.metrics.snapshot_positions.observe(count as f64);
-                self.deliver(&client, &Arc::new(Outbound::single(Kind::Subscribed, frame)));
+                self.deliver(&client, &Arc::new(Outbound::single(Kind::Subscribed, &frame)));
                 self.update_gauge();
             }
             Command::Unsubscribe { client, event } => {
                 self.flush();
                 self.registry.remove(&event, client.id);
                 let frame = unsubscribed_frame(&event);
-                self.deliver(&client, &Arc::new(Outbound::single(Kind::Unsubscribed, frame)));
+                self.deliver(&client, &Arc::new(Outbound::single(Kind::Unsubscribed, &frame)));
                 self.update_gauge();
             }
             Command::Disconnect { id } => {
@@ -190,9 +191,9 @@ impl Broadcaster {
         self.metrics.positions_broadcast.inc();
         if self.registry.has_subscribers(event) {
             let pending = self.pending.entry(event.to_owned()).or_default();
-            pending.bytes += frame.len();
+            push_text_frame(&mut pending.wire, frame.as_bytes());
+            pending.messages += 1;
             pending.last_ts = Some(p.ts_ms);
-            pending.frames.push(frame.clone());
         }
         self.cache.put(event, p, frame, via_map);
     }
@@ -207,8 +208,8 @@ impl Broadcaster {
         for (event, batch) in pending {
             let entry = Arc::new(Outbound {
                 kind: Kind::Position,
-                frames: batch.frames,
-                bytes: batch.bytes,
+                messages: batch.messages,
+                wire: batch.wire,
                 last_ts: batch.last_ts,
             });
             let mut failed = Vec::new();
@@ -219,7 +220,7 @@ impl Broadcaster {
                     Err(e) => failed.push((Arc::clone(client), e)),
                 }
             }
-            let n = delivered * entry.frames.len() as u64;
+            let n = delivered * entry.messages as u64;
             self.outbound(Kind::Position).inc_by(n);
             self.metrics.fanout_deliveries.inc_by(n);
             for (client, e) in failed {
@@ -231,7 +232,7 @@ impl Broadcaster {
     /// Queues `entry` for `client`, closing it on overflow.
     fn deliver(&mut self, client: &Arc<ClientHandle>, entry: &Arc<Outbound>) {
         match client.offer(entry, self.byte_limit) {
-            Ok(()) => self.outbound(entry.kind).inc_by(entry.frames.len() as u64),
+            Ok(()) => self.outbound(entry.kind).inc_by(entry.messages as u64),
             Err(e) => self.failed(client, e),
         }
     }

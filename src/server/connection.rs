@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use super::handshake::{self, Upgraded};
 use super::queue::{ClientHandle, Outbound};
+use super::wire::Wire;
 use super::{Shared, Slot};
 use crate::auth::{self, AuthzError, Identity};
 use crate::broadcast::Command;
@@ -43,10 +44,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// tungstenite's read buffer: clients send only small control messages, and
 /// the buffer is allocated eagerly for every connection (default 128 KiB).
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-
-/// Bytes tungstenite gathers before writing on its own; a flush at the end
-/// of each wake-up writes the rest in one call.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Entry point of a connection thread, from accept to close.
 pub(super) fn run(
@@ -82,10 +79,13 @@ pub(super) fn run(
     let max = shared.config.max_message_bytes;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
+        // Hand every frame to the wire queue at once; the wire decides
+        // when to write (one writev per wake-up).
+        .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let ws = WebSocket::from_partially_read(stream, leftover, Role::Server, Some(ws_config));
+    let ws =
+        WebSocket::from_partially_read(Wire::new(stream), leftover, Role::Server, Some(ws_config));
 
     let metrics = &shared.metrics;
     metrics.connections_opened.inc();
@@ -153,14 +153,10 @@ struct Connection<'a> {
     shared: &'a Shared,
     handle: Arc<ClientHandle>,
     rx: Receiver<Arc<Outbound>>,
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<Wire<TcpStream>>,
     identity: Identity,
     subscriptions: Vec<String>,
     state: State,
-    /// Unsent bytes remain in tungstenite's buffer: wait for POLLOUT and do
-    /// not take more from the queue (the queue then fills, which is the
-    /// back-pressure signal).
-    write_blocked: bool,
     last_seen: Instant,
     next_ping: Instant,
     rate: RateLimit,
@@ -174,7 +170,7 @@ impl<'a> Connection<'a> {
         shared: &'a Shared,
         handle: Arc<ClientHandle>,
         rx: Receiver<Arc<Outbound>>,
-        ws: WebSocket<TcpStream>,
+        ws: WebSocket<Wire<TcpStream>>,
         identity: Identity,
     ) -> Connection<'a> {
         let now = Instant::now();
@@ -186,7 +182,6 @@ impl<'a> Connection<'a> {
             identity,
             subscriptions: Vec::new(),
             state: State::Open,
-            write_blocked: false,
             last_seen: now,
             next_ping: now + shared.config.ping_interval,
             rate: RateLimit::new(shared.config.max_inbound_per_sec),
@@ -197,6 +192,11 @@ impl<'a> Connection<'a> {
     fn serve(&mut self) -> CloseReason {
         loop {
             if let Err(reason) = self.step() {
+                // A close reply or close frame may still be queued: one
+                // last non-blocking attempt. A dead peer is owed nothing.
+                if reason != CloseReason::HeartbeatTimeout && !self.handle.terminated() {
+                    let _ = self.ws.get_mut().drain();
+                }
                 return reason;
             }
             if let Err(e) = self.sleep() {
@@ -216,8 +216,8 @@ impl<'a> Connection<'a> {
         {
             self.begin_close(reason, false);
         }
-        if self.state == State::Open && !self.write_blocked {
-            self.drain_queue()?;
+        if self.state == State::Open && !self.write_blocked() {
+            self.drain_queue();
         }
         match self.state {
             State::Lingering { reason, .. } => self.linger(reason)?,
@@ -236,55 +236,56 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Writes every queued entry (all frames of one broadcaster cycle per
-    /// entry); the flush after it makes one `write` for all of them.
-    fn drain_queue(&mut self) -> Ended {
+    /// Unsent bytes remain: wait for POLLOUT and take nothing more from
+    /// the queue, which then fills: that is the back-pressure signal.
+    fn write_blocked(&self) -> bool {
+        self.ws.get_ref().is_blocked()
+    }
+
+    /// Moves every queued entry (all frames of one broadcaster cycle per
+    /// entry, already framed and shared with the other subscribers) to the
+    /// wire; the flush after it makes one `writev` for all of them.
+    fn drain_queue(&mut self) {
+        let mut messages = 0;
+        let mut last_ts = None;
         while let Ok(entry) = self.rx.try_recv() {
             self.handle.taken(&entry);
-            for frame in &entry.frames {
-                self.write(Message::Text(frame.clone()))?;
-            }
-            self.handle
-                .messages_sent
-                .fetch_add(entry.frames.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            if let Some(ts) = entry.last_ts {
-                self.handle.set_staleness(now_ms() - ts);
-            }
-            if self.write_blocked {
-                break;
-            }
+            messages += entry.messages as u64;
+            last_ts = entry.last_ts.or(last_ts);
+            self.ws.get_mut().push_shared(entry);
         }
-        Ok(())
+        if messages > 0 {
+            self.handle.messages_sent.fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(ts) = last_ts {
+            self.handle.set_staleness(now_ms() - ts);
+        }
     }
 
-    /// Buffers one message. `WouldBlock` means it is buffered but the socket
-    /// is full.
+    /// Queues one message made here (errors, pings) on the wire.
     fn write(&mut self, message: Message) -> Ended {
-        match self.ws.write(message) {
-            Ok(()) => Ok(()),
-            Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
-                self.write_blocked = true;
-                Ok(())
-            }
-            Err(e) => Err(self.write_failed(&e)),
-        }
+        self.ws.write(message).map_err(|e| self.write_failed(&e))
     }
 
+    /// Hands tungstenite's pending control frames to the wire, then writes
+    /// the wire to the socket.
     fn flush(&mut self) -> Ended {
-        match self.ws.flush() {
-            Ok(()) => {
-                self.write_blocked = false;
+        if let Err(e) = self.ws.flush() {
+            return Err(self.write_failed(&e));
+        }
+        match self.ws.get_mut().drain() {
+            Ok(true) => {
                 if let State::Lingering { .. } = self.state {
                     // Our close frame is out: tell the peer we are done.
-                    let _ = self.ws.get_ref().shutdown(Shutdown::Write);
+                    let _ = self.ws.get_ref().socket().shutdown(Shutdown::Write);
                 }
                 Ok(())
             }
-            Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
-                self.write_blocked = true;
-                Ok(())
+            Ok(false) => Ok(()),
+            Err(e) => {
+                debug!("{}: write failed: {e}", self.handle.thread_name);
+                Err(self.closing_reason().unwrap_or(CloseReason::IoError))
             }
-            Err(e) => Err(self.write_failed(&e)),
         }
     }
 
@@ -469,10 +470,8 @@ impl<'a> Connection<'a> {
         };
         let frame =
             CloseFrame { code: CloseCode::from(reason.code()), reason: reason.to_string().into() };
-        match self.ws.close(Some(frame)) {
-            Ok(()) => {}
-            Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => self.write_blocked = true,
-            Err(e) => debug!("{}: close failed: {e}", self.handle.thread_name),
+        if let Err(e) = self.ws.close(Some(frame)) {
+            debug!("{}: close failed: {e}", self.handle.thread_name);
         }
     }
 
@@ -529,7 +528,8 @@ impl<'a> Connection<'a> {
     /// Blocks in `poll` until the socket or the wake fd is ready, or the
     /// next deadline. Skipped when work arrived meanwhile.
     fn sleep(&mut self) -> io::Result<()> {
-        let take_queue = self.state == State::Open && !self.write_blocked;
+        let write_blocked = self.write_blocked();
+        let take_queue = self.state == State::Open && !write_blocked;
         if !self.handle.prepare_sleep(take_queue) {
             return Ok(());
         }
@@ -539,10 +539,10 @@ impl<'a> Connection<'a> {
             tv_nsec: i64::from(timeout.subsec_nanos()),
         };
         let mut socket_events = PollFlags::IN;
-        if self.write_blocked {
+        if write_blocked {
             socket_events |= PollFlags::OUT;
         }
-        let socket = self.ws.get_ref().as_fd();
+        let socket = self.ws.get_ref().socket().as_fd();
         let mut fds = [
             PollFd::from_borrowed_fd(socket, socket_events),
             PollFd::new(self.handle.wake_fd(), PollFlags::IN),

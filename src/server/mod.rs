@@ -6,12 +6,15 @@
 //!   `GET /auth/check`, 101;
 //! - `connection.rs`: the connection loop: poll on socket + wake fd, write
 //!   queued frames, read, heartbeat;
-//! - `queue.rs`: the client's bounded outbound queue and its shared handle.
+//! - `queue.rs`: the client's bounded outbound queue and its shared handle;
+//! - `wire.rs`: the ordered output queue under tungstenite, written with
+//!   one `writev` per wake-up; shared pre-framed batches go out uncopied.
 
 mod acceptor;
 mod connection;
 mod handshake;
 mod queue;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,6 +33,7 @@ use crate::source::redis::{SourceStatus, StreamSink};
 
 pub(crate) use acceptor::Acceptor;
 pub(crate) use queue::{ClientHandle, Kind, OfferError, Outbound};
+pub(crate) use wire::push_text_frame;
 
 /// What every connection thread shares with the rest of the server.
 #[derive(Debug)]

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use rustix::event::{EventfdFlags, eventfd};
-use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
+use super::wire::push_text_frame;
 use crate::protocol::CloseReason;
 
 /// What kind of message an entry carries, for `livecast_outbound_messages_total`.
@@ -41,26 +41,35 @@ impl Kind {
     }
 }
 
-/// One queue entry: every frame a client gets from one event in one
-/// broadcaster cycle.
+/// One queue entry: every message a client gets from one event in one
+/// broadcaster cycle, as ready-to-send WebSocket frames.
 ///
 /// The same `Arc<Outbound>` goes to every subscriber of the event, so a
-/// position is serialised once however many clients receive it, and a queue
-/// slot costs one pointer.
+/// position is serialised and framed once however many clients receive it,
+/// a queue slot costs one pointer, and the connection thread writes `wire`
+/// as is (see `wire.rs`).
 #[derive(Debug)]
 pub(crate) struct Outbound {
     pub(crate) kind: Kind,
-    pub(crate) frames: Vec<Utf8Bytes>,
-    /// Sum of the frames' lengths.
-    pub(crate) bytes: usize,
-    /// `ts` of the last position in `frames`, for staleness.
+    /// Number of messages in `wire`.
+    pub(crate) messages: usize,
+    /// The frames, back to back.
+    pub(crate) wire: Vec<u8>,
+    /// `ts` of the last position in `wire`, for staleness.
     pub(crate) last_ts: Option<i64>,
 }
 
 impl Outbound {
     /// An entry holding one message.
-    pub(crate) fn single(kind: Kind, frame: String) -> Outbound {
-        Outbound { kind, bytes: frame.len(), frames: vec![Utf8Bytes::from(frame)], last_ts: None }
+    pub(crate) fn single(kind: Kind, message: &str) -> Outbound {
+        let mut wire = Vec::with_capacity(message.len() + 10);
+        push_text_frame(&mut wire, message.as_bytes());
+        Outbound { kind, messages: 1, wire, last_ts: None }
+    }
+
+    /// Bytes this entry holds, for the back-pressure byte count.
+    pub(crate) fn bytes(&self) -> usize {
+        self.wire.len()
     }
 }
 
@@ -151,12 +160,12 @@ impl ClientHandle {
     /// thread has dropped its end.
     pub(crate) fn offer(&self, entry: &Arc<Outbound>, byte_limit: usize) -> Result<(), OfferError> {
         let queued = self.queued_bytes.load(Ordering::Relaxed);
-        if queued.saturating_add(entry.bytes) > byte_limit {
+        if queued.saturating_add(entry.bytes()) > byte_limit {
             return Err(OfferError::Overflow);
         }
         match self.tx.try_send(Arc::clone(entry)) {
             Ok(()) => {
-                self.queued_bytes.fetch_add(entry.bytes, Ordering::Relaxed);
+                self.queued_bytes.fetch_add(entry.bytes(), Ordering::Relaxed);
                 self.wake_if_sleeping();
                 Ok(())
             }
@@ -167,7 +176,7 @@ impl ClientHandle {
 
     /// Called by the connection thread for each entry it takes.
     pub(crate) fn taken(&self, entry: &Outbound) {
-        self.queued_bytes.fetch_sub(entry.bytes, Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(entry.bytes(), Ordering::Relaxed);
     }
 
     pub(crate) fn queued_bytes(&self) -> usize {

@@ -1,0 +1,266 @@
+//! The byte stream under a connection's tungstenite socket: one ordered
+//! queue of outbound chunks, written with vectored writes.
+//!
+//! Live positions reach every subscriber as the *same* pre-framed bytes: a
+//! server frame is unmasked (RFC 6455 §5.1), so the broadcaster frames a
+//! batch once and each connection writes that shared buffer as is, without
+//! copying it through tungstenite. Frames tungstenite makes itself (pongs,
+//! pings, close frames, error messages) land in the same queue through
+//! [`Write`], so everything leaves in the order it was produced, and the
+//! connection loop writes the whole queue with one `writev` per wake-up.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+
+use super::queue::Outbound;
+
+/// Most chunks handed to one `writev` (Linux allows 1024; 64 is plenty
+/// for one wake-up and keeps the slice array on the stack).
+const MAX_IOVECS: usize = 64;
+
+/// Owned chunks smaller than this are merged with the previous owned chunk,
+/// so that a burst of small control frames is one chunk.
+const MERGE_BELOW: usize = 512;
+
+/// One queued piece of output.
+#[derive(Debug)]
+enum Chunk {
+    /// A broadcaster batch shared with every subscriber.
+    Shared(Arc<Outbound>),
+    /// Bytes tungstenite wrote.
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(entry) => &entry.wire,
+            Chunk::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// The stream given to tungstenite: reads go to the socket, writes go to
+/// the queue; [`Wire::drain`] does the socket writes.
+#[derive(Debug)]
+pub(crate) struct Wire<S> {
+    socket: S,
+    out: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    offset: usize,
+    /// Unwritten bytes in `out`.
+    pending: usize,
+}
+
+impl<S: Read + Write> Wire<S> {
+    pub(crate) fn new(socket: S) -> Wire<S> {
+        Wire { socket, out: VecDeque::new(), offset: 0, pending: 0 }
+    }
+
+    pub(crate) fn socket(&self) -> &S {
+        &self.socket
+    }
+
+    /// Queues a broadcaster batch (already framed) behind what is queued.
+    pub(crate) fn push_shared(&mut self, entry: Arc<Outbound>) {
+        self.pending += entry.wire.len();
+        self.out.push_back(Chunk::Shared(entry));
+    }
+
+    /// Whether unwritten bytes remain.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.pending > 0
+    }
+
+    /// Writes as much of the queue as the socket takes.
+    ///
+    /// Returns `Ok(true)` when everything is written, `Ok(false)` when the
+    /// socket would block (wait for POLLOUT and call again).
+    ///
+    /// # Errors
+    /// Any socket error other than `WouldBlock`/`Interrupted`.
+    pub(crate) fn drain(&mut self) -> io::Result<bool> {
+        while self.pending > 0 {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut n = 0;
+                for (i, chunk) in self.out.iter().take(MAX_IOVECS).enumerate() {
+                    let bytes = chunk.bytes();
+                    let bytes =
+                        if i == 0 { bytes.get(self.offset..).unwrap_or_default() } else { bytes };
+                    if let Some(slot) = slices.get_mut(n) {
+                        *slot = IoSlice::new(bytes);
+                        n += 1;
+                    }
+                }
+                match self.socket.write_vectored(slices.get(..n).unwrap_or_default()) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(written) => written,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            self.consume(written);
+        }
+        Ok(true)
+    }
+
+    /// Drops `n` written bytes from the front of the queue.
+    fn consume(&mut self, mut n: usize) {
+        self.pending -= n;
+        while n > 0 {
+            let Some(front) = self.out.front() else { break };
+            let left = front.bytes().len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            self.out.pop_front();
+        }
+    }
+}
+
+impl<S: Read> Read for Wire<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.read(buf)
+    }
+}
+
+impl<S> Write for Wire<S> {
+    /// Takes every byte: the queue, not the socket, decides when to write.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending += buf.len();
+        match self.out.back_mut() {
+            Some(Chunk::Owned(last)) if last.len() < MERGE_BELOW => {
+                last.extend_from_slice(buf);
+            }
+            _ => self.out.push_back(Chunk::Owned(buf.to_vec())),
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends `payload` as one unmasked, final text frame (RFC 6455 §5.2).
+#[allow(clippy::cast_possible_truncation)] // each match arm bounds the length
+pub(crate) fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.push(0x81); // FIN + opcode 1 (text)
+    match payload.len() {
+        len @ 0..=125 => out.push(len as u8),
+        len @ 126..=0xFFFF => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::queue::Kind;
+
+    /// A socket that takes at most `limit` bytes per call, then blocks,
+    /// and counts calls: k queued frames must cost one `writev`.
+    #[derive(Default)]
+    struct Counting {
+        written: Vec<u8>,
+        calls: usize,
+        limit: Option<usize>,
+    }
+
+    impl Read for Counting {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    impl Write for Counting {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.limit == Some(0) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = match self.limit {
+                    Some(limit) => b.len().min(limit - n),
+                    None => b.len(),
+                };
+                self.written.extend_from_slice(&b[..take]);
+                n += take;
+                if Some(n) == self.limit {
+                    break;
+                }
+            }
+            if let Some(limit) = &mut self.limit {
+                *limit -= n;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn entry(text: &str) -> Arc<Outbound> {
+        Arc::new(Outbound::single(Kind::Position, text))
+    }
+
+    #[test]
+    fn many_frames_one_writev_in_order() {
+        let mut wire = Wire::new(Counting::default());
+        for i in 0..10 {
+            wire.push_shared(entry(&format!("{{\"n\":{i}}}")));
+        }
+        wire.write_all(b"pong").unwrap();
+        assert!(wire.drain().unwrap());
+        assert_eq!(wire.socket.calls, 1);
+        assert!(!wire.is_blocked());
+        let mut expected = Vec::new();
+        for i in 0..10 {
+            push_text_frame(&mut expected, format!("{{\"n\":{i}}}").as_bytes());
+        }
+        expected.extend_from_slice(b"pong");
+        assert_eq!(wire.socket.written, expected);
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let mut wire = Wire::new(Counting { limit: Some(7), ..Counting::default() });
+        wire.push_shared(entry("0123456789"));
+        wire.write_all(b"abc").unwrap();
+        assert!(!wire.drain().unwrap(), "blocked after 7 bytes");
+        assert!(wire.is_blocked());
+        wire.socket.limit = Some(1000);
+        assert!(wire.drain().unwrap());
+        let mut expected = Vec::new();
+        push_text_frame(&mut expected, b"0123456789");
+        expected.extend_from_slice(b"abc");
+        assert_eq!(wire.socket.written, expected);
+    }
+
+    #[test]
+    fn frame_lengths_follow_rfc6455() {
+        for (len, header) in [(0usize, 2usize), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            let mut out = Vec::new();
+            push_text_frame(&mut out, &vec![b'x'; len]);
+            assert_eq!(out.len(), len + header, "payload {len}");
+            assert_eq!(out[0], 0x81);
+        }
+    }
+}
