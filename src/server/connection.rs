@@ -157,6 +157,8 @@ struct Connection<'a> {
     identity: Identity,
     subscriptions: Vec<String>,
     state: State,
+    /// The socket may have input: set by poll, cleared once a read blocks.
+    readable: bool,
     last_seen: Instant,
     next_ping: Instant,
     rate: RateLimit,
@@ -182,6 +184,7 @@ impl<'a> Connection<'a> {
             identity,
             subscriptions: Vec::new(),
             state: State::Open,
+            readable: true,
             last_seen: now,
             next_ping: now + shared.config.ping_interval,
             rate: RateLimit::new(shared.config.max_inbound_per_sec),
@@ -219,9 +222,11 @@ impl<'a> Connection<'a> {
         if self.state == State::Open && !self.write_blocked() {
             self.drain_queue();
         }
-        match self.state {
-            State::Lingering { reason, .. } => self.linger(reason)?,
-            _ => self.read_all()?,
+        if self.readable {
+            match self.state {
+                State::Lingering { reason, .. } => self.linger(reason)?,
+                _ => self.read_all()?,
+            }
         }
         self.timers()?;
         // One flush for everything this wake-up wrote: queued frames,
@@ -308,7 +313,10 @@ impl<'a> Connection<'a> {
         loop {
             match self.ws.read() {
                 Ok(message) => self.on_message(message)?,
-                Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(());
+                }
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                     return Err(self.closing_reason().unwrap_or(CloseReason::ClientClose));
                 }
@@ -482,7 +490,10 @@ impl<'a> Connection<'a> {
             match self.ws.get_mut().read(&mut sink) {
                 Ok(0) => return Err(reason),
                 Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(());
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return Err(reason),
             }
@@ -531,6 +542,9 @@ impl<'a> Connection<'a> {
         let write_blocked = self.write_blocked();
         let take_queue = self.state == State::Open && !write_blocked;
         if !self.handle.prepare_sleep(take_queue) {
+            // Busy: no poll tells whether input arrived, so look. Without
+            // this, a thread that never sleeps would never read pongs.
+            self.readable = true;
             return Ok(());
         }
         let timeout = self.next_deadline().saturating_duration_since(Instant::now());
@@ -551,7 +565,12 @@ impl<'a> Connection<'a> {
             Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
             Err(e) => Err(io::Error::from(e)),
         };
-        self.handle.woke();
+        let [socket, wake] = &fds;
+        // A wake-up for queued frames only need not try to read: a read
+        // that would block is one syscall per delivery saved.
+        self.readable =
+            socket.revents().intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);
+        self.handle.woke(wake.revents().contains(PollFlags::IN));
         result
     }
 }

@@ -224,11 +224,14 @@ impl ClientHandle {
         !work
     }
 
-    /// The connection thread is awake again; clears the wake counter.
-    pub(crate) fn woke(&self) {
+    /// The connection thread is awake again. `signalled`: poll saw the
+    /// eventfd readable, so its counter is reset (one read, only then).
+    pub(crate) fn woke(&self, signalled: bool) {
         self.sleeping.store(false, Ordering::SeqCst);
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.wake_fd, &mut buf);
+        if signalled {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&self.wake_fd, &mut buf);
+        }
     }
 
     pub(crate) fn wake_fd(&self) -> &OwnedFd {
