@@ -91,6 +91,11 @@ pub(super) fn run(
     metrics.connections_opened.inc();
     metrics.connections_open.inc();
     shared.connections.write().insert(id, Arc::clone(&handle));
+    if !shared.accepting.load(std::sync::atomic::Ordering::SeqCst) {
+        // A stop began between our 101 and the line above, and may have
+        // missed us: close like everyone else.
+        handle.request_close(CloseReason::Shutdown { retry_after_ms: 0 });
+    }
     info!("{} {remote} open, user {}", handle.thread_name, identity.user);
 
     let mut conn = Connection::new(shared, Arc::clone(&handle), rx, ws, identity);

@@ -99,6 +99,14 @@ pub(super) fn perform(
         }
     };
 
+    if !shared.accepting.load(std::sync::atomic::Ordering::SeqCst) {
+        reply(
+            shared,
+            stream,
+            &Response::text(503, "server stopping\n").with_header("Retry-After", "5"),
+        );
+        return None;
+    }
     let accept = derive_accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
