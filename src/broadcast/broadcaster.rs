@@ -267,3 +267,95 @@ impl Broadcaster {
         self.metrics.subscriptions.set(i64::try_from(self.registry.total()).unwrap_or(i64::MAX));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use crossbeam_channel::Receiver;
+    use serde_json::json;
+
+    use super::*;
+
+    fn client() -> (Arc<ClientHandle>, Receiver<Arc<Outbound>>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (handle, rx) =
+            ClientHandle::new(Uuid::new_v4(), socket.local_addr().unwrap(), "u".into(), &socket, 4)
+                .unwrap();
+        (handle, rx, socket)
+    }
+
+    fn position(device: &str, seq: u64) -> Position {
+        Position::from_value(
+            json!({"eventId":"e","deviceId":device,"lat":1,"lon":2,"ts":3,"seq":seq}),
+        )
+        .unwrap()
+    }
+
+    fn broadcaster() -> Broadcaster {
+        Broadcaster::new(Metrics::new().unwrap(), 1 << 20)
+    }
+
+    #[test]
+    fn a_batch_is_framed_once_and_shared_by_every_subscriber() {
+        let mut b = broadcaster();
+        let (c1, rx1, _s1) = client();
+        let (c2, rx2, _s2) = client();
+        for c in [&c1, &c2] {
+            b.handle(Command::Subscribe { client: Arc::clone(c), event: "e".into() });
+        }
+        for rx in [&rx1, &rx2] {
+            assert_eq!(rx.try_recv().unwrap().kind, Kind::Subscribed);
+        }
+        b.handle(Command::Positions(vec![position("d", 1), position("d", 2)]));
+        b.flush();
+        let (e1, e2) = (rx1.try_recv().unwrap(), rx2.try_recv().unwrap());
+        assert!(Arc::ptr_eq(&e1, &e2), "one allocation for all subscribers");
+        assert_eq!(e1.messages, 2);
+        assert!(rx1.try_recv().is_err(), "one entry per event per cycle");
+    }
+
+    #[test]
+    fn the_snapshot_includes_exactly_what_came_before_the_subscribe() {
+        let mut b = broadcaster();
+        let (early, rx_early, _s1) = client();
+        b.handle(Command::Subscribe { client: Arc::clone(&early), event: "e".into() });
+        let _ = rx_early.try_recv();
+        let (late, rx_late, _s2) = client();
+        // Same cycle: a position, the late subscribe, another position.
+        b.handle(Command::Positions(vec![position("d", 1)]));
+        b.handle(Command::Subscribe { client: Arc::clone(&late), event: "e".into() });
+        b.handle(Command::Positions(vec![position("d", 2)]));
+        b.flush();
+        let snapshot = rx_late.try_recv().unwrap();
+        let text = String::from_utf8_lossy(&snapshot.wire).into_owned();
+        assert!(text.contains("\"seq\":1") && !text.contains("\"seq\":2"), "{text}");
+        let live = rx_late.try_recv().unwrap();
+        let text = String::from_utf8_lossy(&live.wire).into_owned();
+        assert!(text.contains("\"seq\":2") && !text.contains("\"seq\":1"), "{text}");
+        // The early subscriber saw both, in two entries, in order.
+        let seqs: Vec<String> =
+            rx_early.try_iter().map(|e| String::from_utf8_lossy(&e.wire).into_owned()).collect();
+        assert_eq!(seqs.len(), 2);
+        assert!(seqs[0].contains("\"seq\":1") && seqs[1].contains("\"seq\":2"));
+    }
+
+    #[test]
+    fn a_full_queue_closes_that_client_only() {
+        let mut b = broadcaster();
+        let (slow, _rx_slow, _s1) = client();
+        let (fast, rx_fast, _s2) = client();
+        for c in [&slow, &fast] {
+            b.handle(Command::Subscribe { client: Arc::clone(c), event: "e".into() });
+        }
+        for seq in 0..10 {
+            b.handle(Command::Positions(vec![position("d", seq)]));
+            b.flush();
+            while rx_fast.try_recv().is_ok() {}
+        }
+        assert_eq!(slow.take_close_request(), Some(CloseReason::BackPressure));
+        assert_eq!(fast.take_close_request(), None);
+        assert_eq!(b.registry.total(), 1);
+    }
+}
