@@ -30,3 +30,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 
 step "cargo test"
 cargo test --locked
+
+step "browser test (headless Chromium)"
+scripts/browser-test.sh

@@ -299,8 +299,9 @@ impl Config {
              arrives. The HTTP port also serves /metrics, /healthz, /readyz,\n\
              /debug/connections and a built-in dashboard at /.\n\
              \n\
-             Usage: livecast [--help]\n\
+             Usage: livecast [--help | --demo]\n\
              \n\
+             --demo also starts a simulator feeding this server (see the end).\n\
              There are no other arguments and no configuration file: livecast is\n\
              configured by the environment variables below only. Values are\n\
              trimmed, and an empty value counts as unset. *_MS values are whole\n\
@@ -1541,7 +1542,7 @@ mod tests {
     #[test]
     fn help_lists_every_variable_with_its_default() {
         let help = Config::help();
-        assert!(help.contains("Usage: livecast [--help]"));
+        assert!(help.contains("Usage: livecast [--help | --demo]"));
         assert!(help.contains("environment variables"));
         for group in GROUPS {
             assert!(help.contains(&format!("\n{}:\n", group.title)), "{}", group.title);

@@ -37,6 +37,7 @@
 mod auth;
 mod broadcast;
 mod config;
+pub mod demo;
 mod http;
 pub mod logging;
 mod metrics;
@@ -194,8 +195,11 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         ),
         _ => None,
     };
+    // The dashboard needs the port clients can reach, the real one when 0
+    // was asked for.
+    let ws_port = ws_listener.local_addr().map_or(config.ws_port, |a| a.port());
     let shared = Arc::new(Shared::new(config, metrics, commands, auth, status, sink));
-    let routes = Arc::new(http::Routes { shared: Arc::clone(&shared) });
+    let routes = Arc::new(http::Routes::new(Arc::clone(&shared), ws_port));
     let http = HttpServer::start(http_listener, limits, routes).map_err(StartError::Spawn)?;
     let acceptor = Acceptor::start(ws_listener, Arc::clone(&shared)).map_err(StartError::Spawn)?;
     info!(

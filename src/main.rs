@@ -1,6 +1,9 @@
 //! The `livecast` binary: configuration from the environment, logging,
 //! start, wait for SIGTERM/SIGINT, graceful stop, exit code.
 //!
+//! `livecast --demo` also starts the demo feed ([`livecast::demo`]) against
+//! this server's own `POST /ingest`, and prints the dashboard URL.
+//!
 //! Exit codes: 0 after a graceful stop, 1 when the server cannot start,
 //! 2 for a bad configuration or argument (before any port is bound).
 
@@ -11,23 +14,34 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("-h" | "--help") => {
-            print!("{}", livecast::Config::help());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let demo = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => false,
+        ["-h" | "--help"] => {
+            print!("{}\n{}", livecast::Config::help(), livecast::demo::HELP);
             return ExitCode::SUCCESS;
         }
-        Some(other) => {
+        ["--demo"] => true,
+        _ => {
             eprintln!(
-                "livecast: unknown argument {other:?}: configuration is read from the environment; see --help"
+                "livecast: unexpected arguments {args:?}: usage: livecast [--help | --demo]; \
+                 configuration is read from the environment, see --help"
             );
             return ExitCode::from(2);
         }
-    }
-    let config = match livecast::Config::from_env() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("livecast: {e}");
+    };
+    let config = livecast::Config::from_env();
+    let demo_config = demo.then(livecast::demo::DemoConfig::from_env);
+    // Every configuration error at once, before any port is bound.
+    let (config, demo_config) = match (config, demo_config.transpose()) {
+        (Ok(config), Ok(demo_config)) => (config, demo_config),
+        (config, demo_config) => {
+            if let Err(e) = config {
+                eprintln!("livecast: {e}");
+            }
+            if let Err(e) = demo_config {
+                eprintln!("livecast: {e}");
+            }
             return ExitCode::from(2);
         }
     };
@@ -44,6 +58,7 @@ fn main() -> ExitCode {
         }
     };
     let drain = config.drain_timeout;
+    let ingest_token = config.ingest_token.clone();
     let server = match livecast::start(config) {
         Ok(server) => server,
         Err(e) => {
@@ -52,11 +67,46 @@ fn main() -> ExitCode {
         }
     };
     print_banner(&server);
+    let demo = match demo_config {
+        None => None,
+        Some(demo_config) => {
+            let demo_config = livecast::demo::DemoConfig { ingest_token, ..demo_config };
+            // Through the real ingest path: HTTP to our own port.
+            let ingest = livecast::demo::reachable(server.http_addr());
+            match livecast::demo::start(ingest, demo_config) {
+                Ok(demo) => {
+                    print_demo_banner(&server, &demo);
+                    Some(demo)
+                }
+                Err(e) => {
+                    error!("cannot start the demo feed: {e}");
+                    server.stop(drain);
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    };
     if let Some(signal) = signals.forever().next() {
         log::info!("signal {signal}: stopping");
     }
+    // The feed first, so that it does not post into a stopping server.
+    if let Some(demo) = demo {
+        demo.stop();
+    }
     server.stop(drain);
     ExitCode::SUCCESS
+}
+
+/// Tells where to watch the demo: the first line is the URL to open.
+fn print_demo_banner(server: &livecast::Server, demo: &livecast::demo::Demo) {
+    let events = demo.events();
+    let first = events.first().copied().unwrap_or_default();
+    println!("\n  Demo dashboard: {}", livecast::demo::dashboard_url(server.http_addr(), first));
+    for event in &events {
+        let ids: Vec<&str> =
+            demo.devices().iter().filter(|(e, _)| e == event).map(|(_, d)| d.as_str()).collect();
+        println!("    {event}: {} devices ({})", ids.len(), ids.join(", "));
+    }
 }
 
 /// Tells a newcomer where to connect and how to post a position.

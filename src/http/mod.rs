@@ -21,6 +21,8 @@ use server::{Handler, Request, Response};
 #[derive(Debug)]
 pub(crate) struct Routes {
     pub(crate) shared: Arc<Shared>,
+    /// The dashboard page, its WebSocket port filled in once at start.
+    index: Vec<u8>,
 }
 
 impl Handler for Routes {
@@ -34,9 +36,17 @@ impl Handler for Routes {
             ("GET" | "HEAD", "/readyz") => self.readyz(),
             ("POST", "/ingest") => self.ingest(&req),
             ("GET" | "HEAD", "/debug/connections") => self.connections(),
-            ("GET" | "HEAD", "/") => {
-                Response::new(200).with_body("text/html; charset=utf-8", INDEX.as_bytes().to_vec())
-            }
+            ("GET" | "HEAD", "/") => Response::new(200)
+                .with_body("text/html; charset=utf-8", self.index.clone())
+                // The page is built per server (its port): never cache it.
+                .with_header("Cache-Control", "no-store")
+                // Enforces "no CDN": the page may load nothing from
+                // elsewhere, and may only talk to WebSocket and HTTP
+                // endpoints (the WS port is another origin).
+                .with_header("Content-Security-Policy", DASHBOARD_CSP)
+                // The page URL may hold `?token=`: never send it on.
+                .with_header("Referrer-Policy", "no-referrer")
+                .with_header("X-Content-Type-Options", "nosniff"),
             (_, "/metrics" | "/healthz" | "/readyz" | "/ingest" | "/debug/connections" | "/") => {
                 Response::text(405, "method not allowed\n")
             }
@@ -45,13 +55,31 @@ impl Handler for Routes {
     }
 }
 
-/// Placeholder page until the built-in dashboard lands.
-const INDEX: &str = "<!doctype html><title>livecast</title><h1>livecast</h1>\
-<p>Endpoints: <a href=\"/metrics\">/metrics</a>, <a href=\"/healthz\">/healthz</a>, \
-<a href=\"/readyz\">/readyz</a>, <a href=\"/debug/connections\">/debug/connections</a>, \
-POST /ingest.</p>";
+/// The built-in dashboard (SPEC §8): one self-contained page (inline CSS
+/// and JS, no CDN, no tiles), embedded so that the binary alone serves it,
+/// offline.
+const DASHBOARD: &str = include_str!("../dashboard/index.html");
+
+/// Where the page reads the WebSocket port from. Filled in per server
+/// rather than at build time: the port is known only once bound (0 asks for
+/// any).
+const WS_PORT_PLACEHOLDER: &str = "{{WS_PORT}}";
+
+/// The dashboard's Content-Security-Policy: inline code only, connections
+/// to any WebSocket or HTTP endpoint (the WS port and `/auth/check` are
+/// another origin, and `?ws=` may point behind a proxy).
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+style-src 'unsafe-inline'; img-src data:; connect-src ws: wss: http: https:; \
+base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 impl Routes {
+    /// The routes, with the dashboard pointing at WebSocket port `ws_port`
+    /// (the bound one).
+    pub(crate) fn new(shared: Arc<Shared>, ws_port: u16) -> Routes {
+        let index = DASHBOARD.replace(WS_PORT_PLACEHOLDER, &ws_port.to_string()).into_bytes();
+        Routes { shared, index }
+    }
+
     fn readyz(&self) -> Response {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Response::json(503, &json!({"ready": false, "reason": "shutting down"}));

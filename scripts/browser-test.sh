@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The browser test of the built-in dashboard (issue 6): a real headless
+# Chromium opens the dashboard of a running livecast, positions are posted,
+# and the page's DOM is checked, across a server restart, in tokens mode and
+# with `livecast --demo`. Screenshots: target/browser-test/*.png; the
+# README's scripts/dashboard.png is written when missing, or refreshed with
+# LIVECAST_UPDATE_SCREENSHOT=1.
+#
+# Installs what it needs: Debian's chromium (when /usr/bin/chromium is
+# missing and we are root), playwright-core from npm (tests/browser, locked).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# CHROMIUM may name another Chromium; Debian's is installed only when it is
+# the one asked for.
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+if [ ! -x "$CHROMIUM" ]; then
+    if [ "$CHROMIUM" = /usr/bin/chromium ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        step "installing Debian's chromium"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "browser-test: $CHROMIUM is missing: install Debian's chromium" \
+             "(as root: apt-get install chromium), or point CHROMIUM at a Chromium" >&2
+        exit 1
+    fi
+fi
+for tool in node npm; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "browser-test: $tool is missing; install Node.js 20 or later" >&2
+        exit 1
+    fi
+done
+
+step "npm ci (tests/browser: playwright-core)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+step "cargo build"
+cargo build --locked --bin livecast
+
+step "browser test ($("$CHROMIUM" --version 2>/dev/null | head -n1))"
+export CHROMIUM
+node --test --test-reporter=spec tests/browser/dashboard.test.mjs

@@ -1,0 +1,750 @@
+//! The demo feed (`livecast --demo`): a simulator that moves devices along
+//! smooth, plausible tracks in three events and posts their positions to a
+//! server's `POST /ingest`.
+//!
+//! It talks HTTP over TCP to the ingest endpoint like any tracker gateway
+//! would, on purpose: what a newcomer watches in the dashboard then went
+//! through the real path (request parsing, validation, `INGEST_TOKEN`, Redis
+//! when configured, the broadcaster), so the demo also shows that path works
+//! on this machine, and cannot drift from it.
+//!
+//! The three events, each with its own kind of motion, devices dealt to them
+//! in turn (device `n`, counted from 1, goes to event `(n - 1) % 3`):
+//!
+//! | event | devices | motion |
+//! |---|---|---|
+//! | `demo-marathon` | `runner-1`, `runner-4`, ... | a 10 km loop along Lausanne's lakeside, 9–16 km/h |
+//! | `demo-regatta` | `boat-2`, `boat-5`, ... | wandering on Lake Geneva, 8–25 km/h |
+//! | `demo-rally` | `car-3`, `car-6`, ... | a hilly 25 km loop near Sion, 50–110 km/h |
+//!
+//! Every position carries `speed` (km/h) and `heading` (degrees clockwise
+//! from north), like the optional fields of a real tracker.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use log::{debug, info, warn};
+use serde_json::{Value, json};
+
+use crate::config::Secret;
+
+/// Metres per degree of latitude (and of longitude at the equator).
+const METRES_PER_DEGREE: f64 = 111_320.0;
+
+/// The simulation advances in steps of at most this, whatever the posting
+/// interval, so that a slow interval does not make tracks jagged.
+const MAX_STEP_SECS: f64 = 0.25;
+
+/// How long one POST may take (connect, write, read the answer) before the
+/// feed gives up on it and tries again at the next tick.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the simulator runs: how many devices, how often they report.
+#[derive(Clone)]
+pub struct DemoConfig {
+    /// Devices in all, dealt in turn to the three events (1 to 1000).
+    pub devices: usize,
+    /// Time between two posts; every device reports once per post.
+    pub interval: Duration,
+    /// Sent as `Authorization: Bearer` when the server requires
+    /// `INGEST_TOKEN`.
+    pub ingest_token: Option<Secret>,
+    /// Seeds the tracks' randomness: the same seed moves the same way.
+    pub seed: u64,
+}
+
+impl fmt::Debug for DemoConfig {
+    /// The token is left out: it is a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DemoConfig")
+            .field("devices", &self.devices)
+            .field("interval", &self.interval)
+            .field("ingest_token", &self.ingest_token.as_ref().map(|_| "<redacted>"))
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+impl Default for DemoConfig {
+    fn default() -> DemoConfig {
+        DemoConfig {
+            devices: 12,
+            interval: Duration::from_millis(1000),
+            ingest_token: None,
+            seed: 0x5eed_1ace,
+        }
+    }
+}
+
+/// The demo's variables, for `livecast --help`.
+pub const HELP: &str = "\
+Demo (livecast --demo):
+  Starts the server and a simulator that moves devices in three events
+  (demo-marathon, demo-regatta, demo-rally) and posts their positions to
+  this server's POST /ingest over HTTP, then prints the dashboard URL.
+  LIVE_DEMO_DEVICES=12
+      Simulated devices in all, dealt in turn to the three events (1-1000).
+  LIVE_DEMO_INTERVAL_MS=1000
+      Time between two reports of every device (100-60000).
+";
+
+impl DemoConfig {
+    /// Reads `LIVE_DEMO_DEVICES` and `LIVE_DEMO_INTERVAL_MS` through
+    /// `lookup` (e.g. `|name| std::env::var(name).ok()`); unset or empty
+    /// variables keep their defaults.
+    ///
+    /// # Errors
+    /// One line per bad variable, `NAME="value": what was expected`, so that
+    /// every mistake shows at once, as for the server's own variables.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<DemoConfig, String> {
+        let mut config = DemoConfig::default();
+        let mut problems = Vec::new();
+        let mut read = |name: &str, min: u64, max: u64| -> Option<u64> {
+            let raw = lookup(name)?;
+            let value = raw.trim();
+            if value.is_empty() {
+                return None;
+            }
+            match value.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Some(n),
+                _ => {
+                    problems
+                        .push(format!("  {name}={value:?}: expected a whole number {min}-{max}"));
+                    None
+                }
+            }
+        };
+        if let Some(n) = read("LIVE_DEMO_DEVICES", 1, 1000) {
+            config.devices = usize::try_from(n).unwrap_or(1000);
+        }
+        if let Some(ms) = read("LIVE_DEMO_INTERVAL_MS", 100, 60_000) {
+            config.interval = Duration::from_millis(ms);
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(format!("invalid demo configuration:\n{}", problems.join("\n")))
+        }
+    }
+
+    /// [`DemoConfig::from_lookup`] on the process environment.
+    ///
+    /// # Errors
+    /// As [`DemoConfig::from_lookup`].
+    pub fn from_env() -> Result<DemoConfig, String> {
+        DemoConfig::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+/// A running simulator. Dropping it stops it, as [`Demo::stop`] does.
+#[derive(Debug)]
+pub struct Demo {
+    devices: Vec<(String, String)>,
+    /// Dropped to stop the feed: its thread wakes at once, not at the next
+    /// tick.
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the simulator: a `demo-feed` thread that posts every device's
+/// position to `http://<ingest>/ingest` right away, then every
+/// `config.interval`. A failed post is logged and the feed goes on, so that
+/// it survives a server restart.
+///
+/// `ingest` is the address to connect to: pass [`reachable`] of the
+/// server's HTTP address when it listens on all interfaces.
+///
+/// # Errors
+/// When the thread cannot be spawned.
+pub fn start(ingest: SocketAddr, config: DemoConfig) -> io::Result<Demo> {
+    let mut world = World::new(&config);
+    let devices = world.devices.iter().map(|d| (d.event.to_owned(), d.id.clone())).collect();
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let interval = config.interval;
+    let poster = Poster { addr: ingest, token: config.ingest_token };
+    let thread = crate::thread::spawn_named("demo-feed".into(), None, move || {
+        info!(
+            "demo: {} devices report to http://{ingest}/ingest every {interval:?}",
+            world.devices.len()
+        );
+        let mut last = Instant::now();
+        let mut failing = false;
+        loop {
+            let now = Instant::now();
+            world.advance(now.duration_since(last).as_secs_f64());
+            last = now;
+            match poster.post(&world.positions(now_ms())) {
+                Ok(()) if failing => {
+                    info!("demo: ingest works again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if failing => debug!("demo: ingest still failing: {e}"),
+                Err(e) => {
+                    warn!("demo: ingest failed (will keep trying every {interval:?}): {e}");
+                    failing = true;
+                }
+            }
+            let next = now + interval;
+            match stopped.recv_deadline(next) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        debug!("demo: stopped");
+    })?;
+    Ok(Demo { devices, stop: Some(stop), thread: Some(thread) })
+}
+
+impl Demo {
+    /// The events that have devices, in the order of the table above; the
+    /// first is the one to open the dashboard on.
+    pub fn events(&self) -> Vec<&str> {
+        let mut events: Vec<&str> = Vec::new();
+        for (event, _) in &self.devices {
+            if !events.contains(&event.as_str()) {
+                events.push(event);
+            }
+        }
+        events
+    }
+
+    /// Every simulated device as `(event, device)`.
+    pub fn devices(&self) -> &[(String, String)] {
+        &self.devices
+    }
+
+    /// Stops the feed and waits for its thread (at most one post, bounded
+    /// by the I/O timeout).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// `addr` with an unspecified IP (`0.0.0.0`, `::`) replaced by the loopback
+/// address of the same family: a listener on every interface is reached on
+/// loopback, and a URL with `0.0.0.0` works in no browser.
+pub fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// The dashboard's URL on the HTTP port `http`, opened on `event`.
+pub fn dashboard_url(http: SocketAddr, event: &str) -> String {
+    format!("http://{}/?event={event}", reachable(http))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Posts position batches to `POST /ingest`, one short HTTP/1.1 connection
+/// per batch: at one batch a second a kept-alive connection saves nothing
+/// worth its reconnect logic.
+struct Poster {
+    addr: SocketAddr,
+    token: Option<Secret>,
+}
+
+impl Poster {
+    fn post(&self, positions: &Value) -> io::Result<()> {
+        let body = positions.to_string();
+        let auth = match &self.token {
+            Some(token) => format!("Authorization: Bearer {}\r\n", token.expose()),
+            None => String::new(),
+        };
+        let request = format!(
+            "POST /ingest HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        let mut stream = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.write_all(request.as_bytes())?;
+        let mut answer = Vec::new();
+        // `Connection: close`: the answer ends when the server closes.
+        stream.take(64 * 1024).read_to_end(&mut answer)?;
+        let answer = String::from_utf8_lossy(&answer);
+        let status = answer.split_ascii_whitespace().nth(1).unwrap_or("none");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body).trim();
+        if status != "202" {
+            return Err(io::Error::other(format!("status {status}: {body}")));
+        }
+        // A rejected demo position is a bug here or there: say so, go on.
+        let rejected = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("rejected").and_then(Value::as_array).map(Vec::len))
+            .unwrap_or(0);
+        if rejected > 0 {
+            warn!("demo: the server rejected {rejected} positions: {body}");
+        }
+        Ok(())
+    }
+}
+
+/// One of the three demo events: where it is and how its devices move.
+struct Scenario {
+    event: &'static str,
+    prefix: &'static str,
+    /// Centre of the area, degrees.
+    lat: f64,
+    lon: f64,
+    /// Typical distance from the centre, metres.
+    radius: f64,
+    /// Cruise speeds are drawn from this range, km/h.
+    speed_kmh: (f64, f64),
+    /// Devices follow one shared loop (a race course) rather than wander.
+    course: bool,
+    /// How far apart devices start, metres: they start together, as in a
+    /// race, and spread out as their speeds differ, so that the dashboard
+    /// first shows a close group whose trails are easy to see.
+    start_spread: f64,
+    /// Where on the loop the start is (radians), just before a bend: the
+    /// first minute shows curved trails, not straight lines.
+    start_angle: f64,
+}
+
+const SCENARIOS: [Scenario; 3] = [
+    Scenario {
+        event: "demo-marathon",
+        prefix: "runner",
+        lat: 46.515,
+        lon: 6.605,
+        radius: 1_600.0,
+        speed_kmh: (9.0, 16.0),
+        course: true,
+        start_spread: 150.0,
+        start_angle: 4.5,
+    },
+    Scenario {
+        event: "demo-regatta",
+        prefix: "boat",
+        lat: 46.455,
+        lon: 6.56,
+        radius: 3_000.0,
+        speed_kmh: (8.0, 25.0),
+        course: false,
+        start_spread: 400.0,
+        start_angle: 0.0,
+    },
+    Scenario {
+        event: "demo-rally",
+        prefix: "car",
+        lat: 46.235,
+        lon: 7.36,
+        radius: 4_000.0,
+        speed_kmh: (50.0, 110.0),
+        course: true,
+        start_spread: 250.0,
+        start_angle: 1.4,
+    },
+];
+
+/// One simulated device. Positions are kept in metres north/east of its
+/// scenario's centre and turned into degrees when posted.
+struct Device {
+    id: String,
+    event: &'static str,
+    scenario: &'static Scenario,
+    north: f64,
+    east: f64,
+    /// Radians clockwise from north.
+    heading: f64,
+    /// Metres per second, now and as cruise target.
+    speed: f64,
+    cruise: f64,
+    /// Radians per second, wandering devices only.
+    turn_rate: f64,
+    /// Course devices: angle along the loop, and their lane offset (m).
+    angle: f64,
+    lane: f64,
+    /// Seconds simulated so far, for the slow speed variations.
+    clock: f64,
+    phase: f64,
+}
+
+/// Every device and the randomness that moves them.
+struct World {
+    devices: Vec<Device>,
+    rng: SplitMix64,
+}
+
+impl World {
+    fn new(config: &DemoConfig) -> World {
+        let mut rng = SplitMix64(config.seed);
+        let devices = (1..=config.devices.max(1))
+            .zip(SCENARIOS.iter().cycle())
+            .map(|(n, scenario)| {
+                let (lo, hi) = scenario.speed_kmh;
+                let cruise = rng.between(lo, hi) / 3.6;
+                let spread = scenario.start_spread;
+                // Along the course (radians are about `radius` metres), or
+                // around a start area a little off the centre.
+                let angle = scenario.start_angle + rng.between(-spread, spread) / scenario.radius;
+                let lane = rng.between(-12.0, 12.0);
+                let (north, east, heading) = if scenario.course {
+                    let (n, e) = course_point(scenario, angle, lane);
+                    (n, e, course_heading(scenario, angle))
+                } else {
+                    let start_east = -0.3 * scenario.radius;
+                    let heading = rng.between(-0.7, 0.7) + std::f64::consts::FRAC_PI_2;
+                    (
+                        rng.between(-spread, spread),
+                        start_east + rng.between(-spread, spread),
+                        heading,
+                    )
+                };
+                Device {
+                    id: format!("{}-{n}", scenario.prefix),
+                    event: scenario.event,
+                    scenario,
+                    north,
+                    east,
+                    heading,
+                    speed: cruise,
+                    cruise,
+                    turn_rate: 0.0,
+                    angle,
+                    lane,
+                    clock: 0.0,
+                    phase: rng.between(0.0, std::f64::consts::TAU),
+                }
+            })
+            .collect();
+        World { devices, rng }
+    }
+
+    /// Moves every device `secs` seconds forward, in small steps.
+    fn advance(&mut self, secs: f64) {
+        let mut left = secs.clamp(0.0, 60.0);
+        while left > 0.0 {
+            let dt = left.min(MAX_STEP_SECS);
+            left -= dt;
+            for device in &mut self.devices {
+                device.step(dt, &mut self.rng);
+            }
+        }
+    }
+
+    /// The JSON array to post: one position per device, stamped `ts`.
+    fn positions(&self, ts: u64) -> Value {
+        Value::Array(self.devices.iter().map(|d| d.position(ts)).collect())
+    }
+}
+
+impl Device {
+    fn step(&mut self, dt: f64, rng: &mut SplitMix64) {
+        self.clock += dt;
+        // Slow swings around the cruise speed (hills, fatigue, gusts), and
+        // a little noise on top.
+        let swing = 1.0 + 0.15 * (self.clock / 40.0 + self.phase).sin();
+        let target = self.cruise * swing;
+        self.speed += (target - self.speed) * (dt / 5.0).min(1.0) + rng.normal() * 0.05 * dt.sqrt();
+        self.speed = self.speed.max(0.5);
+        if self.scenario.course {
+            self.step_on_course(dt);
+        } else {
+            self.step_wandering(dt, rng);
+        }
+    }
+
+    /// Advances along the loop by the distance covered, so that speed is
+    /// true to what the positions show.
+    fn step_on_course(&mut self, dt: f64) {
+        let scenario = self.scenario;
+        let (n0, e0) = course_point(scenario, self.angle, self.lane);
+        let (n1, e1) = course_point(scenario, self.angle + 1e-3, self.lane);
+        let metres_per_radian = ((n1 - n0).hypot(e1 - e0) / 1e-3).max(1.0);
+        self.angle = (self.angle + self.speed * dt / metres_per_radian) % std::f64::consts::TAU;
+        let (north, east) = course_point(scenario, self.angle, self.lane);
+        self.heading = (east - self.east).atan2(north - self.north);
+        self.north = north;
+        self.east = east;
+    }
+
+    /// A random turn rate that drifts back to straight (an
+    /// Ornstein-Uhlenbeck walk), steered home when far from the centre.
+    fn step_wandering(&mut self, dt: f64, rng: &mut SplitMix64) {
+        self.turn_rate += -self.turn_rate * 0.3 * dt + rng.normal() * 0.04 * dt.sqrt();
+        self.turn_rate = self.turn_rate.clamp(-0.15, 0.15);
+        let distance = self.north.hypot(self.east);
+        let pull = (distance / self.scenario.radius - 0.6).max(0.0);
+        if pull > 0.0 {
+            let home = (-self.east).atan2(-self.north);
+            let off = wrap_angle(home - self.heading);
+            self.heading += off * (pull * 0.5 * dt).min(1.0);
+        }
+        self.heading = wrap_angle(self.heading + self.turn_rate * dt);
+        self.north += self.speed * self.heading.cos() * dt;
+        self.east += self.speed * self.heading.sin() * dt;
+    }
+
+    fn position(&self, ts: u64) -> Value {
+        let scenario = self.scenario;
+        let lat = scenario.lat + self.north / METRES_PER_DEGREE;
+        let lon = scenario.lon + self.east / (METRES_PER_DEGREE * scenario.lat.to_radians().cos());
+        let heading = self.heading.to_degrees().rem_euclid(360.0);
+        json!({
+            "eventId": self.event,
+            "deviceId": self.id,
+            "lat": round_to(lat, 6),
+            "lon": round_to(lon, 6),
+            "ts": ts,
+            "speed": round_to(self.speed * 3.6, 1),
+            "heading": heading.round(),
+        })
+    }
+}
+
+/// A point of a scenario's loop, `lane` metres outside it: a smooth closed
+/// curve whose radius wobbles (a course with bends, not a circle).
+fn course_point(scenario: &Scenario, angle: f64, lane: f64) -> (f64, f64) {
+    let wobble = 1.0 + 0.22 * (3.0 * angle).sin() + 0.08 * (5.0 * angle + 1.0).cos();
+    let r = scenario.radius * wobble + lane;
+    // Stretched east-west: lakesides and valleys are long and narrow.
+    (0.55 * r * angle.cos(), r * angle.sin())
+}
+
+fn course_heading(scenario: &Scenario, angle: f64) -> f64 {
+    let (n0, e0) = course_point(scenario, angle, 0.0);
+    let (n1, e1) = course_point(scenario, angle + 1e-3, 0.0);
+    (e1 - e0).atan2(n1 - n0)
+}
+
+/// `a` brought into (-π, π].
+fn wrap_angle(a: f64) -> f64 {
+    let tau = std::f64::consts::TAU;
+    let a = a.rem_euclid(tau);
+    if a > std::f64::consts::PI { a - tau } else { a }
+}
+
+fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
+/// A tiny seeded generator (SplitMix64): tracks only need to look random
+/// and be repeatable, not be unpredictable, so no dependency is worth it.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        #[allow(clippy::cast_precision_loss)] // 53 bits fit an f64 exactly
+        let x = (self.next_u64() >> 11) as f64;
+        x / (1u64 << 53) as f64
+    }
+
+    fn between(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+
+    /// Standard normal, by Box-Muller.
+    fn normal(&mut self) -> f64 {
+        let u = self.unit().max(f64::MIN_POSITIVE);
+        let v = self.unit();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn distance_m(a: &Value, b: &Value) -> f64 {
+        let f = |v: &Value, k: &str| v[k].as_f64().expect("number");
+        let dn = (f(b, "lat") - f(a, "lat")) * METRES_PER_DEGREE;
+        let de = (f(b, "lon") - f(a, "lon")) * METRES_PER_DEGREE * f(a, "lat").to_radians().cos();
+        dn.hypot(de)
+    }
+
+    #[test]
+    fn deals_devices_to_the_three_events_in_turn() {
+        let world = World::new(&DemoConfig { devices: 7, ..DemoConfig::default() });
+        let ids: Vec<_> = world.devices.iter().map(|d| (d.event, d.id.as_str())).collect();
+        assert_eq!(
+            ids,
+            [
+                ("demo-marathon", "runner-1"),
+                ("demo-regatta", "boat-2"),
+                ("demo-rally", "car-3"),
+                ("demo-marathon", "runner-4"),
+                ("demo-regatta", "boat-5"),
+                ("demo-rally", "car-6"),
+                ("demo-marathon", "runner-7"),
+            ]
+        );
+    }
+
+    #[test]
+    fn moves_at_plausible_speeds_and_stays_in_its_area() {
+        let mut world = World::new(&DemoConfig { devices: 30, ..DemoConfig::default() });
+        let mut before = world.positions(0);
+        for second in 1..=600u64 {
+            world.advance(1.0);
+            let after = world.positions(second * 1000);
+            for (a, b) in before.as_array().unwrap().iter().zip(after.as_array().unwrap()) {
+                let moved = distance_m(a, b);
+                let kmh = b["speed"].as_f64().unwrap();
+                let event = b["eventId"].as_str().unwrap();
+                let scenario = SCENARIOS.iter().find(|s| s.event == event).unwrap();
+                assert!(moved > 0.5, "{} did not move: {moved} m", b["deviceId"]);
+                // What the positions show matches the reported speed.
+                assert!(
+                    (moved * 3.6 - kmh).abs() < kmh * 0.2 + 1.0,
+                    "{}: moved {moved} m in 1 s but reports {kmh} km/h",
+                    b["deviceId"]
+                );
+                let (lo, hi) = scenario.speed_kmh;
+                assert!(kmh > lo * 0.7 && kmh < hi * 1.3, "{event}: {kmh} km/h");
+                let centre = json!({"lat": scenario.lat, "lon": scenario.lon});
+                assert!(distance_m(&centre, b) < scenario.radius * 2.0);
+                let (lat, lon) = (b["lat"].as_f64().unwrap(), b["lon"].as_f64().unwrap());
+                assert!((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon));
+            }
+            before = after;
+        }
+    }
+
+    #[test]
+    fn same_seed_same_tracks() {
+        let run = |seed| {
+            let mut world = World::new(&DemoConfig { devices: 5, seed, ..DemoConfig::default() });
+            world.advance(30.0);
+            world.positions(1)
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn reads_its_variables_and_reports_every_bad_one() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        let config = DemoConfig::from_lookup(vars(&[])).unwrap();
+        assert_eq!((config.devices, config.interval), (12, Duration::from_secs(1)));
+        let config = DemoConfig::from_lookup(vars(&[
+            ("LIVE_DEMO_DEVICES", " 3 "),
+            ("LIVE_DEMO_INTERVAL_MS", ""),
+        ]))
+        .unwrap();
+        assert_eq!((config.devices, config.interval), (3, Duration::from_secs(1)));
+        let err = DemoConfig::from_lookup(vars(&[
+            ("LIVE_DEMO_DEVICES", "0"),
+            ("LIVE_DEMO_INTERVAL_MS", "fast"),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("LIVE_DEMO_DEVICES=\"0\""), "{err}");
+        assert!(err.contains("LIVE_DEMO_INTERVAL_MS=\"fast\""), "{err}");
+    }
+
+    #[test]
+    fn urls_use_loopback_for_unspecified_addresses() {
+        let any: SocketAddr = "0.0.0.0:9090".parse().unwrap();
+        assert_eq!(dashboard_url(any, "demo-rally"), "http://127.0.0.1:9090/?event=demo-rally");
+        let any6: SocketAddr = "[::]:1".parse().unwrap();
+        assert_eq!(reachable(any6), "[::1]:1".parse::<SocketAddr>().unwrap());
+        let host: SocketAddr = "10.1.2.3:80".parse().unwrap();
+        assert_eq!(reachable(host), host);
+    }
+
+    /// The feed posts real HTTP with the token, right at start, and stops
+    /// promptly; a fake ingest endpoint records what it got.
+    #[test]
+    fn posts_to_ingest_over_http_and_stops() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = DemoConfig {
+            devices: 4,
+            interval: Duration::from_millis(100),
+            ingest_token: Some(Secret::new("s3cret")),
+            seed: 7,
+        };
+        let started = Instant::now();
+        let demo = start(addr, config).unwrap();
+        assert_eq!(demo.events(), ["demo-marathon", "demo-regatta", "demo-rally"]);
+        assert_eq!(demo.devices().len(), 4);
+        let mut requests = Vec::new();
+        for _ in 0..2 {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = Vec::new();
+            loop {
+                let n = conn.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+                assert!(n > 0, "connection closed early");
+            }
+            conn.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 29\r\nConnection: close\r\n\r\n{\"accepted\":4,\"rejected\":[]}\n").unwrap();
+            requests.push(String::from_utf8(got).unwrap());
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        for request in &requests {
+            assert!(request.starts_with("POST /ingest HTTP/1.1\r\n"), "{request}");
+            assert!(request.contains("\r\nAuthorization: Bearer s3cret\r\n"));
+            let body: Value =
+                serde_json::from_str(request.split_once("\r\n\r\n").unwrap().1).unwrap();
+            let ids: Vec<_> =
+                body.as_array().unwrap().iter().map(|p| p["deviceId"].clone()).collect();
+            assert_eq!(
+                ids,
+                [json!("runner-1"), json!("boat-2"), json!("car-3"), json!("runner-4")]
+            );
+        }
+        // Refused from now on: the feed's next post fails fast.
+        drop(listener);
+        let stopping = Instant::now();
+        demo.stop();
+        assert!(stopping.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,338 @@
+// The built-in dashboard in a real headless Chromium (issue 6, SPEC §8).
+//
+// Starts the real livecast binary on free ports, opens its dashboard, posts
+// positions to POST /ingest and asserts from the page's DOM what a person
+// would see: devices with their latest coordinates, the state "connected",
+// server errors; then stops the server and starts it again on the same
+// ports and asserts the page reconnected on its own and shows new positions.
+// Then tokens mode (?token=, and "log in again" from /auth/check), and the
+// demo feed (`livecast --demo`) moving every device. Screenshots land in
+// target/browser-test/.
+//
+// Run by scripts/browser-test.sh, which installs Chromium and builds
+// livecast first. Environment: LIVECAST_BIN (default target/debug/livecast),
+// CHROMIUM (default /usr/bin/chromium), LIVECAST_UPDATE_SCREENSHOT=1 to
+// refresh the README's scripts/dashboard.png.
+
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const targetDir = path.resolve(root, process.env.CARGO_TARGET_DIR || "target");
+const bin = process.env.LIVECAST_BIN || path.join(targetDir, "debug", "livecast");
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+const outDir = path.join(targetDir, "browser-test");
+const scratch = mkdtempSync(path.join(tmpdir(), "livecast-browser-"));
+mkdirSync(outDir, { recursive: true });
+
+const WAIT = 15_000; // the longest any single expectation may take
+
+// ---- the server ------------------------------------------------------------
+
+const servers = new Set();
+
+/** Starts livecast and resolves once its banner told where it listens. */
+function startServer({ wsPort = 0, httpPort = 0, env = {}, args = [] } = {}) {
+  const child = spawn(bin, args, {
+    env: {
+      ...process.env,
+      LIVE_WS_HOST: "127.0.0.1",
+      HTTP_HOST: "127.0.0.1",
+      LIVE_WS_PORT: String(wsPort),
+      HTTP_PORT: String(httpPort),
+      LIVE_WS_DRAIN_TIMEOUT_MS: "2000",
+      LOG_LEVEL: "info",
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  servers.add(child);
+  const server = { child, stdout: "", stderr: "" };
+  child.stderr.setEncoding("utf8");
+  child.stderr.on("data", (s) => { server.stderr += s; });
+  child.stdout.setEncoding("utf8");
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error("no banner within 15 s")), WAIT);
+    const fail = (err) => {
+      clearTimeout(timer);
+      child.kill("SIGKILL");
+      reject(new Error(`${err.message}\n--- stdout\n${server.stdout}\n--- stderr\n${server.stderr}`));
+    };
+    child.on("exit", (code) => fail(new Error(`livecast exited with ${code} before it was ready`)));
+    child.on("error", fail);
+    child.stdout.on("data", (s) => {
+      server.stdout += s;
+      const ws = /WebSocket:\s+ws:\/\/([^\s/]+)\//.exec(server.stdout);
+      const http = /HTTP:\s+http:\/\/([^\s/]+)\//.exec(server.stdout);
+      const demo = /Demo dashboard:\s+(\S+)/.exec(server.stdout);
+      const wantsDemo = args.includes("--demo");
+      if (ws && http && (!wantsDemo || (demo && /demo-rally/.test(server.stdout)))) {
+        clearTimeout(timer);
+        child.removeAllListeners("exit");
+        server.ws = ws[1];
+        server.http = http[1];
+        server.wsPort = Number(ws[1].split(":").pop());
+        server.httpPort = Number(http[1].split(":").pop());
+        server.demoUrl = demo && demo[1];
+        resolve(server);
+      }
+    });
+  });
+}
+
+/** SIGTERM, then waits for the graceful stop; asserts exit code 0. */
+async function stopServer(server) {
+  const { child } = server;
+  if (child.exitCode !== null) return child.exitCode;
+  const code = await new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill("SIGKILL"), WAIT);
+    child.on("exit", (c) => { clearTimeout(timer); resolve(c); });
+    child.kill("SIGTERM");
+  });
+  servers.delete(child);
+  assert.equal(code, 0, `livecast exit code\n${server.stderr}`);
+  return code;
+}
+
+async function ingest(server, positions) {
+  const res = await fetch(`http://${server.http}/ingest`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(positions),
+  });
+  const body = await res.json();
+  assert.equal(res.status, 202, JSON.stringify(body));
+  assert.deepEqual(body, { accepted: positions.length, rejected: [] });
+}
+
+/** `steps` positions of one device on a gentle arc ending at `to`. */
+function track(eventId, deviceId, to, steps, t0, extra = {}) {
+  const out = [];
+  for (let i = 0; i < steps; i++) {
+    const back = steps - 1 - i;
+    out.push({
+      eventId, deviceId,
+      lat: +(to.lat - back * 0.0009 + Math.sin(i / 2) * 0.0002).toFixed(6),
+      lon: +(to.lon - back * 0.0012).toFixed(6),
+      ts: t0 + i * 1000,
+      ...extra,
+    });
+  }
+  out[out.length - 1].lat = to.lat;
+  out[out.length - 1].lon = to.lon;
+  return out;
+}
+
+// ---- the browser -----------------------------------------------------------
+
+let context;
+let page;
+const pageErrors = [];
+
+async function openBrowser() {
+  const profile = path.join(scratch, "profile");
+  // Playwright passes the fresh profile as --user-data-dir itself.
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: chromiumPath,
+    headless: true,
+    viewport: { width: 1280, height: 760 },
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+  page = context.pages()[0] || (await context.newPage());
+  page.on("pageerror", (e) => pageErrors.push(e.message));
+}
+
+const stateOf = () => page.locator("#state").textContent();
+
+async function waitForState(text) {
+  await page.waitForFunction((t) => document.getElementById("state").textContent === t, text,
+    { timeout: WAIT });
+}
+
+/** Waits until the row of every device shows `expected[device]`. */
+async function waitForRows(expected) {
+  await page.waitForFunction((exp) => Object.entries(exp).every(([id, p]) => {
+    const row = document.querySelector(`#devices tr[data-device="${id}"]`);
+    return row && Number(row.dataset.lat) === p.lat && Number(row.dataset.lon) === p.lon;
+  }), expected, { timeout: WAIT });
+  for (const [id, p] of Object.entries(expected)) {
+    const row = page.locator(`#devices tr[data-device="${id}"]`);
+    assert.equal(await row.locator("td.lat").textContent(), p.lat.toFixed(5), `${id} lat cell`);
+    assert.equal(await row.locator("td.lon").textContent(), p.lon.toFixed(5), `${id} lon cell`);
+    if (p.speed !== undefined) {
+      assert.equal(await row.locator("td.speed").textContent(), String(p.speed), `${id} speed`);
+    }
+  }
+}
+
+const rowIds = () => page.$$eval("#devices tbody tr", (rows) => rows.map((r) => r.dataset.device));
+
+/** Pixels of the map that are not background: something was drawn. */
+const paintedPixels = () => page.evaluate(() => {
+  const c = document.getElementById("map");
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - 11) + Math.abs(d[i + 1] - 17) + Math.abs(d[i + 2] - 23) > 120) n++;
+  return n;
+});
+
+after(async () => {
+  await context?.close().catch(() => {});
+  for (const child of servers) child.kill("SIGKILL");
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+// ---- the tests -------------------------------------------------------------
+
+test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
+  assert.ok(existsSync(bin), `${bin} missing: run cargo build first`);
+  assert.ok(existsSync(chromiumPath), `${chromiumPath} missing: apt-get install chromium`);
+  await openBrowser();
+  const event = "bt-race";
+  let server = await startServer();
+  const t0 = Date.now() - 60_000;
+
+  await t.test("shows the snapshot, live positions, age and rate", async () => {
+    // Before the page opens: must arrive in the subscribe's snapshot.
+    await ingest(server, [{ eventId: event, deviceId: "d-0", lat: 46.5, lon: 6.6, ts: t0 }]);
+    await page.goto(`http://${server.http}/?event=${event}`);
+    await waitForState("connected");
+    assert.equal(await page.locator("#event").inputValue(), event);
+    await waitForRows({ "d-0": { lat: 46.5, lon: 6.6 } });
+
+    const latest = {
+      "d-1": { lat: 46.512345, lon: 6.621, speed: 12.3 },
+      "d-2": { lat: 46.508, lon: 6.633333, speed: 8 },
+      "d-3": { lat: 46.5151, lon: 6.6105, speed: 15.5 },
+      "d-10": { lat: 46.503, lon: 6.6166 }, // no speed: the cell says so
+    };
+    const batch = Object.entries(latest)
+      .flatMap(([id, p], k) => track(event, id, p, 8, t0 + k * 100,
+        p.speed === undefined ? {} : { speed: p.speed, heading: 90 }))
+      .sort((a, b) => a.ts - b.ts);
+    // Another event's device must not show up.
+    batch.push({ eventId: "bt-other", deviceId: "x-1", lat: 1, lon: 1, ts: t0 });
+    await ingest(server, batch);
+    await waitForRows(latest);
+    assert.equal(await page.locator('#devices tr[data-device="d-10"] td.speed').textContent(), "–");
+    assert.deepEqual(await rowIds(), ["d-0", "d-1", "d-2", "d-3", "d-10"], "sorted, numbers as numbers");
+    assert.equal(await page.locator("#device-count").textContent(), "5");
+
+    const age = () => page.locator('#devices tr[data-device="d-1"] td.age')
+      .getAttribute("data-age-ms").then(Number);
+    const before = await age();
+    await page.waitForTimeout(1200);
+    const later = await age();
+    assert.ok(later - before >= 500, `age ticks up: ${before} -> ${later}`);
+    assert.match(await page.locator('#devices tr[data-device="d-1"] td.age').textContent(), /^\d+ (s|min \d+ s)$/);
+    assert.ok(Number(await page.locator("#rate").textContent()) > 0, "message rate counter");
+    assert.ok(await paintedPixels() > 200, "dots, labels and trails drawn on the canvas");
+    assert.equal(await stateOf(), "connected");
+  });
+
+  await t.test("shows server error messages; the event box resubscribes", async () => {
+    await page.fill("#event", "x".repeat(200)); // longer than the protocol allows
+    await page.click("#subscribe");
+    const err = page.locator('#errors li[data-code="protocol-violation"]');
+    await err.waitFor({ timeout: WAIT });
+    assert.ok((await err.textContent()).length > "protocol-violation".length, "has a message");
+    assert.equal(await page.locator("#devices tbody tr").count(), 0, "other event: table cleared");
+    await page.fill("#event", event);
+    await page.press("#event", "Enter");
+    await waitForRows({ "d-2": { lat: 46.508, lon: 6.633333, speed: 8 } });
+    assert.equal(await page.locator("#devices tbody tr").count(), 5, "snapshot has every device");
+    assert.match(page.url(), /[?&]event=bt-race(&|$)/, "URL follows the event");
+    while (await page.locator("#errors li").count() > 0) {
+      await page.locator("#errors li button").first().click(); // dismiss
+    }
+  });
+
+  await t.test("reconnects and resubscribes after a server restart", async () => {
+    const { wsPort, httpPort } = server;
+    await stopServer(server);
+    await page.waitForFunction(() => document.getElementById("state").textContent !== "connected",
+      null, { timeout: WAIT });
+    await page.waitForTimeout(500); // let it fail to connect at least once
+    assert.match(await stateOf(), /^(retrying|connecting)$/);
+    server = await startServer({ wsPort, httpPort });
+    await waitForState("connected");
+    const now = Date.now();
+    await ingest(server, [
+      ...track(event, "d-1", { lat: 46.52, lon: 6.64 }, 4, now - 4000, { speed: 14.2 }),
+      ...track(event, "d-5", { lat: 46.5188, lon: 6.6077 }, 4, now - 4000, { speed: 9.9 }),
+    ]);
+    await waitForRows({
+      "d-1": { lat: 46.52, lon: 6.64, speed: 14.2 },
+      "d-5": { lat: 46.5188, lon: 6.6077, speed: 9.9 },
+    });
+    assert.equal(await stateOf(), "connected");
+    assert.equal(await page.locator('#errors li').count(), 0, "no error shown");
+    await page.waitForTimeout(300); // the view eases in
+    await page.screenshot({ path: path.join(outDir, "dashboard.png") });
+    await stopServer(server);
+  });
+
+  await t.test("tokens mode: ?token= connects, a refused token says log in again", async () => {
+    const tokens = path.join(scratch, "tokens.json");
+    writeFileSync(tokens, JSON.stringify({ "t-good": { user: "alice", events: ["*"] } }));
+    server = await startServer({ env: { LIVE_AUTH_MODE: "tokens", LIVE_TOKENS_FILE: tokens } });
+    await page.goto(`http://${server.http}/?event=${event}&token=t-good`);
+    await waitForState("connected");
+    await ingest(server, [{ eventId: event, deviceId: "d-7", lat: 46.51, lon: 6.62, ts: Date.now() }]);
+    await waitForRows({ "d-7": { lat: 46.51, lon: 6.62 } });
+    assert.ok(!(await page.content()).includes("t-good"), "the token is not shown");
+
+    await page.goto(`http://${server.http}/?event=${event}&token=t-bad`);
+    await waitForState("log in again");
+    assert.match(await page.locator("#state-detail").textContent(), /token/);
+    await page.waitForTimeout(1500);
+    assert.equal(await stateOf(), "log in again", "no retry loop with a refused token");
+    await stopServer(server);
+  });
+
+  await t.test("livecast --demo: every device moves", async () => {
+    server = await startServer({ args: ["--demo"], env: { LIVE_DEMO_INTERVAL_MS: "500" } });
+    assert.match(server.demoUrl, new RegExp(`^http://${server.http}/\\?event=demo-marathon$`));
+    await page.goto(server.demoUrl);
+    await waitForState("connected");
+    const runners = ["runner-1", "runner-4", "runner-7", "runner-10"];
+    await page.waitForFunction((n) => document.querySelectorAll("#devices tbody tr").length === n,
+      runners.length, { timeout: WAIT });
+    assert.deepEqual(await rowIds(), runners);
+    const where = () => page.$$eval("#devices tbody tr", (rows) =>
+      Object.fromEntries(rows.map((r) => [r.dataset.device, `${r.dataset.lat},${r.dataset.lon}`])));
+    const first = await where();
+    await page.waitForFunction((before) => [...document.querySelectorAll("#devices tbody tr")]
+      .every((r) => `${r.dataset.lat},${r.dataset.lon}` !== before[r.dataset.device]),
+    first, { timeout: WAIT });
+    // The rally, picked in the box, makes the README's picture: fast cars
+    // draw trails worth seeing within seconds.
+    await page.fill("#event", "demo-rally");
+    await page.press("#event", "Enter");
+    const cars = ["car-3", "car-6", "car-9", "car-12"];
+    await page.waitForFunction((n) => document.querySelectorAll("#devices tbody tr").length === n,
+      cars.length, { timeout: WAIT });
+    assert.deepEqual(await rowIds(), cars);
+    const start = await where();
+    await page.waitForTimeout(12_000);
+    const then = await where();
+    for (const id of cars) assert.notEqual(then[id], start[id], `${id} moves`);
+    await page.screenshot({ path: path.join(outDir, "demo.png") });
+    await stopServer(server);
+    const committed = path.join(root, "scripts", "dashboard.png");
+    if (process.env.LIVECAST_UPDATE_SCREENSHOT === "1" || !existsSync(committed)) {
+      copyFileSync(path.join(outDir, "demo.png"), committed);
+    }
+  });
+
+  assert.deepEqual(pageErrors, [], "no uncaught exception in the page");
+});
