@@ -1,0 +1,23 @@
+//! livecast's integration tests, compiled as one binary so that the 2-core
+//! CI links once (ripgrep's `tests/tests.rs`).
+//!
+//! Every test starts its own server on free ports (in-process through
+//! `livecast::start`, or the `livecast` executable where the process
+//! boundary matters: environment, signals, exit codes, thread counts), talks
+//! to it over real sockets, and waits with deadlines, never bare sleeps.
+//! One module per SPEC area; `support` is the shared harness.
+
+mod support;
+
+mod auth; // SPEC §5: tokens mode, Origin check, GET /auth/check
+mod broadcast; // SPEC §3-§4: snapshots, order, handover, back-pressure (§2.5)
+mod debug; // SPEC §7: GET /debug/connections
+mod device_map; // SPEC §6: device→event map
+mod heartbeat; // SPEC §2.3: frame-level pings, dead peers
+mod hostile; // hardening: broken and hostile peers, no leaked threads
+mod ingest; // SPEC §1, §4: the HTTP port and POST /ingest
+mod lifecycle; // SPEC §2.6, §7: binary, configuration, shutdown
+mod metrics; // SPEC §7: Prometheus metrics
+mod protocol; // SPEC §2.4, §3: JSON messages, errors, limits
+mod redis; // SPEC §4: the Redis Stream source, several instances
+mod transport; // SPEC §1-§2: WS port, handshake, limits, threads
