@@ -61,6 +61,7 @@ pub use config::{AuthMode, Config, ConfigError, LogFormat, Secret};
 use broadcast::{Broadcaster, Command};
 use http::server::{HttpServer, Limits};
 use protocol::CloseReason;
+pub use server::Service;
 use server::{Acceptor, Shared};
 use source::device_map::Refresher;
 use source::redis::RedisSource;
@@ -129,6 +130,15 @@ const COMMAND_CAPACITY: usize = 4096;
 /// [`StartError`] when a port cannot be bound, a thread cannot be spawned,
 /// or the auth mode cannot start.
 pub fn start(config: Config) -> Result<Server, StartError> {
+    start_with(config, Service::Live)
+}
+
+/// [`start`] with another message handler on every connection: used by
+/// the `livecast-echo` conformance target.
+///
+/// # Errors
+/// As [`start`].
+pub fn start_with(config: Config, service: Service) -> Result<Server, StartError> {
     raise_open_files_limit(config.max_connections);
     let metrics =
         metrics::Metrics::new().map_err(|e| StartError::Setup(format!("metrics: {e}")))?;
@@ -198,7 +208,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
     // The dashboard needs the port clients can reach, the real one when 0
     // was asked for.
     let ws_port = ws_listener.local_addr().map_or(config.ws_port, |a| a.port());
-    let shared = Arc::new(Shared::new(config, metrics, commands, auth, status, sink));
+    let shared = Arc::new(Shared::new(config, metrics, service, commands, auth, status, sink));
     let routes = Arc::new(http::Routes::new(Arc::clone(&shared), ws_port));
     let http = HttpServer::start(http_listener, limits, routes).map_err(StartError::Spawn)?;
     let acceptor = Acceptor::start(ws_listener, Arc::clone(&shared)).map_err(StartError::Spawn)?;

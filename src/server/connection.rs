@@ -31,7 +31,7 @@ use uuid::Uuid;
 use super::handshake::{self, Upgraded};
 use super::queue::{ClientHandle, Outbound};
 use super::wire::Wire;
-use super::{Shared, Slot};
+use super::{Service, Shared, Slot};
 use crate::auth::{self, AuthzError, Identity};
 use crate::broadcast::Command;
 use crate::position::now_ms;
@@ -373,9 +373,13 @@ impl<'a> Connection<'a> {
             self.begin_close(CloseReason::InboundFlood, false);
             return Ok(());
         }
-        match message {
-            Message::Text(text) => self.on_text(text.as_str()),
-            Message::Binary(_) => {
+        match (self.shared.service, message) {
+            // The conformance handler: the same loop, data echoed back.
+            (Service::Echo, message @ (Message::Text(_) | Message::Binary(_))) => {
+                self.write(message)
+            }
+            (Service::Live, Message::Text(text)) => self.on_text(text.as_str()),
+            (Service::Live, Message::Binary(_)) => {
                 inbound.with_label_values(&["invalid"]).inc();
                 self.send_error(
                     ErrorCode::ProtocolViolation,
@@ -383,15 +387,15 @@ impl<'a> Connection<'a> {
                     None,
                 )
             }
-            Message::Ping(_) => {
+            (_, Message::Ping(_)) => {
                 inbound.with_label_values(&["ping"]).inc();
                 Ok(())
             }
-            Message::Pong(_) => {
+            (_, Message::Pong(_)) => {
                 inbound.with_label_values(&["pong"]).inc();
                 Ok(())
             }
-            Message::Close(_) | Message::Frame(_) => Ok(()),
+            (_, Message::Close(_) | Message::Frame(_)) => Ok(()),
         }
     }
 

@@ -35,11 +35,25 @@ pub(crate) use acceptor::Acceptor;
 pub(crate) use queue::{ClientHandle, Kind, OfferError, Outbound};
 pub(crate) use wire::push_text_frame;
 
+/// What each connection does with the data messages it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Service {
+    /// The live protocol (SPEC §3): subscribe, unsubscribe.
+    #[default]
+    Live,
+    /// Echo every text and binary message back: the WebSocket conformance
+    /// suite (Autobahn) runs against the product's own connection loop
+    /// with this handler plugged in.
+    Echo,
+}
+
 /// What every connection thread shares with the rest of the server.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
+    pub(crate) service: Service,
     /// The broadcaster's inbox.
     pub(crate) commands: Sender<Command>,
     pub(crate) auth: Box<dyn Authenticator>,
@@ -61,6 +75,7 @@ impl Shared {
     pub(crate) fn new(
         config: Config,
         metrics: Metrics,
+        service: Service,
         commands: Sender<Command>,
         auth: Box<dyn Authenticator>,
         source: Option<Arc<SourceStatus>>,
@@ -69,6 +84,7 @@ impl Shared {
         Shared {
             config,
             metrics,
+            service,
             commands,
             auth,
             connections: RwLock::new(HashMap::new()),
