@@ -96,7 +96,7 @@ pub(super) fn run(
         // missed us: close like everyone else.
         handle.request_close(CloseReason::Shutdown { retry_after_ms: 0 });
     }
-    info!("{} {remote} open, user {}", handle.thread_name, identity.user);
+    debug!("{} {remote} open, user {}", handle.thread_name, identity.user);
 
     let mut conn = Connection::new(shared, Arc::clone(&handle), rx, ws, identity);
     let reason = conn.serve();
@@ -105,7 +105,7 @@ pub(super) fn run(
     shared.connections.write().remove(&id);
     metrics.connections_open.dec();
     metrics.connections_closed.with_label_values(&[reason.label()]).inc();
-    info!("{} {remote} closed: {}", handle.thread_name, reason.label());
+    debug!("{} {remote} closed: {}", handle.thread_name, reason.label());
 }
 
 /// Where a connection is in its life.
