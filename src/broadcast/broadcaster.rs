@@ -120,20 +120,22 @@ impl Broadcaster {
                 self.flush();
                 let started = Instant::now();
                 self.registry.add(&event, &client);
-                let frame = subscribed_frame(&event, self.cache.snapshot(&event));
-                let count = self.cache.snapshot(&event).count();
+                // Gauges first: once the client reads its answer, they agree.
+                self.update_gauge();
+                let positions: Vec<&str> = self.cache.snapshot(&event).collect();
+                let count = positions.len();
+                let frame = subscribed_frame(&event, positions.into_iter());
                 self.metrics.snapshot_duration.observe(started.elapsed().as_secs_f64());
                 #[allow(clippy::cast_precision_loss)] // a count of devices
                 self.metrics.snapshot_positions.observe(count as f64);
                 self.deliver(&client, &Arc::new(Outbound::single(Kind::Subscribed, &frame)));
-                self.update_gauge();
             }
             Command::Unsubscribe { client, event } => {
                 self.flush();
                 self.registry.remove(&event, client.id);
+                self.update_gauge();
                 let frame = unsubscribed_frame(&event);
                 self.deliver(&client, &Arc::new(Outbound::single(Kind::Unsubscribed, &frame)));
-                self.update_gauge();
             }
             Command::Disconnect { id } => {
                 self.registry.remove_client(id);
