@@ -153,11 +153,14 @@ pub struct Config {
     pub directus_devices_collection: String,
     /// `DIRECTUS_TOKEN` (unset): static token for the device→event map.
     pub directus_token: Option<Secret>,
-    /// `LIVE_AUTH_CACHE_TTL_MS` (30000): how long auth decisions are cached;
-    /// 0 disables the cache (every check asks Directus: strict, but a
-    /// reconnect storm then reaches Directus whole).
+    /// `LIVE_AUTH_CACHE_TTL_MS` (30000): how long auth decisions are cached
+    /// (denials at most 5 s); 0 keeps none (every check asks Directus:
+    /// strict, though checks of one credential made at the same moment
+    /// still share one request).
     pub auth_cache_ttl: Duration,
-    /// `LIVE_AUTH_REVALIDATE_MS` (300000).
+    /// `LIVE_AUTH_REVALIDATE_MS` (300000): how often each open connection
+    /// checks its credential again (modes `tokens` and `directus`); one
+    /// that no longer validates is closed with 4401.
     pub auth_revalidate: Duration,
     /// `LIVE_DEVICE_EVENT_FILE` (unset): JSON `{"device":"event"}` map.
     pub device_event_file: Option<PathBuf>,

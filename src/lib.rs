@@ -63,7 +63,7 @@ use http::server::{HttpServer, Limits};
 use protocol::CloseReason;
 pub use server::Service;
 use server::{Acceptor, Shared};
-use source::device_map::Refresher;
+use source::device_map::{MapSource, Refresher};
 use source::redis::RedisSource;
 
 /// Why [`start`] failed.
@@ -142,7 +142,7 @@ pub fn start_with(config: Config, service: Service) -> Result<Server, StartError
     raise_open_files_limit(config.max_connections);
     let metrics =
         metrics::Metrics::new().map_err(|e| StartError::Setup(format!("metrics: {e}")))?;
-    let auth = auth::from_config(&config).map_err(StartError::Setup)?;
+    let auth = auth::from_config(&config, &metrics).map_err(StartError::Setup)?;
     if config.auth_mode == AuthMode::None {
         warn!("LIVE_AUTH_MODE=none: every client may subscribe to every event");
     }
@@ -166,10 +166,10 @@ pub fn start_with(config: Config, service: Service) -> Result<Server, StartError
         thread::spawn_named("broadcaster".into(), None, move || broadcaster.run(&inbox))
             .map_err(StartError::Spawn)?;
 
-    let device_map = match &config.device_event_file {
-        Some(path) => Some(
+    let device_map = match MapSource::from_config(&config) {
+        Some(source) => Some(
             Refresher::start(
-                path.clone(),
+                source,
                 config.device_event_refresh,
                 commands.clone(),
                 metrics.clone(),

@@ -12,7 +12,14 @@ use crate::config::LogFormat;
 /// # Errors
 /// When a logger is already installed.
 pub fn init(level: log::LevelFilter, format: LogFormat) -> Result<(), log::SetLoggerError> {
-    let dispatch = fern::Dispatch::new().level(level);
+    // The HTTP client logs whole requests, Authorization and Cookie
+    // included, at trace level ("wire level debug, not redacted"): its
+    // debug level redacts them, and is as far as it may go.
+    let http_client = level.min(log::LevelFilter::Debug);
+    let dispatch = fern::Dispatch::new()
+        .level(level)
+        .level_for("ureq", http_client)
+        .level_for("ureq_proto", http_client);
     let dispatch = match format {
         LogFormat::Text => dispatch.format(|out, message, record| {
             out.finish(format_args!(

@@ -29,6 +29,8 @@ pub(crate) struct Metrics {
     pub(crate) outbound_messages: IntCounterVec,
     pub(crate) auth_duration: HistogramVec,
     pub(crate) authz_duration: HistogramVec,
+    pub(crate) auth_cache_hits: IntCounterVec,
+    pub(crate) revalidation_closes: IntCounter,
     pub(crate) subscriptions: IntGauge,
     pub(crate) positions_received: IntCounterVec,
     pub(crate) positions_rejected: IntCounterVec,
@@ -116,6 +118,24 @@ impl Metrics {
                     HistogramOpts::new("authz_duration_seconds", "Subscribe authorization time")
                         .buckets(LATENCY_BUCKETS.to_vec()),
                     &["outcome"],
+                )?,
+            )?,
+            auth_cache_hits: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "auth_cache_hits_total",
+                        "Auth (kind=auth) and authz (kind=authz) decisions answered from the \
+                         cache or from a concurrent identical lookup, without a Directus call",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            revalidation_closes: reg(
+                r,
+                IntCounter::new(
+                    "revalidation_closes_total",
+                    "Connections closed with 4401 because their session stopped validating",
                 )?,
             )?,
             subscriptions: reg(r, IntGauge::new("subscriptions", "Active subscriptions")?)?,

@@ -139,6 +139,10 @@ pub(crate) enum CloseReason {
         /// When this client should come back.
         retry_after_ms: u64,
     },
+    /// The session stopped validating on revalidation (revoked, expired,
+    /// logged out): 4401, so that the client logs in again instead of
+    /// reconnecting with the same credentials (SPEC §2).
+    Revoked,
     /// The socket failed.
     IoError,
     /// Internal failure: 1011.
@@ -156,6 +160,8 @@ impl CloseReason {
             CloseReason::BackPressure | CloseReason::InboundFlood => 1008,
             CloseReason::MessageTooBig => 1009,
             CloseReason::HeartbeatTimeout | CloseReason::IoError | CloseReason::Internal => 1011,
+            // The private-use range (RFC 6455 §7.4.2), after HTTP's 401.
+            CloseReason::Revoked => 4401,
         }
     }
 
@@ -169,6 +175,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message-too-big",
             CloseReason::ProtocolError | CloseReason::InvalidPayload => "protocol-error",
             CloseReason::Shutdown { .. } => "shutdown",
+            CloseReason::Revoked => "revoked",
             CloseReason::IoError => "io-error",
             CloseReason::Internal => "internal",
         }
@@ -189,6 +196,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown { retry_after_ms } => {
                 write!(f, "server shutting down; retry-after-ms={retry_after_ms}")
             }
+            CloseReason::Revoked => f.write_str("session no longer valid"),
             CloseReason::IoError => f.write_str("i/o error"),
             CloseReason::Internal => f.write_str("internal error"),
         }
@@ -237,5 +245,7 @@ mod tests {
             CloseReason::Shutdown { retry_after_ms: 5 }.to_string(),
             "server shutting down; retry-after-ms=5"
         );
+        assert_eq!(CloseReason::Revoked.code(), 4401);
+        assert_eq!(CloseReason::Revoked.label(), "revoked");
     }
 }

@@ -13,6 +13,7 @@ mod auth; // SPEC §5: tokens mode, Origin check, GET /auth/check
 mod broadcast; // SPEC §3-§4: snapshots, order, handover, back-pressure (§2.5)
 mod debug; // SPEC §7: GET /debug/connections
 mod device_map; // SPEC §6: device→event map
+mod directus; // SPEC §5-§6: mode directus (fake Directus), 4401 revalidation, map from Directus
 mod heartbeat; // SPEC §2.3: frame-level pings, dead peers
 mod hostile; // hardening: broken and hostile peers, no leaked threads
 mod ingest; // SPEC §1, §4: the HTTP port and POST /ingest

@@ -1,11 +1,17 @@
 //! Authentication at the upgrade and authorization per subscribe (SPEC §5).
 //!
 //! - `none.rs`: everyone is `anonymous`;
-//! - `tokens.rs`: bearer tokens from a JSON file, re-read when it changes.
+//! - `tokens.rs`: bearer tokens from a JSON file, re-read when it changes;
+//! - `directus.rs`: Directus's `/users/me` and item permissions, over HTTP;
+//! - `cache.rs`: the bounded decision cache with one lookup in flight per
+//!   credential, which keeps a reconnect storm from becoming a Directus
+//!   storm.
 //!
 //! Both calls run in the connection's own thread and may block (a file
-//! read, later a network call): a slow authority stalls that client only.
+//! read, a network call): a slow authority stalls that client only.
 
+mod cache;
+pub(crate) mod directus;
 mod none;
 mod tokens;
 
@@ -74,8 +80,8 @@ pub(crate) struct Identity {
 pub(crate) enum AuthError {
     /// No credential, or one the authority does not know: 401.
     Denied,
-    /// The authority could not be asked: 503 with `Retry-After`.
-    #[allow(dead_code)] // produced by network authorities (Directus)
+    /// The authority could not be asked: 503 with `Retry-After`. The text
+    /// is for the log and holds no credential.
     Unavailable(String),
 }
 
@@ -93,9 +99,37 @@ impl fmt::Display for AuthError {
 pub(crate) enum AuthzError {
     /// Not allowed, or no such event: `forbidden`.
     Forbidden,
-    /// The authority timed out: `authz-unavailable`.
-    #[allow(dead_code)] // produced by network authorities (Directus)
+    /// The authority timed out or failed: `authz-unavailable`.
     Unavailable,
+}
+
+/// How a decision was reached: the `outcome` label of
+/// `livecast_auth_duration_seconds` and `livecast_authz_duration_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The authority allowed.
+    Ok,
+    /// The authority refused.
+    Denied,
+    /// The authority did not answer in time.
+    Timeout,
+    /// The authority failed otherwise (refused connection, 5xx, garbage).
+    Error,
+    /// Answered from a cache (or a concurrent identical lookup) without
+    /// asking the authority, whatever the answer.
+    Cached,
+}
+
+impl Outcome {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+            Outcome::Cached => "cached",
+        }
+    }
 }
 
 /// An authority deciding who may connect and subscribe.
@@ -104,22 +138,51 @@ pub(crate) trait Authenticator: Send + Sync + fmt::Debug {
     fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError>;
     /// Checks that `who` may subscribe to `event`. May block.
     fn authorize(&self, who: &Identity, event: &str) -> Result<(), AuthzError>;
+
+    /// [`Authenticator::authenticate`] plus how the answer was reached, for
+    /// the metrics. The default reads it off the result; an authority with
+    /// a cache, or one that tells a timeout from other failures, says more.
+    fn authenticate_traced(
+        &self,
+        credentials: &Credentials,
+    ) -> (Result<Identity, AuthError>, Outcome) {
+        let result = self.authenticate(credentials);
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(AuthError::Denied) => Outcome::Denied,
+            Err(AuthError::Unavailable(_)) => Outcome::Error,
+        };
+        (result, outcome)
+    }
+
+    /// [`Authenticator::authorize`] plus how the answer was reached.
+    fn authorize_traced(&self, who: &Identity, event: &str) -> (Result<(), AuthzError>, Outcome) {
+        let result = self.authorize(who, event);
+        let outcome = match result {
+            Ok(()) => Outcome::Ok,
+            Err(AuthzError::Forbidden) => Outcome::Denied,
+            Err(AuthzError::Unavailable) => Outcome::Timeout,
+        };
+        (result, outcome)
+    }
 }
 
-/// Builds the authenticator of `config.auth_mode`.
+/// Builds the authenticator of `config.auth_mode`; `metrics` receives the
+/// cache hits of the modes that cache.
 ///
 /// # Errors
 /// A description when the mode cannot start (tokens file unreadable).
-pub(crate) fn from_config(config: &Config) -> Result<Box<dyn Authenticator>, String> {
+pub(crate) fn from_config(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Box<dyn Authenticator>, String> {
     match config.auth_mode {
         AuthMode::None => Ok(Box::new(NoAuth)),
         AuthMode::Tokens => {
             let path = config.tokens_file.clone().ok_or("LIVE_TOKENS_FILE is not set")?;
             Ok(Box::new(TokenFile::open(path)?))
         }
-        AuthMode::Directus => {
-            Err("LIVE_AUTH_MODE=directus is not available in this build yet".into())
-        }
+        AuthMode::Directus => Ok(Box::new(directus::Directus::new(config, metrics.clone())?)),
     }
 }
 
@@ -130,13 +193,11 @@ pub(crate) fn authenticate(
     credentials: &Credentials,
 ) -> Result<Identity, AuthError> {
     let started = Instant::now();
-    let result = auth.authenticate(credentials);
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(AuthError::Denied) => "denied",
-        Err(AuthError::Unavailable(_)) => "error",
-    };
-    metrics.auth_duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+    let (result, outcome) = auth.authenticate_traced(credentials);
+    metrics
+        .auth_duration
+        .with_label_values(&[outcome.label()])
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
@@ -148,13 +209,11 @@ pub(crate) fn authorize(
     event: &str,
 ) -> Result<(), AuthzError> {
     let started = Instant::now();
-    let result = auth.authorize(who, event);
-    let outcome = match result {
-        Ok(()) => "ok",
-        Err(AuthzError::Forbidden) => "denied",
-        Err(AuthzError::Unavailable) => "timeout",
-    };
-    metrics.authz_duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+    let (result, outcome) = auth.authorize_traced(who, event);
+    metrics
+        .authz_duration
+        .with_label_values(&[outcome.label()])
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 

@@ -8,9 +8,9 @@
 //! measured on 2 cores with 2,000 idle clients, a 1 s tick costs 9 % of a
 //! core and 50 ms saturates both, while poll until something happens costs
 //! nothing. Awake, the thread writes every queued frame and flushes once,
-//! reads until `WouldBlock`, and does heartbeat work by elapsed time. The
-//! socket is non-blocking; tungstenite keeps unsent bytes and resumes
-//! after `WouldBlock`.
+//! reads until `WouldBlock`, and does heartbeat and revalidation work by
+//! elapsed time. The socket is non-blocking; tungstenite keeps unsent bytes
+//! and resumes after `WouldBlock`.
 
 use std::io::{self, ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -32,8 +32,9 @@ use super::handshake::{self, Upgraded};
 use super::queue::{ClientHandle, Outbound};
 use super::wire::Wire;
 use super::{Service, Shared, Slot};
-use crate::auth::{self, AuthzError, Identity};
+use crate::auth::{self, AuthError, AuthzError, Identity};
 use crate::broadcast::Command;
+use crate::config::AuthMode;
 use crate::position::now_ms;
 use crate::protocol::{CloseReason, ErrorCode, Inbound, error_frame};
 
@@ -166,6 +167,9 @@ struct Connection<'a> {
     readable: bool,
     last_seen: Instant,
     next_ping: Instant,
+    /// When the session is checked again (`LIVE_AUTH_REVALIDATE_MS`);
+    /// `None` in mode `none`, where there is no session.
+    next_revalidate: Option<Instant>,
     rate: RateLimit,
 }
 
@@ -192,6 +196,8 @@ impl<'a> Connection<'a> {
             readable: true,
             last_seen: now,
             next_ping: now + shared.config.ping_interval,
+            next_revalidate: (shared.config.auth_mode != AuthMode::None)
+                .then(|| now + shared.config.auth_revalidate),
             rate: RateLimit::new(shared.config.max_inbound_per_sec),
         }
     }
@@ -509,7 +515,7 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Heartbeat and close deadlines, by elapsed time.
+    /// Heartbeat, revalidation and close deadlines, by elapsed time.
     fn timers(&mut self) -> Ended {
         let now = Instant::now();
         match self.state {
@@ -526,9 +532,42 @@ impl<'a> Connection<'a> {
                     self.next_ping = now + interval;
                     self.write(Message::Ping(Vec::new().into()))?;
                 }
+                if self.next_revalidate.is_some_and(|at| now >= at) {
+                    self.revalidate();
+                }
                 Ok(())
             }
         }
+    }
+
+    /// Checks the session again, through the authority's cache, in this
+    /// thread: it blocks this client only, for at most the authority's
+    /// timeout (queued frames wait meanwhile, written on the next wake-up).
+    /// A session that no longer validates is closed with 4401, so that the
+    /// client logs in again instead of reconnecting as it is; an
+    /// unavailable authority closes nobody (an outage must not log out a
+    /// whole installation).
+    fn revalidate(&mut self) {
+        let shared = self.shared;
+        let result =
+            auth::authenticate(shared.auth.as_ref(), &shared.metrics, &self.identity.credentials);
+        match result {
+            Ok(_) => {}
+            Err(AuthError::Denied) => {
+                debug!(
+                    "{} {}: session of user {} no longer valid",
+                    self.handle.thread_name, self.handle.remote, self.identity.user
+                );
+                shared.metrics.revalidation_closes.inc();
+                self.begin_close(CloseReason::Revoked, false);
+            }
+            Err(e @ AuthError::Unavailable(_)) => {
+                debug!("{}: revalidation skipped: {e}", self.handle.thread_name);
+            }
+        }
+        // From the end of the check, so that a slow authority is not asked
+        // again at once.
+        self.next_revalidate = Some(Instant::now() + shared.config.auth_revalidate);
     }
 
     /// The next instant something is due without any I/O.
@@ -540,7 +579,8 @@ impl<'a> Connection<'a> {
                 let silence = self.last_seen
                     + self.shared.config.ping_interval * 2
                     + Duration::from_millis(1);
-                self.next_ping.min(silence)
+                let due = self.next_ping.min(silence);
+                self.next_revalidate.map_or(due, |at| due.min(at))
             }
         }
     }

@@ -1,25 +1,188 @@
 //! The `device-map` thread: keeps the device→event map fresh (SPEC §6).
 //!
-//! Reads `LIVE_DEVICE_EVENT_FILE` (JSON `{"d-7":"e-42"}`) every
-//! `LIVE_DEVICE_EVENT_REFRESH_MS` and hands a changed map to the
+//! Loads the map from its [`MapSource`] (the JSON file
+//! `LIVE_DEVICE_EVENT_FILE`, `{"d-7":"e-42"}`, or in mode `directus` with
+//! `DIRECTUS_TOKEN` set, the devices collection of Directus) every
+//! `LIVE_DEVICE_EVENT_REFRESH_MS`, and hands a changed map to the
 //! broadcaster, which owns routing. A failed refresh keeps the previous map
 //! and is counted; it is logged once per failure streak, not every period.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use log::{info, warn};
+use log::{debug, info, warn};
+use serde_json::Value;
 
+use crate::auth::directus::{Client, Credential, encode_segment};
 use crate::broadcast::Command;
+use crate::config::{AuthMode, Config, Secret};
 use crate::metrics::Metrics;
 use crate::thread::spawn_named;
 
 /// A device→event map.
 pub(crate) type DeviceMap = HashMap<String, String>;
+
+/// Where the map comes from.
+#[derive(Debug)]
+pub(crate) enum MapSource {
+    /// `LIVE_DEVICE_EVENT_FILE`.
+    File(PathBuf),
+    /// The devices collection of Directus, read with `DIRECTUS_TOKEN`.
+    Directus(DirectusDevices),
+}
+
+impl MapSource {
+    /// The source `config` asks for, if any. In mode `directus` with
+    /// `DIRECTUS_TOKEN` set, Directus is the source of truth for devices,
+    /// as it is for users and events, and a map file is ignored (warned).
+    pub(crate) fn from_config(config: &Config) -> Option<MapSource> {
+        let directus = match (&config.auth_mode, &config.directus_base_url, &config.directus_token)
+        {
+            (AuthMode::Directus, Some(base), Some(token)) => Some(DirectusDevices::new(
+                base,
+                &config.directus_devices_collection,
+                token.clone(),
+                // A whole collection may take longer than one item, and
+                // only this thread waits for it.
+                config.directus_auth_timeout.max(config.directus_authz_timeout).max(MAP_TIMEOUT),
+            )),
+            _ => None,
+        };
+        match (directus, &config.device_event_file) {
+            (Some(directus), file) => {
+                if let Some(file) = file {
+                    warn!(
+                        "LIVE_DEVICE_EVENT_FILE={} is ignored: the device map comes from \
+                         Directus (DIRECTUS_TOKEN is set)",
+                        file.display()
+                    );
+                }
+                Some(MapSource::Directus(directus))
+            }
+            (None, Some(file)) => Some(MapSource::File(file.clone())),
+            (None, None) => None,
+        }
+    }
+
+    fn load(&self) -> Result<DeviceMap, String> {
+        match self {
+            MapSource::File(path) => load(path),
+            MapSource::Directus(directus) => directus.load(),
+        }
+    }
+}
+
+impl fmt::Display for MapSource {
+    /// For log lines: `device map <path>` or `device map from Directus …`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapSource::File(path) => write!(f, "device map {}", path.display()),
+            MapSource::Directus(d) => {
+                write!(f, "device map from Directus collection {}", d.collection)
+            }
+        }
+    }
+}
+
+/// Least time a Directus map request may take.
+const MAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest devices answer read: about 200k devices.
+const MAP_ANSWER_BYTES: u64 = 32 * 1024 * 1024;
+
+/// `GET /items/<devices>?fields=id,event&limit=-1` with `DIRECTUS_TOKEN`.
+#[derive(Debug)]
+pub(crate) struct DirectusDevices {
+    client: Client,
+    collection: String,
+    /// The request path (`limit=-1`: every item, not Directus's default 100).
+    path: String,
+    token: Secret,
+    timeout: Duration,
+}
+
+impl DirectusDevices {
+    pub(crate) fn new(
+        base: &str,
+        collection: &str,
+        token: Secret,
+        timeout: Duration,
+    ) -> DirectusDevices {
+        DirectusDevices {
+            client: Client::new(base),
+            collection: collection.to_owned(),
+            path: format!("/items/{}?fields=id,event&limit=-1", encode_segment(collection)),
+            token,
+            timeout,
+        }
+    }
+
+    fn load(&self) -> Result<DeviceMap, String> {
+        let credential = Credential::Bearer(self.token.expose());
+        let (status, body) = self
+            .client
+            .get(&self.path, credential, self.timeout, MAP_ANSWER_BYTES)
+            .map_err(|f| format!("device map from Directus: {f}"))?;
+        match status {
+            200 => {}
+            401 | 403 => {
+                return Err(format!(
+                    "device map from Directus: answered {status}: is DIRECTUS_TOKEN valid, \
+                     and may its role read the {} collection (fields id, event)?",
+                    self.collection
+                ));
+            }
+            _ => return Err(format!("device map from Directus: answered {status}")),
+        }
+        let (map, skipped) = parse_devices(&body)?;
+        if skipped > 0 {
+            debug!("device map from Directus: {skipped} devices without a usable id skipped");
+        }
+        Ok(map)
+    }
+}
+
+/// `{"data":[{"id":"d-7","event":"e-42"}, ...]}` → map. `event` may be a
+/// string or number id, an expanded object `{"id":..}`, or null (a device
+/// in no event, left out). Returns the map and how many items had no
+/// usable id: those are skipped, so one odd row does not cost the map.
+fn parse_devices(body: &[u8]) -> Result<(DeviceMap, usize), String> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("device map from Directus: invalid JSON: {e}"))?;
+    let Some(items) = value.get("data").and_then(Value::as_array) else {
+        return Err("device map from Directus: expected {\"data\":[...]}".to_owned());
+    };
+    let mut map = DeviceMap::with_capacity(items.len());
+    let mut skipped = 0;
+    for item in items {
+        let event = match item.get("event") {
+            None | Some(Value::Null) => continue,
+            Some(Value::Object(expanded)) => expanded.get("id").and_then(id_string),
+            Some(other) => id_string(other),
+        };
+        match (item.get("id").and_then(id_string), event) {
+            (Some(device), Some(event)) => {
+                map.insert(device, event);
+            }
+            _ => skipped += 1,
+        }
+    }
+    Ok((map, skipped))
+}
+
+/// A Directus primary key (string or number) as a non-empty string.
+fn id_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
 
 /// Reads and validates a map file.
 pub(crate) fn load(path: &Path) -> Result<DeviceMap, String> {
@@ -41,15 +204,17 @@ pub(crate) struct Refresher {
 }
 
 impl Refresher {
-    /// Loads the map once (so routing is right from the first position),
-    /// sends it to the broadcaster, and starts the `device-map` thread.
+    /// Loads the map once (so routing is right from the first position;
+    /// from Directus this blocks the start for at most the request's
+    /// timeout), sends it to the broadcaster, and starts the `device-map`
+    /// thread.
     pub(crate) fn start(
-        path: PathBuf,
+        source: MapSource,
         period: Duration,
         commands: Sender<Command>,
         metrics: Metrics,
     ) -> std::io::Result<Refresher> {
-        let mut current = refresh(&path, &commands, &metrics, None, false);
+        let mut current = refresh(&source, &commands, &metrics, None, false);
         let (stop_tx, stop_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
         let thread = spawn_named("device-map".into(), None, move || {
             let mut failing = current.is_none();
@@ -58,7 +223,7 @@ impl Refresher {
                     Err(RecvTimeoutError::Timeout) => {}
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                 }
-                let next = refresh(&path, &commands, &metrics, current.as_ref(), failing);
+                let next = refresh(&source, &commands, &metrics, current.as_ref(), failing);
                 failing = next.is_none();
                 if next.is_some() {
                     current = next;
@@ -78,21 +243,21 @@ impl Refresher {
 
 /// One refresh: returns the map now in force, or `None` on failure.
 fn refresh(
-    path: &Path,
+    source: &MapSource,
     commands: &Sender<Command>,
     metrics: &Metrics,
     current: Option<&Arc<DeviceMap>>,
     already_failing: bool,
 ) -> Option<Arc<DeviceMap>> {
-    match load(path) {
+    match source.load() {
         Ok(map) => {
             if already_failing {
-                info!("device map {} readable again", path.display());
+                info!("{source} readable again");
             }
             if current.is_some_and(|c| **c == map) {
                 return current.cloned();
             }
-            info!("device map {}: {} devices", path.display(), map.len());
+            info!("{source}: {} devices", map.len());
             metrics.device_map_size.set(i64::try_from(map.len()).unwrap_or(i64::MAX));
             let map = Arc::new(map);
             let _ = commands.send(Command::DeviceMap(Arc::clone(&map)));
@@ -105,5 +270,33 @@ fn refresh(
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_directus_devices_in_every_shape() {
+        let body = br#"{"data":[
+            {"id":"d-7","event":"e-42"},
+            {"id":8,"event":3},
+            {"id":"d-9","event":{"id":"e-1","name":"Rally"}},
+            {"id":"d-10","event":null},
+            {"id":"d-11"},
+            {"id":"","event":"e-1"},
+            {"id":"d-12","event":{"name":"no id"}},
+            {"id":"d-13","event":true}
+        ]}"#;
+        let (map, skipped) = parse_devices(body).unwrap();
+        let want: DeviceMap = [("d-7", "e-42"), ("8", "3"), ("d-9", "e-1")]
+            .into_iter()
+            .map(|(d, e)| (d.to_owned(), e.to_owned()))
+            .collect();
+        assert_eq!(map, want);
+        assert_eq!(skipped, 3, "empty id, event object without id, boolean event");
+        assert!(parse_devices(br#"{"errors":[]}"#).is_err());
+        assert!(parse_devices(b"<html>").is_err());
     }
 }
