@@ -233,13 +233,27 @@ impl Refresher {
         Ok(Refresher { stop: Some(stop_tx), thread: Some(thread) })
     }
 
+    /// Stops the thread. A refresh in flight (a hanging Directus) is not
+    /// waited for beyond [`STOP_WAIT`]: the thread is left to end on its
+    /// own timeout, so that a stop is never held by the map.
     pub(crate) fn stop(&mut self) {
         self.stop.take();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let deadline = std::time::Instant::now() + STOP_WAIT;
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                warn!("device-map: a refresh is still in flight; not waiting for it");
+            }
         }
     }
 }
+
+/// Longest a stop waits for the `device-map` thread.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// One refresh: returns the map now in force, or `None` on failure.
 fn refresh(
