@@ -1,0 +1,993 @@
+//! `loadgen`: the load generator of livecast's benchmark (scripts/bench.sh).
+//!
+//! It opens C WebSocket clients over K events, waits until every one has its
+//! `subscribed`, then posts positions to `POST /ingest` at a paced rate in
+//! batches. Every position carries its device's sequence number and its
+//! send time in µs; every client checks loss, duplicates and per-device
+//! order, and records latency (receive time − `sentUs`). With `--server-pid`
+//! it reads the server's CPU time and memory from /proc, so that the
+//! server's CPU-µs per delivery is printed for every run.
+//!
+//! Threads: a few `lg-worker-N` threads each drive hundreds or thousands of
+//! non-blocking clients on one epoll instance (one per CPU the load
+//! generator may run on), `lg-poster` posts, `lg-probe` measures subscribe
+//! answer times under load; the main thread coordinates and watches the
+//! clients that never read. The load generator reports its own CPU use, so
+//! that a run where it was the bottleneck shows as such.
+//!
+//! Output: a human table on stderr, one JSON object on stdout.
+
+#[path = "loadgen/hist.rs"]
+mod hist;
+#[path = "loadgen/poster.rs"]
+mod poster;
+#[path = "loadgen/probe.rs"]
+mod probe;
+#[path = "loadgen/procfs.rs"]
+mod procfs;
+#[path = "loadgen/slow.rs"]
+mod slow;
+#[path = "loadgen/wire.rs"]
+mod wire;
+#[path = "loadgen/worker.rs"]
+mod worker;
+
+use std::net::ToSocketAddrs;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::hist::Histogram;
+use crate::poster::{PosterConfig, PosterProgress, PosterReport};
+use crate::worker::{ClientSpec, Shared, Target, WorkerConfig, WorkerReport};
+
+const HELP: &str = "\
+loadgen: load generator for livecast's benchmark (and for any server of
+its protocol: subscribe with snapshot, position fan-out, POST /ingest).
+
+Usage: loadgen [options]
+
+Opens C WebSocket clients over K events (client i subscribes to event
+i mod K), waits for every `subscribed`, then posts positions of D devices
+(device j belongs to event j mod K) to POST /ingest at R positions/s in
+batches, for S seconds. Each position carries its device's `seq` and its
+send time `sentUs`; each client checks loss, duplicates and order, and
+records latency. Prints a table on stderr and one JSON line on stdout.
+
+Target:
+  --ws URL               WebSocket endpoint [ws://127.0.0.1:8080/]
+  --http URL             HTTP base URL of POST /ingest [http://127.0.0.1:9090]
+  --server-pid PID       read the server's CPU time and RSS from /proc/PID
+Load:
+  --clients C            normal clients [1000]
+  --events K             events the clients are spread over [1]
+  --devices D            devices the positions are spread over [100]
+  --rate R               positions per second posted [100]
+  --duration S           seconds of posting (or of holding, with --idle) [10]
+  --posts-per-s N        POSTs per second: each carries R/N positions [50]
+  --batch B              positions per POST, instead of --posts-per-s
+  --slow-clients N       extra clients that stop reading once subscribed;
+                         reports when the server closes them [0]
+  --slow-rcvbuf BYTES    SO_RCVBUF of those clients; 0 = the default [4096]
+  --slow-ballast BYTES   bytes per second of big padded positions posted
+                         to an extra event that only the slow clients also
+                         subscribe to. On loopback a server socket buffers
+                         ~4 MB (MSS 64 KiB): at a dashboard's data rate it
+                         would take minutes before the server's own queue
+                         for a non-reading client even starts to fill [0]
+  --probes N             extra clients that keep subscribing and
+                         unsubscribing while the load runs, to time the
+                         answer to a subscribe under load [0]
+  --idle, --connect-only connect and subscribe, then hold S seconds without
+                         posting: the server's RSS per connection and CPU
+Run:
+  --threads N            worker threads; 0 = one per CPU allowed [0]
+  --connect-timeout S    time allowed for every client to subscribe [30]
+  --drain S              after the last POST, wait this long without
+                         progress for stragglers [2]
+  --p99-limit-ms MS      a run is clean when nothing is lost, duplicated,
+                         reordered or closed and p99 <= MS [50]
+  --event-prefix P       event ids are P0, P1, ... [lg<pid>-<time>-]
+  --scenario NAME        label copied to the JSON output [adhoc]
+  --server-name NAME     label copied to the JSON output [server]
+  --quiet                no table on stderr
+  -h, --help             this text
+
+The load generator raises its open-files limit to the hard limit. It ends
+every connection with a reset (no TIME_WAIT piles up between runs).
+Exit status: 0 when the run completed (clean or not: see \"clean\" in the
+JSON), 1 when it could not run, 2 for bad arguments.
+";
+
+#[derive(Debug, Clone)]
+struct Args {
+    ws: String,
+    http: String,
+    server_pid: Option<u32>,
+    clients: usize,
+    events: usize,
+    devices: usize,
+    rate: f64,
+    duration: Duration,
+    batch: usize,
+    posts_per_s: f64,
+    slow_clients: usize,
+    slow_rcvbuf: usize,
+    slow_ballast: u64,
+    probes: usize,
+    idle: bool,
+    threads: usize,
+    connect_timeout: Duration,
+    drain: Duration,
+    p99_limit_ms: f64,
+    event_prefix: Option<String>,
+    scenario: String,
+    server_name: String,
+    quiet: bool,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            ws: "ws://127.0.0.1:8080/".to_owned(),
+            http: "http://127.0.0.1:9090".to_owned(),
+            server_pid: None,
+            clients: 1000,
+            events: 1,
+            devices: 100,
+            rate: 100.0,
+            duration: Duration::from_secs(10),
+            batch: 0,
+            posts_per_s: 50.0,
+            slow_clients: 0,
+            slow_rcvbuf: 4096,
+            slow_ballast: 0,
+            probes: 0,
+            idle: false,
+            threads: 0,
+            connect_timeout: Duration::from_secs(30),
+            drain: Duration::from_secs(2),
+            p99_limit_ms: 50.0,
+            event_prefix: None,
+            scenario: "adhoc".to_owned(),
+            server_name: "server".to_owned(),
+            quiet: false,
+        }
+    }
+}
+
+/// The options that take a value.
+const VALUE_FLAGS: &[&str] = &[
+    "--ws",
+    "--http",
+    "--server-pid",
+    "--clients",
+    "--events",
+    "--devices",
+    "--rate",
+    "--duration",
+    "--batch",
+    "--posts-per-s",
+    "--slow-clients",
+    "--slow-rcvbuf",
+    "--slow-ballast",
+    "--probes",
+    "--threads",
+    "--connect-timeout",
+    "--drain",
+    "--p99-limit-ms",
+    "--event-prefix",
+    "--scenario",
+    "--server-name",
+];
+
+/// `Ok(None)`: help was asked for.
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+        v.parse().map_err(|_| format!("{flag}: not a valid number: {v:?}"))
+    }
+    fn secs(flag: &str, v: &str) -> Result<Duration, String> {
+        let s: f64 = num(flag, v)?;
+        Duration::try_from_secs_f64(s).map_err(|_| format!("{flag}: not a duration: {v:?}"))
+    }
+    let mut a = Args::default();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--idle" | "--connect-only" => {
+                a.idle = true;
+                continue;
+            }
+            "--quiet" => {
+                a.quiet = true;
+                continue;
+            }
+            _ => {}
+        }
+        if !VALUE_FLAGS.contains(&flag.as_str()) {
+            return Err(format!("unknown option {flag}"));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().ok_or_else(|| format!("{flag} needs a value"))?,
+        };
+        let f = flag.as_str();
+        let v = value.as_str();
+        match f {
+            "--ws" => a.ws = value,
+            "--http" => a.http = value,
+            "--server-pid" => a.server_pid = Some(num(f, v)?),
+            "--clients" => a.clients = num(f, v)?,
+            "--events" => a.events = num(f, v)?,
+            "--devices" => a.devices = num(f, v)?,
+            "--rate" => a.rate = num(f, v)?,
+            "--duration" => a.duration = secs(f, v)?,
+            "--batch" => a.batch = num(f, v)?,
+            "--posts-per-s" => a.posts_per_s = num(f, v)?,
+            "--slow-clients" => a.slow_clients = num(f, v)?,
+            "--slow-rcvbuf" => a.slow_rcvbuf = num(f, v)?,
+            "--slow-ballast" => a.slow_ballast = num(f, v)?,
+            "--probes" => a.probes = num(f, v)?,
+            "--threads" => a.threads = num(f, v)?,
+            "--connect-timeout" => a.connect_timeout = secs(f, v)?,
+            "--drain" => a.drain = secs(f, v)?,
+            "--p99-limit-ms" => a.p99_limit_ms = num(f, v)?,
+            "--event-prefix" => a.event_prefix = Some(value),
+            "--scenario" => a.scenario = value,
+            "--server-name" => a.server_name = value,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    if a.events == 0 || a.devices == 0 {
+        return Err("--events and --devices must be at least 1".to_owned());
+    }
+    if !a.idle && (a.rate.is_nan() || a.rate <= 0.0 || a.rate.is_infinite()) {
+        return Err("--rate must be a positive number".to_owned());
+    }
+    if a.posts_per_s.is_nan() || a.posts_per_s <= 0.0 || a.posts_per_s.is_infinite() {
+        return Err("--posts-per-s must be a positive number".to_owned());
+    }
+    Ok(Some(a))
+}
+
+/// `scheme://host[:port][/path]` → address, `Host` header, path.
+fn parse_url(url: &str, scheme: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix(scheme)
+        .and_then(|r| r.strip_prefix("://"))
+        .ok_or_else(|| format!("{url:?}: expected a {scheme}:// URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{url:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url:?}: no address"))?;
+    Ok(Target { addr, host: authority.to_owned(), path: path.to_owned() })
+}
+
+/// µs since the Unix epoch (the unit of `sentUs`).
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub(crate) fn f2u(v: f64) -> u64 {
+    // `as` saturates; negative and NaN become 0.
+    v as u64
+}
+
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn u2f(v: u64) -> f64 {
+    v as f64
+}
+
+fn ms(us: u64) -> f64 {
+    (u2f(us) / 1000.0 * 1000.0).round() / 1000.0
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, String> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .stack_size(1 << 20)
+        .spawn(f)
+        .map_err(|e| format!("cannot start thread {name}: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e} (see loadgen --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Server-side /proc readings.
+#[derive(Debug, Default, Clone, Copy)]
+struct ServerSample {
+    cpu_s: Option<f64>,
+    mem: Option<procfs::Memory>,
+}
+
+fn sample(pid: Option<u32>) -> ServerSample {
+    match pid {
+        Some(pid) => {
+            ServerSample { cpu_s: procfs::cpu_seconds(Some(pid)), mem: procfs::memory(pid) }
+        }
+        None => ServerSample::default(),
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+fn run(args: &Args) -> Result<(), String> {
+    let nofile = procfs::raise_nofile_limit();
+    let total_clients = args.clients + args.slow_clients;
+    if let Some(limit) = nofile {
+        let needed = u64::try_from(total_clients + args.probes + 64).unwrap_or(u64::MAX);
+        if limit < needed {
+            eprintln!("loadgen: warning: open-files limit {limit} < {needed} needed");
+        }
+    }
+    let threads = if args.threads > 0 { args.threads } else { procfs::allowed_cpus() };
+    let threads = threads.min(total_clients.max(1));
+    let ws = parse_url(&args.ws, "ws")?;
+    let http = parse_url(&args.http, "http")?;
+    let prefix = args.event_prefix.clone().unwrap_or_else(|| {
+        format!("lg{}-{}-", std::process::id(), now_us() / 1000 % 1_000_000_000)
+    });
+    let event_names: Vec<String> = (0..args.events).map(|k| format!("{prefix}{k}")).collect();
+    let batch = if args.batch > 0 {
+        args.batch
+    } else {
+        usize::try_from(f2u((args.rate / args.posts_per_s).ceil())).unwrap_or(1).max(1)
+    };
+
+    let self_cpu_start = procfs::cpu_seconds(None).unwrap_or(0.0);
+    let overflows_before = procfs::listen_overflows();
+    let before = sample(args.server_pid);
+
+    let ballast = args.slow_ballast > 0 && args.slow_clients > 0 && !args.idle;
+    // Connect storm: every client at once.
+    let shared = Arc::new(Shared::new(args.events));
+    let subscribe_frames: Vec<Vec<u8>> = event_names
+        .iter()
+        .map(|e| {
+            let mut frame = Vec::new();
+            let text = json!({"type": "subscribe", "eventId": e}).to_string();
+            wire::client_frame(wire::OP_TEXT, text.as_bytes(), &mut frame);
+            frame
+        })
+        .collect();
+    let wcfg = WorkerConfig {
+        target: ws.clone(),
+        events: args.events,
+        subscribe_frames: Arc::new(subscribe_frames),
+        started_us: now_us(),
+        slow_rcvbuf: args.slow_rcvbuf,
+        slow_extra_frame: ballast.then(|| {
+            let mut frame = Vec::new();
+            let event = format!("{prefix}{}", poster::BALLAST_EVENT);
+            let text = json!({"type": "subscribe", "eventId": event}).to_string();
+            wire::client_frame(wire::OP_TEXT, text.as_bytes(), &mut frame);
+            frame
+        }),
+    };
+    let mut specs: Vec<Vec<ClientSpec>> = vec![Vec::new(); threads];
+    for i in 0..total_clients {
+        let slow = i >= args.clients;
+        let event = if slow { (i - args.clients) % args.events } else { i % args.events };
+        if let Some(list) = specs.get_mut(i % threads) {
+            list.push(ClientSpec { event, slow });
+        }
+    }
+    let connect_started_us = wcfg.started_us;
+    let connect_started = Instant::now();
+    let mut workers = Vec::new();
+    for (w, list) in specs.into_iter().enumerate() {
+        let (cfg, shared) = (wcfg.clone(), shared.clone());
+        workers.push(spawn(&format!("lg-worker-{w}"), move || worker::run(cfg, list, shared))?);
+    }
+    let probe_go = Arc::new(AtomicBool::new(false));
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let prober = if args.probes > 0 && !args.idle {
+        let cfg = probe::ProbeConfig {
+            target: ws.clone(),
+            probes: args.probes,
+            event_names: event_names.clone(),
+            period: Duration::from_millis(500),
+        };
+        let (go, stop) = (probe_go.clone(), probe_stop.clone());
+        Some(spawn("lg-probe", move || probe::run(&cfg, &go, &stop))?)
+    } else {
+        None
+    };
+    while shared.subscribed.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)
+        < total_clients
+        && connect_started.elapsed() < args.connect_timeout
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let subscribed = shared.subscribed.load(Ordering::Relaxed);
+    let all_subscribed = subscribed == total_clients;
+    let last_subscribed_us = shared.last_subscribed_us.load(Ordering::Relaxed);
+    let storm_us = last_subscribed_us.saturating_sub(connect_started_us);
+    let listen_overflows = match (overflows_before, procfs::listen_overflows()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+
+    let mut monitor = slow::SlowMonitor::new(ws.addr.port());
+    monitor.adopt(std::mem::take(&mut *shared.slow.lock()));
+
+    // Let the server finish what the storm left behind before measuring.
+    std::thread::sleep(Duration::from_millis(300));
+    let connected = sample(args.server_pid);
+
+    let window_start = sample(args.server_pid);
+    let self_cpu_window_start = procfs::cpu_seconds(None).unwrap_or(0.0);
+    let window_started_us = now_us();
+    let mut poster_report = PosterReport::default();
+    let progress = Arc::new(PosterProgress::new(args.events));
+    if args.idle {
+        std::thread::sleep(args.duration);
+    } else {
+        let pcfg = PosterConfig {
+            addr: http.addr,
+            host: http.host.clone(),
+            path: format!("{}/ingest", http.path.trim_end_matches('/')),
+            rate: args.rate,
+            duration: args.duration,
+            batch,
+            devices: args.devices,
+            events: args.events,
+            event_prefix: prefix.clone(),
+            ballast_bytes_per_s: if ballast { args.slow_ballast } else { 0 },
+        };
+        let prog = progress.clone();
+        let poster = spawn("lg-poster", move || poster::run(&pcfg, &prog))?;
+        probe_go.store(true, Ordering::Relaxed);
+        let watch = !monitor.all_closed();
+        while !poster.is_finished() {
+            std::thread::sleep(Duration::from_millis(if watch { 50 } else { 10 }));
+            if watch {
+                monitor.poll();
+            }
+        }
+        poster_report = poster.join().map_err(|_| "the poster thread panicked".to_owned())?;
+        probe_stop.store(true, Ordering::Relaxed);
+        // Drain: wait for the stragglers while they keep coming.
+        let expected: u64 = progress
+            .accepted_in_event
+            .iter()
+            .zip(&shared.subscribed_in_event)
+            .map(|(posted, subs)| posted.load(Ordering::Relaxed) * subs.load(Ordering::Relaxed))
+            .sum();
+        let mut last = shared.unique.load(Ordering::Relaxed);
+        let mut last_progress = Instant::now();
+        let hard_deadline = Instant::now() + args.drain * 10;
+        loop {
+            let unique = shared.unique.load(Ordering::Relaxed);
+            if unique >= expected
+                || last_progress.elapsed() >= args.drain
+                || Instant::now() >= hard_deadline
+            {
+                break;
+            }
+            if unique != last {
+                last = unique;
+                last_progress = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(if watch { 50 } else { 5 }));
+            if watch {
+                monitor.poll();
+            }
+        }
+    }
+    let window_end_us = now_us();
+    let window_end = sample(args.server_pid);
+    let self_cpu_window_end = procfs::cpu_seconds(None).unwrap_or(0.0);
+
+    probe_stop.store(true, Ordering::Relaxed);
+    let _ = shared.final_seqs.set(poster_report.final_seqs.clone());
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut merged = WorkerReport::default();
+    for handle in workers {
+        let r = handle.join().map_err(|_| "a worker thread panicked".to_owned())?;
+        merge(&mut merged, r);
+    }
+    let probes = match prober {
+        Some(handle) => Some(handle.join().map_err(|_| "the probe thread panicked".to_owned())?),
+        None => None,
+    };
+    let slow_report = monitor.report(poster_report.started_us);
+    monitor.release();
+    let after = sample(args.server_pid);
+    let self_cpu_end = procfs::cpu_seconds(None).unwrap_or(0.0);
+
+    let summary = Summary {
+        args,
+        threads,
+        batch,
+        prefix: &prefix,
+        total_clients,
+        subscribed,
+        all_subscribed,
+        storm_us,
+        listen_overflows,
+        before,
+        connected,
+        window_start,
+        window_end,
+        after,
+        window_us: window_end_us.saturating_sub(window_started_us),
+        self_cpu_window: self_cpu_window_end - self_cpu_window_start,
+        self_cpu_total: self_cpu_end - self_cpu_start,
+        poster: &poster_report,
+        workers: &merged,
+        slow: &slow_report,
+        probes: probes.as_ref(),
+    };
+    let report = summary.to_json();
+    if !args.quiet {
+        eprint!("{}", summary.table(&report));
+    }
+    println!("{report}");
+    Ok(())
+}
+
+fn merge(into: &mut WorkerReport, r: WorkerReport) {
+    into.latency_us.merge(&r.latency_us);
+    into.subscribe_first_byte_us.merge(&r.subscribe_first_byte_us);
+    into.subscribe_complete_us.merge(&r.subscribe_complete_us);
+    into.ready_us.merge(&r.ready_us);
+    into.deliveries += r.deliveries;
+    into.unique += r.unique;
+    into.duplicates += r.duplicates;
+    into.reordered += r.reordered;
+    into.foreign += r.foreign;
+    into.expected += r.expected;
+    into.lost += r.lost;
+    into.untimed += r.untimed;
+    if r.first_delivery_us > 0 {
+        into.first_delivery_us = match into.first_delivery_us {
+            0 => r.first_delivery_us,
+            t => t.min(r.first_delivery_us),
+        };
+    }
+    into.last_delivery_us = into.last_delivery_us.max(r.last_delivery_us);
+    for (k, v) in r.failures {
+        *into.failures.entry(k).or_default() += v;
+    }
+    for (k, v) in r.close_codes {
+        *into.close_codes.entry(k).or_default() += v;
+    }
+    for (k, v) in r.server_errors {
+        *into.server_errors.entry(k).or_default() += v;
+    }
+    into.unparsed += r.unparsed;
+    into.open_at_end += r.open_at_end;
+}
+
+struct Summary<'a> {
+    args: &'a Args,
+    threads: usize,
+    batch: usize,
+    prefix: &'a str,
+    total_clients: usize,
+    subscribed: usize,
+    all_subscribed: bool,
+    storm_us: u64,
+    listen_overflows: Option<u64>,
+    before: ServerSample,
+    connected: ServerSample,
+    window_start: ServerSample,
+    window_end: ServerSample,
+    after: ServerSample,
+    window_us: u64,
+    self_cpu_window: f64,
+    self_cpu_total: f64,
+    poster: &'a PosterReport,
+    workers: &'a WorkerReport,
+    slow: &'a slow::SlowReport,
+    probes: Option<&'a probe::ProbeReport>,
+}
+
+fn quantiles_ms(h: &Histogram) -> Value {
+    json!({
+        "count": h.count(),
+        "p50": ms(h.quantile(0.50)),
+        "p99": ms(h.quantile(0.99)),
+        "p999": ms(h.quantile(0.999)),
+        "max": ms(h.max()),
+    })
+}
+
+fn opt_round(v: Option<f64>) -> Value {
+    v.map_or(Value::Null, |v| json!(round3(v)))
+}
+
+impl Summary<'_> {
+    fn to_json(&self) -> Value {
+        let a = self.args;
+        let w = self.workers;
+        let p = self.poster;
+        let window_s = u2f(self.window_us) / 1e6;
+        // Deliveries per second over the span from the first POST to the
+        // last delivery: what the server actually sustained.
+        let delivery_span_us = w.last_delivery_us.saturating_sub(p.started_us);
+        let deliveries_per_s = if delivery_span_us > 0 {
+            u2f(w.deliveries) / (u2f(delivery_span_us) / 1e6)
+        } else {
+            0.0
+        };
+        let server_cpu = match (self.window_start.cpu_s, self.window_end.cpu_s) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let cpu_us_per_delivery =
+            server_cpu.filter(|_| w.deliveries > 0).map(|cpu| cpu * 1e6 / u2f(w.deliveries));
+        let cpu_pct = server_cpu.filter(|_| window_s > 0.0).map(|cpu| cpu / window_s * 100.0);
+        let rss = |s: &ServerSample| s.mem.map(|m| m.rss_kib);
+        let rss_per_conn = match (self.before.mem, self.window_end.mem) {
+            (Some(b), Some(e)) if self.subscribed > 0 => {
+                Some(u2f(e.rss_kib.saturating_sub(b.rss_kib)) / u2f(self.subscribed as u64))
+            }
+            _ => None,
+        };
+        let server_closed: u64 = w.close_codes.values().sum();
+        let failed: u64 = w.failures.values().sum();
+        let p99_ms = ms(w.latency_us.quantile(0.99));
+        let clean = failed == 0
+            && server_closed == 0
+            && w.lost == 0
+            && w.duplicates == 0
+            && w.reordered == 0
+            && w.foreign == 0
+            && p.errors.is_empty()
+            && p.rejected == 0
+            && (a.idle || p99_ms <= a.p99_limit_ms);
+        let slow = if self.slow.watched > 0 {
+            let max = |v: &[u64]| v.iter().max().map(|&us| round3(u2f(us) / 1e6));
+            json!({
+                "clients": self.slow.watched,
+                "closed": self.slow.closed,
+                "closed_after_start_s_max": max(&self.slow.closed_after_start_us),
+                "closed_after_stall_s_max": max(&self.slow.closed_after_stall_us),
+                "close_codes": self.slow.close_codes,
+                "max_server_queue_kib": self.slow.max_server_queue / 1024,
+            })
+        } else {
+            Value::Null
+        };
+        let probes = self.probes.map_or(Value::Null, |r| {
+            json!({
+                "first_byte_ms": quantiles_ms(&r.first_byte_us),
+                "complete_ms": quantiles_ms(&r.complete_us),
+                "failures": r.failures,
+            })
+        });
+        let loadgen_cpu_pct = if window_s > 0.0 {
+            self.self_cpu_window / window_s * 100.0 / u2f(self.threads as u64)
+        } else {
+            0.0
+        };
+        json!({
+            "scenario": a.scenario,
+            "server_name": a.server_name,
+            "mode": if a.idle { "idle" } else { "load" },
+            "clean": clean,
+            "params": {
+                "clients": a.clients, "events": a.events, "devices": a.devices,
+                "rate": a.rate, "batch": self.batch, "posts_per_s": a.posts_per_s, "duration_s": a.duration.as_secs_f64(),
+                "slow_clients": a.slow_clients, "slow_ballast_bytes_per_s": a.slow_ballast,
+                "probes": a.probes,
+                "threads": self.threads, "event_prefix": self.prefix,
+                "ws": a.ws, "http": a.http,
+            },
+            "connect": {
+                "clients": self.total_clients,
+                "subscribed": self.subscribed,
+                "all_subscribed": self.all_subscribed,
+                "storm_s": round3(u2f(self.storm_us) / 1e6),
+                // Machine-wide: other processes' listen queues count too.
+                "listen_overflows": self.listen_overflows,
+                "failures": w.failures,
+                "subscribe_first_byte_ms": quantiles_ms(&w.subscribe_first_byte_us),
+                "subscribe_complete_ms": quantiles_ms(&w.subscribe_complete_us),
+                "ready_ms": quantiles_ms(&w.ready_us),
+            },
+            "window_s": round3(window_s),
+            "posts": {
+                "posts": p.posts, "positions": p.positions, "accepted": p.accepted,
+                "rejected": p.rejected, "errors": p.errors,
+                "post_latency_ms": quantiles_ms(&p.post_latency_us),
+                "max_lag_ms": ms(p.max_lag_us),
+            },
+            "deliveries": w.deliveries,
+            "deliveries_per_s": deliveries_per_s.round(),
+            "expected": w.expected,
+            "lost": w.lost,
+            "duplicates": w.duplicates,
+            "reordered": w.reordered,
+            "foreign": w.foreign,
+            "untimed": w.untimed,
+            "unparsed": w.unparsed,
+            "server_errors": w.server_errors,
+            "latency_ms": quantiles_ms(&w.latency_us),
+            "server_closed": { "total": server_closed, "codes": w.close_codes },
+            "open_at_end": w.open_at_end,
+            "slow": slow,
+            "probes": probes,
+            "server": {
+                "name": a.server_name,
+                "pid": a.server_pid,
+                "cpu_s": opt_round(server_cpu),
+                "cpu_pct": opt_round(cpu_pct),
+                "cpu_us_per_delivery": opt_round(cpu_us_per_delivery),
+                "rss_before_kib": rss(&self.before),
+                "rss_connected_kib": rss(&self.connected),
+                "rss_end_kib": rss(&self.window_end),
+                "rss_after_kib": rss(&self.after),
+                "hwm_kib": self.after.mem.map(|m| m.hwm_kib),
+                "rss_per_conn_kib": opt_round(rss_per_conn),
+            },
+            "loadgen": {
+                "threads": self.threads,
+                "cpu_s_window": round3(self.self_cpu_window),
+                "cpu_s_total": round3(self.self_cpu_total),
+                "cpu_pct_per_thread": round3(loadgen_cpu_pct),
+                "saturated": loadgen_cpu_pct > 90.0,
+            },
+        })
+    }
+
+    fn table(&self, j: &Value) -> String {
+        use std::fmt::Write as _;
+        let g = |path: &str| -> String {
+            let v = path.split('.').fold(j, |v, k| v.get(k).unwrap_or(&Value::Null));
+            match v {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        };
+        let mut t = String::new();
+        let mut row = |k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<34} {v}");
+        };
+        row(
+            "run",
+            format!(
+                "{} / {} ({}), clean: {}",
+                g("scenario"),
+                self.args.server_name,
+                g("mode"),
+                g("clean")
+            ),
+        );
+        row(
+            "clients / events / devices",
+            format!(
+                "{} (+{} slow) / {} / {}",
+                g("params.clients"),
+                g("params.slow_clients"),
+                g("params.events"),
+                g("params.devices")
+            ),
+        );
+        row(
+            "connect: subscribed / failures",
+            format!(
+                "{} of {} / {}",
+                g("connect.subscribed"),
+                g("connect.clients"),
+                g("connect.failures")
+            ),
+        );
+        row(
+            "connect storm: all snapshots in",
+            format!(
+                "{} s (per client p50 {} / p99 {} ms; listen-queue overflows {})",
+                g("connect.storm_s"),
+                g("connect.ready_ms.p50"),
+                g("connect.ready_ms.p99"),
+                g("connect.listen_overflows")
+            ),
+        );
+        row(
+            "subscribe answer p50/p99/max",
+            format!(
+                "{} / {} / {} ms (first byte)",
+                g("connect.subscribe_first_byte_ms.p50"),
+                g("connect.subscribe_first_byte_ms.p99"),
+                g("connect.subscribe_first_byte_ms.max")
+            ),
+        );
+        if !self.args.idle {
+            row(
+                "posted: rate x duration, batch",
+                format!(
+                    "{}/s x {} s, {} per POST ({} POSTs, max lag {} ms)",
+                    g("params.rate"),
+                    g("params.duration_s"),
+                    g("params.batch"),
+                    g("posts.posts"),
+                    g("posts.max_lag_ms")
+                ),
+            );
+            row(
+                "accepted / rejected / errors",
+                format!(
+                    "{} / {} / {}",
+                    g("posts.accepted"),
+                    g("posts.rejected"),
+                    g("posts.errors")
+                ),
+            );
+            row(
+                "deliveries (deliveries/s)",
+                format!("{} ({})", g("deliveries"), g("deliveries_per_s")),
+            );
+            row(
+                "latency p50/p99/p99.9/max",
+                format!(
+                    "{} / {} / {} / {} ms",
+                    g("latency_ms.p50"),
+                    g("latency_ms.p99"),
+                    g("latency_ms.p999"),
+                    g("latency_ms.max")
+                ),
+            );
+            row(
+                "lost / dup / reordered / foreign",
+                format!(
+                    "{} / {} / {} / {} (of {} expected)",
+                    g("lost"),
+                    g("duplicates"),
+                    g("reordered"),
+                    g("foreign"),
+                    g("expected")
+                ),
+            );
+        }
+        row(
+            "server-closed (codes)",
+            format!("{} {}", g("server_closed.total"), g("server_closed.codes")),
+        );
+        if self.slow.watched > 0 {
+            row(
+                "slow clients closed",
+                format!(
+                    "{} of {}, {} s after start, {} s after the server socket \
+                     stopped growing ({} KiB), codes {}",
+                    g("slow.closed"),
+                    g("slow.clients"),
+                    g("slow.closed_after_start_s_max"),
+                    g("slow.closed_after_stall_s_max"),
+                    g("slow.max_server_queue_kib"),
+                    g("slow.close_codes")
+                ),
+            );
+        }
+        if self.probes.is_some() {
+            row(
+                "probe subscribe p50/p99/max",
+                format!(
+                    "{} / {} / {} ms first byte, {} ms p99 whole",
+                    g("probes.first_byte_ms.p50"),
+                    g("probes.first_byte_ms.p99"),
+                    g("probes.first_byte_ms.max"),
+                    g("probes.complete_ms.p99")
+                ),
+            );
+        }
+        row(
+            "server CPU (window)",
+            format!(
+                "{} s, {} % of a core over {} s",
+                g("server.cpu_s"),
+                g("server.cpu_pct"),
+                g("window_s")
+            ),
+        );
+        row("server CPU-us per delivery", g("server.cpu_us_per_delivery"));
+        row(
+            "server RSS before/connected/end/peak",
+            format!(
+                "{} / {} / {} / {} KiB",
+                g("server.rss_before_kib"),
+                g("server.rss_connected_kib"),
+                g("server.rss_end_kib"),
+                g("server.hwm_kib")
+            ),
+        );
+        row("server RSS per connection", format!("{} KiB", g("server.rss_per_conn_kib")));
+        row(
+            "loadgen CPU (window/total)",
+            format!(
+                "{} / {} s, {} % per thread ({} threads){}",
+                g("loadgen.cpu_s_window"),
+                g("loadgen.cpu_s_total"),
+                g("loadgen.cpu_pct_per_thread"),
+                g("loadgen.threads"),
+                if j.pointer("/loadgen/saturated") == Some(&Value::Bool(true)) {
+                    "  WARNING: the load generator was saturated"
+                } else {
+                    ""
+                }
+            ),
+        );
+        format!("loadgen report\n{t}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Option<Args>, String> {
+        parse_args(list.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn flags_parse_in_both_spellings() {
+        let a = args(&["--clients", "5", "--rate=2.5", "--idle", "--duration", "0.5"])
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.clients, a.rate, a.idle), (5, 2.5, true));
+        assert_eq!(a.duration, Duration::from_millis(500));
+        assert!(args(&["--help"]).unwrap().is_none());
+        assert_eq!(args(&["--bogus"]).unwrap_err(), "unknown option --bogus");
+        assert!(args(&["--clients"]).is_err());
+        assert!(args(&["--rate", "0"]).is_err());
+    }
+
+    #[test]
+    fn urls() {
+        let t = parse_url("ws://127.0.0.1:8080/live", "ws").unwrap();
+        assert_eq!(
+            (t.addr.port(), t.host.as_str(), t.path.as_str()),
+            (8080, "127.0.0.1:8080", "/live")
+        );
+        let t = parse_url("http://127.0.0.1:9090", "http").unwrap();
+        assert_eq!(t.path, "/");
+        assert!(parse_url("http://x", "ws").is_err());
+    }
+}
