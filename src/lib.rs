@@ -148,13 +148,13 @@ pub fn start_with(config: Config, service: Service) -> Result<Server, StartError
     }
 
     let ws_addr = SocketAddr::new(config.ws_host, config.ws_port);
-    let ws_listener = TcpListener::bind(ws_addr).map_err(|source| StartError::Bind {
+    let ws_listener = bind_listener(ws_addr).map_err(|source| StartError::Bind {
         what: "websocket",
         addr: ws_addr,
         source,
     })?;
     let http_addr = SocketAddr::new(config.http_host, config.http_port);
-    let http_listener = TcpListener::bind(http_addr).map_err(|source| StartError::Bind {
+    let http_listener = bind_listener(http_addr).map_err(|source| StartError::Bind {
         what: "http",
         addr: http_addr,
         source,
@@ -304,6 +304,25 @@ fn wait_until(deadline: Instant, done: impl Fn() -> bool) {
     while !done() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Backlog of pending connections asked of `listen(2)` (the kernel caps it
+/// at `net.core.somaxconn`, 4096 on current kernels). std's `bind` asks for
+/// 128: a connect storm of a few thousand dashboards overflows that, and
+/// every overflowed client waits a full SYN retry (1 s) before it is seen.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listener like `TcpListener::bind`, with [`LISTEN_BACKLOG`].
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    // As std does: a restarted server may bind while old connections linger
+    // in TIME_WAIT.
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from(fd))
 }
 
 /// Raises the open-files soft limit to the hard limit: every client is a
