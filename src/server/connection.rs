@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use log::{debug, warn};
-use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use tungstenite::error::{Error as WsError, ProtocolError};
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -30,6 +29,7 @@ use uuid::Uuid;
 
 use super::handshake::{self, Upgraded};
 use super::queue::{ClientHandle, Outbound};
+use super::sleep::Sleeper;
 use super::wire::Wire;
 use super::{Service, Shared, Slot};
 use crate::auth::{self, AuthError, AuthzError, Identity};
@@ -85,6 +85,13 @@ pub(super) fn run(
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    let sleeper = match Sleeper::new(stream.as_fd(), handle.wake_fd().as_fd()) {
+        Ok(sleeper) => sleeper,
+        Err(e) => {
+            warn!("{remote}: cannot set up connection: {e}");
+            return;
+        }
+    };
     let ws =
         WebSocket::from_partially_read(Wire::new(stream), leftover, Role::Server, Some(ws_config));
 
@@ -99,7 +106,7 @@ pub(super) fn run(
     }
     debug!("{} {remote} open, user {}", handle.thread_name, identity.user);
 
-    let mut conn = Connection::new(shared, Arc::clone(&handle), rx, ws, identity);
+    let mut conn = Connection::new(shared, Arc::clone(&handle), rx, ws, identity, sleeper);
     let reason = conn.serve();
 
     let _ = shared.commands.send(Command::Disconnect { id });
@@ -163,7 +170,9 @@ struct Connection<'a> {
     identity: Identity,
     subscriptions: Vec<String>,
     state: State,
-    /// The socket may have input: set by poll, cleared once a read blocks.
+    /// Where the thread blocks between wake-ups.
+    sleeper: Sleeper,
+    /// The socket may have input: set by epoll, cleared once a read blocks.
     readable: bool,
     last_seen: Instant,
     next_ping: Instant,
@@ -183,6 +192,7 @@ impl<'a> Connection<'a> {
         rx: Receiver<Arc<Outbound>>,
         ws: WebSocket<Wire<TcpStream>>,
         identity: Identity,
+        sleeper: Sleeper,
     ) -> Connection<'a> {
         let now = Instant::now();
         Connection {
@@ -193,6 +203,7 @@ impl<'a> Connection<'a> {
             identity,
             subscriptions: Vec::new(),
             state: State::Open,
+            sleeper,
             readable: true,
             last_seen: now,
             next_ping: now + shared.config.ping_interval,
@@ -597,29 +608,12 @@ impl<'a> Connection<'a> {
             return Ok(());
         }
         let timeout = self.next_deadline().saturating_duration_since(Instant::now());
-        let timeout = Timespec {
-            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-            tv_nsec: i64::from(timeout.subsec_nanos()),
-        };
-        let mut socket_events = PollFlags::IN;
-        if write_blocked {
-            socket_events |= PollFlags::OUT;
-        }
         let socket = self.ws.get_ref().socket().as_fd();
-        let mut fds = [
-            PollFd::from_borrowed_fd(socket, socket_events),
-            PollFd::new(self.handle.wake_fd(), PollFlags::IN),
-        ];
-        let result = match poll(&mut fds, Some(&timeout)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
-            Err(e) => Err(io::Error::from(e)),
-        };
-        let [socket, wake] = &fds;
+        let result = self.sleeper.wait(socket, write_blocked, timeout);
+        self.handle.woke();
         // A wake-up for queued frames only need not try to read: a read
         // that would block is one syscall per delivery saved.
-        self.readable =
-            socket.revents().intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR);
-        self.handle.woke(wake.revents().contains(PollFlags::IN));
-        result
+        self.readable = *result.as_ref().unwrap_or(&true);
+        result.map(|_| ())
     }
 }

@@ -7,6 +7,8 @@
 //! - `connection.rs`: the connection loop: poll on socket + wake fd, write
 //!   queued frames, read, heartbeat;
 //! - `queue.rs`: the client's bounded outbound queue and its shared handle;
+//! - `sleep.rs`: the per-connection epoll set (socket + wake eventfd) the
+//!   thread blocks in;
 //! - `wire.rs`: the ordered output queue under tungstenite, written with
 //!   one `writev` per wake-up; shared pre-framed batches go out uncopied.
 
@@ -14,6 +16,7 @@ mod acceptor;
 mod connection;
 mod handshake;
 mod queue;
+mod sleep;
 mod wire;
 
 use std::collections::HashMap;

@@ -224,14 +224,10 @@ impl ClientHandle {
         !work
     }
 
-    /// The connection thread is awake again. `signalled`: poll saw the
-    /// eventfd readable, so its counter is reset (one read, only then).
-    pub(crate) fn woke(&self, signalled: bool) {
+    /// The connection thread is awake again. The eventfd is edge-triggered
+    /// in its epoll set, so its counter is never read back.
+    pub(crate) fn woke(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
-        if signalled {
-            let mut buf = [0u8; 8];
-            let _ = rustix::io::read(&self.wake_fd, &mut buf);
-        }
     }
 
     pub(crate) fn wake_fd(&self) -> &OwnedFd {
