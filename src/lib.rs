@@ -12,7 +12,7 @@
 //!                                                         │ try_send(Arc<batch>) never blocks
 //!                                                         v
 //!  [acceptor] ─spawn─> [ws-1a2b3c4d] one per client: handshake (limit, Origin, auth) -> 101,
-//!                        then poll(socket, eventfd; timeout = next heartbeat deadline)
+//!                        then epoll(socket, eventfd; timeout = next heartbeat deadline)
 //!                        -> write every queued frame, flush once -> read until WouldBlock
 //!  [device-map] refreshes the device->event map; [http] serves /metrics /healthz /readyz ...
 //! ```
@@ -326,7 +326,8 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Raises the open-files soft limit to the hard limit: every client is a
-/// socket and an eventfd. Warns when the connection limit cannot fit.
+/// socket, an eventfd and an epoll instance. Warns when the connection limit
+/// cannot fit.
 fn raise_open_files_limit(max_connections: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
@@ -337,8 +338,9 @@ fn raise_open_files_limit(max_connections: usize) {
         }
     }
     let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    // Two descriptors per connection (socket, eventfd) plus headroom.
-    let needed = (max_connections as u64).saturating_mul(2).saturating_add(64);
+    // Three descriptors per connection (socket, eventfd, epoll) plus
+    // headroom for the HTTP port, Redis and Directus.
+    let needed = (max_connections as u64).saturating_mul(3).saturating_add(64);
     if soft < needed {
         warn!(
             "open-files limit {soft} cannot fit LIVE_WS_MAX_CONNECTIONS={max_connections} \

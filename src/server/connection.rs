@@ -1,13 +1,13 @@
 //! The connection loop of one `ws-xxxxxxxx` thread.
 //!
-//! One blocking, synchronous thread per client. It sleeps in `poll(2)` on
-//! two descriptors: its socket (POLLIN, plus POLLOUT while unsent bytes
-//! remain) and its eventfd, which the broadcaster writes after queueing an
-//! entry, but only when this thread announced it was about to sleep. The
-//! poll timeout is the next heartbeat deadline, never a periodic tick:
-//! measured on 2 cores with 2,000 idle clients, a 1 s tick costs 9 % of a
-//! core and 50 ms saturates both, while poll until something happens costs
-//! nothing. Awake, the thread writes every queued frame and flushes once,
+//! One blocking, synchronous thread per client. It sleeps in its own small
+//! epoll set (`sleep.rs`) on two descriptors: its socket (input, plus
+//! output while unsent bytes remain) and its eventfd, which the broadcaster
+//! writes after queueing an entry, but only when this thread announced it
+//! was about to sleep. The timeout is the next heartbeat deadline, never a
+//! periodic tick: measured on 2 cores with 2,000 idle clients, a 1 s tick
+//! costs 9 % of a core and 50 ms saturates both, while sleeping until
+//! something happens costs nothing. Awake, the thread writes every queued frame and flushes once,
 //! reads until `WouldBlock`, and does heartbeat and revalidation work by
 //! elapsed time. The socket is non-blocking; tungstenite keeps unsent bytes
 //! and resumes after `WouldBlock`.
@@ -225,7 +225,7 @@ impl<'a> Connection<'a> {
                 return reason;
             }
             if let Err(e) = self.sleep() {
-                warn!("{}: poll failed: {e}", self.handle.thread_name);
+                warn!("{}: epoll_wait failed: {e}", self.handle.thread_name);
                 return CloseReason::Internal;
             }
         }
@@ -596,13 +596,13 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Blocks in `poll` until the socket or the wake fd is ready, or the
+    /// Blocks in epoll until the socket or the wake fd is ready, or the
     /// next deadline. Skipped when work arrived meanwhile.
     fn sleep(&mut self) -> io::Result<()> {
         let write_blocked = self.write_blocked();
         let take_queue = self.state == State::Open && !write_blocked;
         if !self.handle.prepare_sleep(take_queue) {
-            // Busy: no poll tells whether input arrived, so look. Without
+            // Busy: no epoll tells whether input arrived, so look. Without
             // this, a thread that never sleeps would never read pongs.
             self.readable = true;
             return Ok(());

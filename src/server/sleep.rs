@@ -87,11 +87,7 @@ impl std::fmt::Debug for Sleeper {
 }
 
 fn socket_flags(want_write: bool) -> epoll::EventFlags {
-    if want_write {
-        epoll::EventFlags::IN | epoll::EventFlags::OUT
-    } else {
-        epoll::EventFlags::IN
-    }
+    if want_write { epoll::EventFlags::IN | epoll::EventFlags::OUT } else { epoll::EventFlags::IN }
 }
 
 #[cfg(test)]
