@@ -283,8 +283,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (handle, rx) =
-            ClientHandle::new(Uuid::new_v4(), socket.local_addr().unwrap(), "u".into(), &socket, 4)
-                .unwrap();
+            ClientHandle::new(Uuid::new_v4(), socket.local_addr().unwrap(), "u".into(), 4).unwrap();
         (handle, rx, socket)
     }
 

@@ -59,19 +59,14 @@ pub(super) fn run(
     else {
         return;
     };
-    let (handle, rx) = match ClientHandle::new(
-        id,
-        remote,
-        identity.user.clone(),
-        &stream,
-        shared.config.queue_capacity,
-    ) {
-        Ok(pair) => pair,
-        Err(e) => {
-            warn!("{remote}: cannot set up connection: {e}");
-            return;
-        }
-    };
+    let (handle, rx) =
+        match ClientHandle::new(id, remote, identity.user.clone(), shared.config.queue_capacity) {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!("{remote}: cannot set up connection: {e}");
+                return;
+            }
+        };
     handle.tid.store(crate::thread::current_tid(), std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = stream.set_nonblocking(true) {
         warn!("{remote}: {e}");

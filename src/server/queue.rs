@@ -7,7 +7,7 @@
 //! many queued bytes is bookkeeping: the client is marked for a 1008 close
 //! and the broadcaster moves on.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -97,9 +97,6 @@ pub(crate) struct ClientHandle {
     close_request: Mutex<Option<CloseReason>>,
     /// Set to drop the connection now, without a close handshake.
     terminate: AtomicBool,
-    /// A clone of the socket, so that a stuck connection can be shut down
-    /// from outside its thread.
-    socket: TcpStream,
     pub(crate) tid: AtomicI32,
     pub(crate) last_seen_ms: AtomicI64,
     pub(crate) messages_sent: AtomicU64,
@@ -120,12 +117,11 @@ impl ClientHandle {
     /// Creates the handle and the receiving end of its queue.
     ///
     /// # Errors
-    /// When the eventfd or the socket clone cannot be made (fd exhaustion).
+    /// When the eventfd cannot be made (fd exhaustion).
     pub(crate) fn new(
         id: Uuid,
         remote: SocketAddr,
         user: String,
-        socket: &TcpStream,
         capacity: usize,
     ) -> std::io::Result<(Arc<ClientHandle>, Receiver<Arc<Outbound>>)> {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
@@ -142,7 +138,6 @@ impl ClientHandle {
             wake_fd,
             close_request: Mutex::new(None),
             terminate: AtomicBool::new(false),
-            socket: socket.try_clone()?,
             tid: AtomicI32::new(0),
             last_seen_ms: AtomicI64::new(crate::position::now_ms()),
             messages_sent: AtomicU64::new(0),
@@ -195,10 +190,12 @@ impl ClientHandle {
     }
 
     /// Drops the connection at once: no close handshake, the thread ends.
+    ///
+    /// The eventfd is enough to reach the thread: once registered, it only
+    /// ever blocks in its epoll set (its socket is non-blocking). Not
+    /// keeping a duplicate of the socket saves one descriptor per client.
     pub(crate) fn terminate(&self) {
         self.terminate.store(true, Ordering::SeqCst);
-        // Wakes a thread blocked in poll or write, whatever it waits on.
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
         self.wake();
     }
 
