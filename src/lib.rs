@@ -38,6 +38,8 @@ mod auth;
 mod broadcast;
 mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod logging;
 mod metrics;

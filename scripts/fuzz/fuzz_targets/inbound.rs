@@ -1,0 +1,24 @@
+//! `Inbound::parse`: every text frame a client sends goes through it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use livecast::fuzzing::{Inbound, MAX_EVENT_ID_CHARS, inbound};
+
+fuzz_target!(|data: &[u8]| {
+    // tungstenite hands the loop only valid UTF-8 text (1007 otherwise).
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match inbound(text) {
+        Ok(message) => {
+            let (kind, event_id) = match &message {
+                Inbound::Subscribe(e) => ("subscribe", e),
+                Inbound::Unsubscribe(e) => ("unsubscribe", e),
+            };
+            assert!(!event_id.is_empty(), "empty eventId accepted");
+            assert!(event_id.chars().count() <= MAX_EVENT_ID_CHARS, "long eventId accepted");
+            // The canonical form of the message parses to the same message.
+            let canonical = serde_json::json!({ "type": kind, "eventId": event_id }).to_string();
+            assert_eq!(inbound(&canonical), Ok(message), "{canonical}");
+        }
+        Err(why) => assert!(!why.is_empty(), "empty error for {text:?}"),
+    }
+});
