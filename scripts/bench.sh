@@ -8,7 +8,8 @@
 #   BENCH_QUICK=1 scripts/bench.sh    smoke run (about 2 minutes)
 #
 # Writes scripts/bench/results.md (quick runs: results-quick.md) with the
-# date, machine and exact commands, and the raw JSON lines of every run to
+# date, machine, its thread wake-up floor (scripts/bench/switch_cost.rs) and
+# exact commands, and the raw JSON lines of every run to
 # scripts/bench/results/raw/ (not committed).
 #
 # Environment (defaults in brackets are the full run's):
@@ -121,6 +122,15 @@ if [[ " $SERVERS " == *" node-ref "* ]]; then
   else
     echo "bench: node/npm not found: node-ref skipped" >&2
   fi
+fi
+# What waking a thread costs here, with no work at all: the floor under
+# every thread-per-connection figure below, recorded with them because it
+# differs so much between machines (bare metal, VMs).
+say "measuring the wake-up floor (scripts/bench/switch_cost.rs, on the server's CPU)"
+WAKE_FLOOR="not measured (rustc failed)"
+if rustc -O --edition 2021 "$BENCH/switch_cost.rs" -o "$ROOT/target/switch_cost" >&2; then
+  WAKE_FLOOR=$("${SERVER_PIN[@]}" "$ROOT/target/switch_cost" | paste -sd ';' - | sed 's/;/; /g')
+  echo "$WAKE_FLOOR" >&2
 fi
 # Reporting needs node; without it the raw JSON lines are still written.
 HAVE_NODE=0
@@ -311,6 +321,7 @@ git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
   echo "- Machine: $(nproc) CPUs, ${MODEL:-unknown CPU}, $MEM RAM, Linux $(uname -r)"
   echo "- Software: $(rustc --version 2>/dev/null), node $(node --version 2>/dev/null || echo absent), livecast commit $COMMIT"
   echo "- Pinning: $PINNING; everything on loopback"
+  echo "- Wake-up floor on the server's CPU (\`scripts/bench/switch_cost.rs\`): $WAKE_FLOOR"
   echo "- Servers: livecast (release, default settings, LOG_LEVEL=warn); tokio-ref and node-ref from scripts/bench/"
   echo "- Reproduce: \`$( [ "$QUICK" = 1 ] && echo 'BENCH_QUICK=1 ')scripts/bench.sh\` from a clean clone (needs cargo, node and npm)"
   echo
