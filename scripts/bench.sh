@@ -14,11 +14,12 @@
 #
 # Environment (defaults in brackets are the full run's):
 #   BENCH_SERVERS      servers to measure [livecast tokio-ref node-ref]
-#   BENCH_SCENARIOS    scenarios to run [ramp many-events idle storm slow]
+#   BENCH_SCENARIOS    scenarios to run [ramp-single ramp many-events idle storm slow]
 #   BENCH_WS_PORT, BENCH_HTTP_PORT   loopback ports [18480, 18490]
 #   BENCH_OUT          Markdown file to write
 #   BENCH_P99_LIMIT_MS ramp: a step is clean when p99 <= this [50]
 #   BENCH_POSTS_PER_S  POSTs per second; each carries rate/this positions [50]
+#                      (all but ramp-single, which posts one position per POST)
 #   RAMP_CLIENTS [1000] RAMP_DEVICES [100] RAMP_STEP_S [10]
 #   RAMP_START_RATE [25] (positions/s; deliveries/s = rate x clients)
 #   RAMP_MAX_STEPS [8] RAMP_BISECT [2]
@@ -43,7 +44,7 @@ if [ "$QUICK" = 1 ]; then
   : "${BENCH_OUT:=$BENCH/results-quick.md}"
 fi
 SERVERS=${BENCH_SERVERS:-livecast tokio-ref node-ref}
-SCENARIOS=${BENCH_SCENARIOS:-ramp many-events idle storm slow}
+SCENARIOS=${BENCH_SCENARIOS:-ramp-single ramp many-events idle storm slow}
 WS_PORT=${BENCH_WS_PORT:-18480}
 HTTP_PORT=${BENCH_HTTP_PORT:-18490}
 OUT=${BENCH_OUT:-$BENCH/results.md}
@@ -227,14 +228,19 @@ loadgen() { # server scenario args...
 is_clean() { [[ "$LAST_JSON" == *'"clean":true'* ]]; }
 
 # ---- scenarios -------------------------------------------------------------
-ramp() {
-  local server=$1 rate=$RAMP_START_RATE steps=0 clean_rate=0 bad_rate=0
-  start_server "$server" ramp
+# The fan-out ramp, in two shapes: `ramp-single` posts every position in
+# its own POST (POSTs/s = positions/s), as trackers report; `ramp` posts
+# $POSTS_PER_S POSTs a second whatever the rate (batches of rate/N), so the
+# number of broadcaster cycles stays fixed while the batches grow.
+ramp() { # server scenario [loadgen args...]
+  local server=$1 scenario=$2 rate=$RAMP_START_RATE steps=0 clean_rate=0 bad_rate=0
+  shift 2
+  start_server "$server" "$scenario"
   while [ "$steps" -lt "$RAMP_MAX_STEPS" ]; do
     steps=$((steps + 1))
-    say "$server ramp: $rate positions/s x $RAMP_CLIENTS clients"
-    loadgen "$server" ramp --clients "$RAMP_CLIENTS" --events 1 --devices "$RAMP_DEVICES" \
-      --rate "$rate" --duration "$RAMP_STEP_S" || break
+    say "$server $scenario: $rate positions/s x $RAMP_CLIENTS clients"
+    loadgen "$server" "$scenario" --clients "$RAMP_CLIENTS" --events 1 --devices "$RAMP_DEVICES" \
+      --rate "$rate" --duration "$RAMP_STEP_S" "$@" || break
     if is_clean; then
       clean_rate=$rate
       rate=$((rate * RAMP_FACTOR))
@@ -250,9 +256,9 @@ ramp() {
   for i in $(seq "$RAMP_BISECT"); do
     [ "$clean_rate" -gt 0 ] && [ "$bad_rate" -gt $((clean_rate + 1)) ] || break
     rate=$(((clean_rate + bad_rate) / 2))
-    say "$server ramp (bisect): $rate positions/s"
-    loadgen "$server" ramp --clients "$RAMP_CLIENTS" --events 1 --devices "$RAMP_DEVICES" \
-      --rate "$rate" --duration "$RAMP_STEP_S" || break
+    say "$server $scenario (bisect): $rate positions/s"
+    loadgen "$server" "$scenario" --clients "$RAMP_CLIENTS" --events 1 --devices "$RAMP_DEVICES" \
+      --rate "$rate" --duration "$RAMP_STEP_S" "$@" || break
     if is_clean; then clean_rate=$rate; else bad_rate=$rate; fi
   done
   stop_server
@@ -293,7 +299,8 @@ for scenario in $SCENARIOS; do
   for server in $SERVERS; do
     if ! available "$server"; then continue; fi
     case $scenario in
-      ramp) ramp "$server" ;;
+      ramp-single) ramp "$server" ramp-single --batch 1 ;;
+      ramp) ramp "$server" ramp ;;
       many-events) many_events "$server" ;;
       idle) idle "$server" ;;
       storm) storm "$server" ;;
