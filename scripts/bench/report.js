@@ -52,8 +52,8 @@ const why = (r) => {
   const f = Object.values(r.connect.failures).reduce((a, b) => a + b, 0);
   if (f) reasons.push(`${f} failed to connect`);
   if (Object.keys(r.posts.errors).length || r.posts.rejected) reasons.push('ingest errors');
-  if (r.mode !== 'idle' && r.posts.max_lag_ms > p99Limit) {
-    reasons.push(`posting ${ms(r.posts.max_lag_ms)} ms behind schedule`);
+  if (r.mode !== 'idle' && r.posts.end_lag_ms > p99Limit) {
+    reasons.push(`posting ${ms(r.posts.end_lag_ms)} ms behind schedule at the end`);
   }
   if (r.loadgen.saturated) reasons.push('loadgen saturated');
   return reasons.join(', ') || 'clean';

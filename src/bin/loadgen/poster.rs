@@ -65,6 +65,10 @@ pub(crate) struct PosterReport {
     pub(crate) post_latency_us: Histogram,
     /// How far the poster fell behind its schedule at worst.
     pub(crate) max_lag_us: u64,
+    /// How far behind its schedule the last POST went out: large when the
+    /// server could not take POSTs at the offered rate, near zero after a
+    /// passing hiccup.
+    pub(crate) end_lag_us: u64,
     /// Per device, the last sequence number sent.
     pub(crate) final_seqs: Vec<u64>,
     pub(crate) started_us: u64,
@@ -114,9 +118,11 @@ pub(crate) fn run(cfg: &PosterConfig, progress: &Arc<PosterProgress>) -> PosterR
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
+            report.end_lag_us = 0;
         } else {
             let lag = u64::try_from((now - due).as_micros()).unwrap_or(u64::MAX);
             report.max_lag_us = report.max_lag_us.max(lag);
+            report.end_lag_us = lag;
         }
         post += 1;
         let count = (total - sent).min(batch as u64);
