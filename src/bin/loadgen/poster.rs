@@ -116,13 +116,11 @@ pub(crate) fn run(cfg: &PosterConfig, progress: &Arc<PosterProgress>) -> PosterR
         }
         let due = start + interval * post;
         let now = Instant::now();
+        let lag = u64::try_from(now.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
+        report.max_lag_us = report.max_lag_us.max(lag);
+        report.end_lag_us = lag;
         if due > now {
             std::thread::sleep(due - now);
-            report.end_lag_us = 0;
-        } else {
-            let lag = u64::try_from((now - due).as_micros()).unwrap_or(u64::MAX);
-            report.max_lag_us = report.max_lag_us.max(lag);
-            report.end_lag_us = lag;
         }
         post += 1;
         let count = (total - sent).min(batch as u64);

@@ -187,8 +187,7 @@ pub(crate) fn fast_position(payload: &[u8]) -> Option<(usize, u64, Option<u64>)>
 /// or it does not fit a u64.
 fn digits(bytes: &[u8]) -> Option<u64> {
     let end = bytes.iter().position(|b| !b.is_ascii_digit()).unwrap_or(bytes.len());
-    let number = bytes.get(..end).filter(|n| !n.is_empty())?;
-    number.iter().try_fold(0u64, |n, &b| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+    std::str::from_utf8(bytes.get(..end)?).ok()?.parse().ok()
 }
 
 /// `d-<n>` → n.
