@@ -19,6 +19,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::proxy::TrustedProxies;
+
 /// A secret read from the environment (a token, a URL with a password).
 ///
 /// Its `Debug` prints `***`, so a `{:?}` of the config can never leak it.
@@ -121,6 +123,37 @@ pub struct Config {
     pub ingest_max_body_bytes: usize,
     /// `INGEST_TOKEN` (unset): bearer token required by `POST /ingest`.
     pub ingest_token: Option<Secret>,
+    /// `INGEST_ALLOW_ANONYMOUS` (0): allow `POST /ingest` without
+    /// `INGEST_TOKEN` on a non-loopback `HTTP_HOST`.
+    pub ingest_allow_anonymous: bool,
+    /// `INGEST_MAX_ITEMS` (10000): positions in one ingest body; more get 413.
+    pub ingest_max_items: usize,
+    /// `DEBUG_TOKEN` (unset): bearer token required by `GET /debug/*`; when
+    /// unset, `/debug/*` is refused off loopback.
+    pub debug_token: Option<Secret>,
+    /// `HTTP_MAX_CONNECTIONS_PER_IP` (32): HTTP connections per client IP
+    /// (IPv6 by /64); past it 503.
+    pub http_max_connections_per_ip: usize,
+    /// `HTTP_HEAD_TIMEOUT_MS` (10000): time a client has to send a whole
+    /// request head on the HTTP port.
+    pub http_head_timeout: Duration,
+    /// `LIVE_WS_MAX_PENDING_PER_IP` (8): connections per client IP still in
+    /// the WebSocket handshake; past it 503 at once.
+    pub max_pending_per_ip: usize,
+    /// `LIVE_TRUSTED_PROXIES` (unset): comma list of addresses or CIDRs of
+    /// reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// `LIVE_MAX_POSITION_BYTES` (16384): larger positions are rejected.
+    pub max_position_bytes: usize,
+    /// `LIVE_CACHE_MAX_DEVICES` (100000): devices in the latest-position
+    /// cache; past it the stalest is evicted.
+    pub cache_max_devices: usize,
+    /// `LIVE_BROADCAST_MAX_DELAY_MS` (20): longest an event's positions may
+    /// wait for their flush, once its fan-out is costly.
+    pub broadcast_max_delay: Duration,
+    /// `LIVE_TRAIL_LENGTH` (30): recent positions kept per device for the
+    /// `trail` of a subscribe; 0 turns trails off.
+    pub trail_length: usize,
     /// `REDIS_URL` (unset): Redis Stream source.
     pub redis_url: Option<Secret>,
     /// `LIVE_STREAM_KEY` (`positions`).
@@ -198,6 +231,17 @@ impl Default for Config {
             tokens_file: None,
             ingest_max_body_bytes: 8 * 1024 * 1024,
             ingest_token: None,
+            ingest_allow_anonymous: false,
+            ingest_max_items: 10_000,
+            debug_token: None,
+            http_max_connections_per_ip: 32,
+            http_head_timeout: Duration::from_millis(10_000),
+            max_pending_per_ip: 8,
+            trusted_proxies: TrustedProxies::default(),
+            max_position_bytes: 16_384,
+            cache_max_devices: 100_000,
+            broadcast_max_delay: Duration::from_millis(20),
+            trail_length: 30,
             redis_url: None,
             stream_key: "positions".to_owned(),
             group_prefix: "livecast:".to_owned(),
@@ -513,6 +557,22 @@ fn check_combinations(config: &Config, problems: &mut Vec<Problem>) {
             ),
         });
     }
+    // SPEC §9: an ingest port reachable from the network must not take
+    // positions from anyone unless the operator says so.
+    if !config.http_host.to_canonical().is_loopback()
+        && config.ingest_token.is_none()
+        && !config.ingest_allow_anonymous
+        && sound(&["HTTP_HOST", "INGEST_TOKEN", "INGEST_ALLOW_ANONYMOUS"])
+    {
+        problems.push(Problem {
+            variable: "INGEST_TOKEN",
+            value: Shown::Nothing,
+            reason: format!(
+                "HTTP_HOST={} is not a loopback address, so anyone who reaches it could post                  positions into any event; set INGEST_TOKEN (trackers then send                  Authorization: Bearer <token>), or HTTP_HOST=127.0.0.1, or                  INGEST_ALLOW_ANONYMOUS=1 to accept positions from anyone",
+                config.http_host
+            ),
+        });
+    }
     // Caught here because SPEC §7 wants every bad value reported before any
     // port is bound, rather than as an "address in use" from the second bind.
     let overlap = config.ws_host == config.http_host
@@ -629,6 +689,12 @@ const GROUPS: &[Group] = &[
                 |c, v| set(&mut c.max_connections_per_ip, count(v, 0)),
             ),
             Var::new(
+                "LIVE_WS_MAX_PENDING_PER_IP",
+                Is("8"),
+                "Connections per client IP still in the handshake; past it 503 at once.",
+                |c, v| set(&mut c.max_pending_per_ip, count(v, 1)),
+            ),
+            Var::new(
                 "LIVE_WS_HANDSHAKE_TIMEOUT_MS",
                 Is("5000"),
                 "Time a client has to send its whole upgrade request (slowloris).",
@@ -711,10 +777,45 @@ const GROUPS: &[Group] = &[
                 "Largest POST /ingest body; a larger one gets 413.",
                 |c, v| set(&mut c.ingest_max_body_bytes, count(v, 1)),
             ),
+            Var::new(
+                "INGEST_MAX_ITEMS",
+                Is("10000"),
+                "Most positions in one POST /ingest body; more get 413.",
+                |c, v| set(&mut c.ingest_max_items, count(v, 1)),
+            ),
             Var::secret(
                 "INGEST_TOKEN",
                 "When set, POST /ingest requires Authorization: Bearer <token>.",
                 |c, v| set(&mut c.ingest_token, Ok(Some(Secret::new(v)))),
+            ),
+            Var::new(
+                "INGEST_ALLOW_ANONYMOUS",
+                Is("0"),
+                "1 allows POST /ingest without INGEST_TOKEN on a non-loopback HTTP_HOST.",
+                |c, v| set(&mut c.ingest_allow_anonymous, boolean(v)),
+            ),
+            Var::secret(
+                "DEBUG_TOKEN",
+                "Bearer token for GET /debug/*; unset: /debug/* is refused off loopback.",
+                |c, v| set(&mut c.debug_token, Ok(Some(Secret::new(v)))),
+            ),
+            Var::new(
+                "HTTP_MAX_CONNECTIONS_PER_IP",
+                Is("32"),
+                "HTTP connections per client IP (IPv6: per /64); past it 503.",
+                |c, v| set(&mut c.http_max_connections_per_ip, count(v, 1)),
+            ),
+            Var::new(
+                "HTTP_HEAD_TIMEOUT_MS",
+                Is("10000"),
+                "Time an HTTP client has to send a whole request head.",
+                |c, v| set(&mut c.http_head_timeout, millis(v, 1)),
+            ),
+            Var::new(
+                "LIVE_TRUSTED_PROXIES",
+                Unset,
+                "Proxies (addresses/CIDRs) whose X-Forwarded-For names the client.",
+                |c, v| set(&mut c.trusted_proxies, TrustedProxies::parse(v)),
             ),
         ],
     },
@@ -873,6 +974,35 @@ const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        title: "Positions and fan-out",
+        vars: &[
+            Var::new(
+                "LIVE_MAX_POSITION_BYTES",
+                Is("16384"),
+                "Largest position (its JSON); a larger one is rejected.",
+                |c, v| set(&mut c.max_position_bytes, count(v, 64)),
+            ),
+            Var::new(
+                "LIVE_CACHE_MAX_DEVICES",
+                Is("100000"),
+                "Devices kept for snapshots; past it the stalest device is evicted.",
+                |c, v| set(&mut c.cache_max_devices, count(v, 1)),
+            ),
+            Var::new(
+                "LIVE_BROADCAST_MAX_DELAY_MS",
+                Is("20"),
+                "Longest wait of an event's positions for their flush (costly fan-outs).",
+                |c, v| set(&mut c.broadcast_max_delay, millis(v, 0)),
+            ),
+            Var::new(
+                "LIVE_TRAIL_LENGTH",
+                Is("30"),
+                "Recent positions kept per device for trails; 0 turns trails off.",
+                |c, v| set(&mut c.trail_length, trail_length(v)),
+            ),
+        ],
+    },
+    Group {
         title: "Logging",
         vars: &[
             Var::new(
@@ -1001,6 +1131,20 @@ fn whole(value: &str) -> Result<u64, String> {
         return Err("expected a non-negative whole number".to_owned());
     }
     value.parse().map_err(|_| "number too large".to_owned())
+}
+
+/// Largest `LIVE_TRAIL_LENGTH`: every device keeps that many frames.
+const MAX_TRAIL_LENGTH: usize = 1000;
+
+/// `LIVE_TRAIL_LENGTH`: 0 to [`MAX_TRAIL_LENGTH`].
+fn trail_length(value: &str) -> Result<usize, String> {
+    let n: usize = count(value, 0)?;
+    if n > MAX_TRAIL_LENGTH {
+        return Err(format!(
+            "must be at most {MAX_TRAIL_LENGTH}: every device keeps that many positions"
+        ));
+    }
+    Ok(n)
 }
 
 /// `1/0`, `true/false`, `yes/no`, any case.
@@ -1499,7 +1643,24 @@ mod tests {
         ];
         assert!(parse(&tokens).is_ok());
         // The HTTP listener is not the WebSocket listener.
-        assert!(parse(&[("HTTP_HOST", "0.0.0.0")]).is_ok());
+        assert!(parse(&[("HTTP_HOST", "0.0.0.0"), ("INGEST_ALLOW_ANONYMOUS", "1")]).is_ok());
+    }
+
+    #[test]
+    fn ingest_off_loopback_needs_a_token_or_explicit_consent() {
+        for host in ["0.0.0.0", "::", "192.168.1.10"] {
+            let err = rejected(&[("HTTP_HOST", host)]);
+            assert_eq!(names(&err), ["INGEST_TOKEN"]);
+            let message = err.to_string();
+            for hint in ["INGEST_TOKEN", "HTTP_HOST=127.0.0.1", "INGEST_ALLOW_ANONYMOUS=1"] {
+                assert!(message.contains(hint), "{message}");
+            }
+            assert!(parse(&[("HTTP_HOST", host), ("INGEST_TOKEN", "s3cret")]).is_ok());
+            assert!(parse(&[("HTTP_HOST", host), ("INGEST_ALLOW_ANONYMOUS", "1")]).is_ok());
+        }
+        for host in ["127.0.0.1", "::1", "localhost"] {
+            assert!(parse(&[("HTTP_HOST", host)]).is_ok(), "{host}");
+        }
     }
 
     #[test]
@@ -1536,7 +1697,11 @@ mod tests {
     fn listeners_may_not_share_a_port() {
         let err = rejected(&[("HTTP_PORT", "8080")]);
         assert_eq!(names(&err), ["HTTP_PORT"]);
-        let err = rejected(&[("LIVE_WS_PORT", "9090"), ("HTTP_HOST", "0.0.0.0")]);
+        let err = rejected(&[
+            ("LIVE_WS_PORT", "9090"),
+            ("HTTP_HOST", "0.0.0.0"),
+            ("INGEST_ALLOW_ANONYMOUS", "1"),
+        ]);
         assert_eq!(names(&err), ["HTTP_PORT"]);
         assert!(parse(&[("HTTP_PORT", "8080"), ("HTTP_HOST", "127.0.0.2")]).is_ok());
         assert!(parse(&[("LIVE_WS_PORT", "0"), ("HTTP_PORT", "0")]).is_ok());

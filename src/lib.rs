@@ -45,6 +45,7 @@ pub mod logging;
 mod metrics;
 mod position;
 mod protocol;
+mod proxy;
 mod server;
 mod source;
 mod thread;
@@ -59,6 +60,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 pub use config::{AuthMode, Config, ConfigError, LogFormat, Secret};
+pub use proxy::TrustedProxies;
 
 use broadcast::{Broadcaster, Command};
 use http::server::{HttpServer, Limits};

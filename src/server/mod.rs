@@ -117,6 +117,7 @@ pub(crate) struct Slot {
 impl Slot {
     /// Takes a slot, or `None` when a limit is reached.
     fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Slot> {
+        let ip = crate::proxy::limit_key(ip);
         let max = shared.config.max_connections;
         let taken = shared
             .threads
