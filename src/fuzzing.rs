@@ -9,8 +9,13 @@ use crate::source::ingest;
 /// An inbound client message, as [`inbound`] parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// `{"type":"subscribe","eventId":..}`
-    Subscribe(String),
+    /// `{"type":"subscribe","eventId":..,"trail":..}`
+    Subscribe {
+        /// `eventId`.
+        event: String,
+        /// `trail`, when given.
+        trail: Option<u64>,
+    },
     /// `{"type":"unsubscribe","eventId":..}`
     Unsubscribe(String),
 }
@@ -21,7 +26,7 @@ pub enum Inbound {
 /// The `protocol-violation` text the client would get.
 pub fn inbound(text: &str) -> Result<Inbound, String> {
     protocol::Inbound::parse(text).map(|m| match m {
-        protocol::Inbound::Subscribe(e) => Inbound::Subscribe(e),
+        protocol::Inbound::Subscribe { event, trail } => Inbound::Subscribe { event, trail },
         protocol::Inbound::Unsubscribe(e) => Inbound::Unsubscribe(e),
     })
 }

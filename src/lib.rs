@@ -165,7 +165,7 @@ pub fn start_with(config: Config, service: Service) -> Result<Server, StartError
     })?;
 
     let (commands, inbox) = crossbeam_channel::bounded(COMMAND_CAPACITY);
-    let broadcaster = Broadcaster::new(metrics.clone(), config.backpressure_threshold_bytes);
+    let broadcaster = Broadcaster::new(metrics.clone(), &config);
     let broadcaster =
         thread::spawn_named("broadcaster".into(), None, move || broadcaster.run(&inbox))
             .map_err(StartError::Spawn)?;

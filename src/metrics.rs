@@ -16,6 +16,11 @@ const LATENCY_BUCKETS: &[f64] =
 /// Buckets for counts of positions in a snapshot.
 const SIZE_BUCKETS: &[f64] = &[0.0, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
 
+/// Buckets for the flush interval: 0 (small fan-outs) up to the 20 ms
+/// default cap and beyond.
+const INTERVAL_BUCKETS: &[f64] =
+    &[0.0, 0.000_25, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.05, 0.1];
+
 /// All metrics, registered in a private [`Registry`].
 #[derive(Clone, Debug)]
 pub(crate) struct Metrics {
@@ -40,6 +45,12 @@ pub(crate) struct Metrics {
     pub(crate) broadcast_lag: Histogram,
     pub(crate) snapshot_duration: Histogram,
     pub(crate) snapshot_positions: Histogram,
+    pub(crate) cache_devices: IntGauge,
+    pub(crate) cache_evictions: IntCounter,
+    pub(crate) trail_positions: IntGauge,
+    pub(crate) broadcast_flushes: IntCounter,
+    pub(crate) broadcast_wakeups: IntCounter,
+    pub(crate) broadcast_flush_interval: Histogram,
     pub(crate) device_map_size: IntGauge,
     pub(crate) device_map_refresh_failures: IntCounter,
     pub(crate) redis_connected: IntGauge,
@@ -193,6 +204,47 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new("snapshot_positions", "Positions per snapshot")
                         .buckets(SIZE_BUCKETS.to_vec()),
+                )?,
+            )?,
+            cache_devices: reg(
+                r,
+                IntGauge::new("cache_devices", "Devices in the latest-position cache")?,
+            )?,
+            cache_evictions: reg(
+                r,
+                IntCounter::new(
+                    "cache_evictions_total",
+                    "Devices evicted from the cache (the stalest) to stay within \
+                     LIVE_CACHE_MAX_DEVICES",
+                )?,
+            )?,
+            trail_positions: reg(
+                r,
+                IntGauge::new("trail_positions", "Older positions held in device trails")?,
+            )?,
+            broadcast_flushes: reg(
+                r,
+                IntCounter::new(
+                    "broadcast_flushes_total",
+                    "Batches of one event's positions handed to its subscribers",
+                )?,
+            )?,
+            broadcast_wakeups: reg(
+                r,
+                IntCounter::new(
+                    "broadcast_wakeups_total",
+                    "Sleeping connection threads woken by the broadcaster",
+                )?,
+            )?,
+            broadcast_flush_interval: reg(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "broadcast_flush_interval_seconds",
+                        "Per event, the shortest time between two flushes in force at each \
+                         flush (adapted to the measured fan-out cost)",
+                    )
+                    .buckets(INTERVAL_BUCKETS.to_vec()),
                 )?,
             )?,
             device_map_size: reg(

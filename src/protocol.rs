@@ -13,8 +13,15 @@ use crate::position::{check_event_id, push_json_str};
 /// A message a client may send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Inbound {
-    /// `{"type":"subscribe","eventId":..}`
-    Subscribe(String),
+    /// `{"type":"subscribe","eventId":..,"trail":N}` (`trail` optional)
+    Subscribe {
+        /// The event.
+        event: String,
+        /// How many older positions per device the answer's `trails` should
+        /// hold; `None` leaves `trails` out. Checked against
+        /// `LIVE_TRAIL_LENGTH` by the connection, which knows it.
+        trail: Option<u64>,
+    },
     /// `{"type":"unsubscribe","eventId":..}`
     Unsubscribe(String),
 }
@@ -38,7 +45,16 @@ impl Inbound {
             None => Err("eventId is required".to_owned()),
         };
         match kind.as_str() {
-            "subscribe" => Ok(Inbound::Subscribe(event(&mut obj)?)),
+            "subscribe" => {
+                let event = event(&mut obj)?;
+                let trail = match obj.get("trail") {
+                    None => None,
+                    Some(value) => Some(value.as_u64().ok_or_else(|| {
+                        "trail must be a whole number of positions (0 or more)".to_owned()
+                    })?),
+                };
+                Ok(Inbound::Subscribe { event, trail })
+            }
             "unsubscribe" => Ok(Inbound::Unsubscribe(event(&mut obj)?)),
             _ => Err("unknown type: expected subscribe or unsubscribe".to_owned()),
         }
@@ -87,9 +103,34 @@ pub(crate) fn error_frame(code: ErrorCode, message: &str, event_id: Option<&str>
     out
 }
 
-/// `{"type":"subscribed","eventId":..,"positions":[..]}` from the already
-/// serialised position frames of the snapshot.
-pub(crate) fn subscribed_frame<'a>(
+/// `,"trails":{"<deviceId>":[<frame>,..],..}` appended to a `subscribed`
+/// answer under construction ([`open_subscribed_frame`]).
+pub(crate) fn push_trails<'a, F>(out: &mut String, trails: impl Iterator<Item = (&'a str, F)>)
+where
+    F: Iterator<Item = &'a str>,
+{
+    out.push_str(",\"trails\":{");
+    for (i, (device, frames)) in trails.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(out, device);
+        out.push_str(":[");
+        for (j, frame) in frames.enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            out.push_str(frame);
+        }
+        out.push(']');
+    }
+    out.push('}');
+}
+
+/// `{"type":"subscribed","eventId":..,"positions":[..]` from the already
+/// serialised position frames of the snapshot, without its closing brace,
+/// so that `trails` can follow ([`push_trails`]).
+pub(crate) fn open_subscribed_frame<'a>(
     event_id: &str,
     positions: impl Iterator<Item = &'a str>,
 ) -> String {
@@ -103,7 +144,7 @@ pub(crate) fn subscribed_frame<'a>(
         }
         out.push_str(p);
     }
-    out.push_str("]}");
+    out.push(']');
     out
 }
 
@@ -211,7 +252,11 @@ mod tests {
     fn parses_inbound() {
         assert_eq!(
             Inbound::parse(r#"{"type":"subscribe","eventId":"e-42","x":1}"#),
-            Ok(Inbound::Subscribe("e-42".into()))
+            Ok(Inbound::Subscribe { event: "e-42".into(), trail: None })
+        );
+        assert_eq!(
+            Inbound::parse(r#"{"type":"subscribe","eventId":"e","trail":30}"#),
+            Ok(Inbound::Subscribe { event: "e".into(), trail: Some(30) })
         );
         assert_eq!(
             Inbound::parse(r#"{"type":"unsubscribe","eventId":"e"}"#),
@@ -225,6 +270,9 @@ mod tests {
             r#"{"type":"subscribe"}"#,
             r#"{"type":"subscribe","eventId":""}"#,
             r#"{"type":"subscribe","eventId":7}"#,
+            r#"{"type":"subscribe","eventId":"e","trail":-1}"#,
+            r#"{"type":"subscribe","eventId":"e","trail":1.5}"#,
+            r#"{"type":"subscribe","eventId":"e","trail":"3"}"#,
         ] {
             assert!(Inbound::parse(bad).is_err(), "{bad}");
         }
@@ -232,10 +280,20 @@ mod tests {
 
     #[test]
     fn outbound_frames_are_valid_json() {
-        let s = subscribed_frame("e\"1", [r#"{"a":1}"#, r#"{"b":2}"#].into_iter());
+        let mut s = open_subscribed_frame("e\"1", [r#"{"a":1}"#, r#"{"b":2}"#].into_iter());
+        s.push('}');
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["eventId"], "e\"1");
         assert_eq!(v["positions"].as_array().unwrap().len(), 2);
+        assert!(v.get("trails").is_none());
+        let mut s = open_subscribed_frame("e", [r#"{"c":3}"#].into_iter());
+        let frames = [r#"{"a":1}"#, r#"{"b":2}"#];
+        let trails = [("d\"1", frames.to_vec()), ("d2", Vec::new())];
+        push_trails(&mut s, trails.iter().map(|(d, f)| (*d, f.iter().copied())));
+        s.push('}');
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["trails"]["d\"1"], serde_json::json!([{"a":1},{"b":2}]));
+        assert_eq!(v["trails"]["d2"], serde_json::json!([]));
         let e: Value =
             serde_json::from_str(&error_frame(ErrorCode::Forbidden, "no", Some("e"))).unwrap();
         assert_eq!(e["code"], "forbidden");

@@ -1,49 +1,126 @@
-//! The latest position of every device, by event: what a snapshot shows.
+//! The latest position of every device, by event, and each device's recent
+//! path (its trail): what a snapshot shows. Owned by the broadcaster thread.
+//!
+//! Bounded (SPEC §9): at most `LIVE_CACHE_MAX_DEVICES` devices; past it the
+//! device whose last update is the oldest is evicted, trail and all, so
+//! that a stream of fresh `deviceId`s costs a fixed amount of memory.
+//!
+//! Positions are kept as the frames the broadcaster already built for the
+//! live stream (`Utf8Bytes` share their bytes), so a trail costs no second
+//! serialisation: only a reference-counted pointer per retained position.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use tungstenite::Utf8Bytes;
 
 use crate::position::Position;
 
-/// A cached position and its frame for the event it is in.
+/// A device's cached state in the event it is in now.
 #[derive(Debug)]
-struct Latest {
+struct Device {
+    /// Its latest position (kept whole so that a map change can re-route it).
     position: Position,
+    /// The frame of `position` for this event.
     frame: Utf8Bytes,
+    /// Older frames in this event, oldest first, at most the trail length;
+    /// the latest is not repeated here.
+    trail: VecDeque<Utf8Bytes>,
     /// Routed by the device→event map rather than by its own `eventId`, so
     /// a map change may move it.
     via_map: bool,
+    /// Key of this device in [`Cache::by_age`].
+    updated: u64,
 }
 
-/// Latest positions, owned by the broadcaster thread.
-#[derive(Debug, Default)]
+/// What [`Cache::put`] did besides storing the position.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct PutOutcome {
+    /// Devices evicted to stay within the device cap.
+    pub(crate) evicted: u64,
+}
+
+/// Latest positions and trails, owned by the broadcaster thread.
+#[derive(Debug)]
 pub(crate) struct Cache {
-    events: HashMap<String, HashMap<String, Latest>>,
+    events: HashMap<String, HashMap<String, Device>>,
     /// Which event each device is in now.
     device_event: HashMap<String, String>,
+    /// Devices by the order of their last update, oldest first: the
+    /// eviction order.
+    by_age: BTreeMap<u64, String>,
+    next_update: u64,
+    max_devices: usize,
+    trail_length: usize,
+    /// Frames held in trails, for `livecast_trail_positions`.
+    trail_positions: usize,
 }
 
 impl Cache {
-    /// Records `position` as the latest of its device, in `event`. A device
-    /// seen in another event before leaves that event's snapshot.
-    pub(crate) fn put(&mut self, event: &str, position: Position, frame: Utf8Bytes, via_map: bool) {
+    /// An empty cache holding at most `max_devices` devices (at least one)
+    /// and `trail_length` older positions per device.
+    pub(crate) fn new(max_devices: usize, trail_length: usize) -> Cache {
+        Cache {
+            events: HashMap::new(),
+            device_event: HashMap::new(),
+            by_age: BTreeMap::new(),
+            next_update: 0,
+            max_devices: max_devices.max(1),
+            trail_length,
+            trail_positions: 0,
+        }
+    }
+
+    /// Records `position` as the latest of its device, in `event`; the
+    /// previous latest joins the device's trail. A device seen in another
+    /// event before leaves that event's snapshot, trail included: its path
+    /// in the new event starts here.
+    pub(crate) fn put(
+        &mut self,
+        event: &str,
+        position: Position,
+        frame: Utf8Bytes,
+        via_map: bool,
+    ) -> PutOutcome {
         let device = position.device_id.clone();
+        let updated = self.next_update;
+        self.next_update += 1;
+        let mut trail = VecDeque::new();
         match self.device_event.get(&device) {
-            Some(old) if old != event => {
+            Some(old) if old == event => {
+                if let Some(previous) = self.events.get_mut(event).and_then(|d| d.remove(&device)) {
+                    self.by_age.remove(&previous.updated);
+                    trail = previous.trail;
+                    if self.trail_length > 0 {
+                        trail.push_back(previous.frame);
+                        self.trail_positions += 1;
+                        if trail.len() > self.trail_length {
+                            trail.pop_front();
+                            self.trail_positions -= 1;
+                        }
+                    }
+                }
+            }
+            Some(old) => {
                 let old = old.clone();
                 self.forget(&old, &device);
-                self.device_event.insert(device.clone(), event.to_owned());
             }
-            Some(_) => {}
-            None => {
-                self.device_event.insert(device.clone(), event.to_owned());
-            }
+            None => {}
         }
+        self.device_event.insert(device.clone(), event.to_owned());
+        self.by_age.insert(updated, device.clone());
         self.events
             .entry(event.to_owned())
             .or_default()
-            .insert(device, Latest { position, frame, via_map });
+            .insert(device, Device { position, frame, trail, via_map, updated });
+        let mut outcome = PutOutcome::default();
+        while self.device_event.len() > self.max_devices {
+            let Some((_, stalest)) = self.by_age.pop_first() else { break };
+            if let Some(event) = self.device_event.get(&stalest).cloned() {
+                self.forget(&event, &stalest);
+                outcome.evicted += 1;
+            }
+        }
+        outcome
     }
 
     /// Whether `device` has a cached position.
@@ -51,9 +128,38 @@ impl Cache {
         self.device_event.contains_key(device)
     }
 
-    /// The frames of `event`'s snapshot.
+    /// The frames of `event`'s snapshot: the latest position of each device.
     pub(crate) fn snapshot(&self, event: &str) -> impl Iterator<Item = &str> {
-        self.events.get(event).into_iter().flat_map(|d| d.values().map(|l| l.frame.as_str()))
+        self.devices(event).map(|(_, d)| d.frame.as_str())
+    }
+
+    /// Each device of `event` with its `n` most recent older frames, oldest
+    /// first (devices without any are left out), for a subscribe's `trails`.
+    pub(crate) fn trails(
+        &self,
+        event: &str,
+        n: usize,
+    ) -> impl Iterator<Item = (&str, impl Iterator<Item = &str>)> {
+        self.devices(event).filter(move |(_, d)| n > 0 && !d.trail.is_empty()).map(
+            move |(id, d)| {
+                let skip = d.trail.len().saturating_sub(n);
+                (id, d.trail.iter().skip(skip).map(Utf8Bytes::as_str))
+            },
+        )
+    }
+
+    /// Devices currently cached.
+    pub(crate) fn devices_len(&self) -> usize {
+        self.device_event.len()
+    }
+
+    /// Frames held in trails.
+    pub(crate) fn trail_positions(&self) -> usize {
+        self.trail_positions
+    }
+
+    fn devices(&self, event: &str) -> impl Iterator<Item = (&str, &Device)> {
+        self.events.get(event).into_iter().flat_map(|d| d.iter().map(|(id, d)| (id.as_str(), d)))
     }
 
     /// Applies a new device→event map to the devices it routed: each one
@@ -67,28 +173,31 @@ impl Cache {
             .flat_map(|(event, devices)| {
                 devices
                     .iter()
-                    .filter(|(device, l)| l.via_map && map.get(*device) != Some(event))
+                    .filter(|(device, d)| d.via_map && map.get(*device) != Some(event))
                     .map(|(device, _)| (event.clone(), device.clone()))
             })
             .collect();
         for (event, device) in stale {
-            if let Some(latest) = self.forget(&event, &device) {
-                self.device_event.remove(&device);
-                if let Some(new_event) = map.get(&device) {
-                    moved.push((new_event.clone(), latest.position));
-                }
+            if let Some(gone) = self.forget(&event, &device)
+                && let Some(new_event) = map.get(&device)
+            {
+                moved.push((new_event.clone(), gone.position));
             }
         }
         moved
     }
 
-    fn forget(&mut self, event: &str, device: &str) -> Option<Latest> {
+    /// Removes `device` from `event` and from the cache's indexes.
+    fn forget(&mut self, event: &str, device: &str) -> Option<Device> {
         let devices = self.events.get_mut(event)?;
-        let latest = devices.remove(device);
+        let gone = devices.remove(device)?;
         if devices.is_empty() {
             self.events.remove(event);
         }
-        latest
+        self.device_event.remove(device);
+        self.by_age.remove(&gone.updated);
+        self.trail_positions -= gone.trail.len();
+        Some(gone)
     }
 }
 
@@ -101,14 +210,26 @@ mod tests {
         Position::from_value(json!({"deviceId":device,"lat":1,"lon":2,"ts":ts})).unwrap()
     }
 
-    fn put(cache: &mut Cache, event: &str, p: Position, via_map: bool) {
+    fn put(cache: &mut Cache, event: &str, p: Position, via_map: bool) -> PutOutcome {
         let frame = Utf8Bytes::from(p.frame(event));
-        cache.put(event, p, frame, via_map);
+        cache.put(event, p, frame, via_map)
+    }
+
+    fn trail_ts(cache: &Cache, event: &str, device: &str, n: usize) -> Vec<i64> {
+        cache
+            .trails(event, n)
+            .filter(|(id, _)| *id == device)
+            .flat_map(|(_, frames)| {
+                frames.map(|f| {
+                    serde_json::from_str::<serde_json::Value>(f).unwrap()["ts"].as_i64().unwrap()
+                })
+            })
+            .collect()
     }
 
     #[test]
     fn latest_wins_and_moves_between_events() {
-        let mut c = Cache::default();
+        let mut c = Cache::new(100, 0);
         put(&mut c, "a", pos("d1", 1), false);
         put(&mut c, "a", pos("d1", 2), false);
         put(&mut c, "a", pos("d2", 3), false);
@@ -117,11 +238,12 @@ mod tests {
         put(&mut c, "b", pos("d1", 4), false);
         assert_eq!(c.snapshot("a").count(), 1);
         assert_eq!(c.snapshot("b").count(), 1);
+        assert_eq!(c.devices_len(), 2);
     }
 
     #[test]
     fn remap_moves_only_map_routed_devices() {
-        let mut c = Cache::default();
+        let mut c = Cache::new(100, 0);
         put(&mut c, "a", pos("d1", 1), true);
         put(&mut c, "a", pos("d2", 1), false);
         put(&mut c, "a", pos("d3", 1), true);
@@ -131,5 +253,65 @@ mod tests {
         assert_eq!(moved[0].0, "b");
         // d1 moved out, d3 unmapped and gone, d2 explicit and kept.
         assert_eq!(c.snapshot("a").count(), 1);
+        assert!(!c.has_device("d1") && !c.has_device("d3") && c.has_device("d2"));
+    }
+
+    #[test]
+    fn past_the_cap_the_stalest_device_is_evicted() {
+        let mut c = Cache::new(3, 2);
+        for (i, d) in ["d1", "d2", "d3"].into_iter().enumerate() {
+            assert_eq!(put(&mut c, "a", pos(d, i as i64), false).evicted, 0);
+        }
+        // d1 updated again: d2 is now the stalest.
+        put(&mut c, "a", pos("d1", 10), false);
+        assert_eq!(put(&mut c, "b", pos("d4", 11), false).evicted, 1);
+        assert!(!c.has_device("d2"));
+        assert!(c.has_device("d1") && c.has_device("d3") && c.has_device("d4"));
+        assert_eq!(c.devices_len(), 3);
+        assert_eq!(c.trail_positions(), 1, "d1's one older position");
+        // Evicting a device with a trail releases the trail.
+        put(&mut c, "b", pos("d5", 12), false); // evicts d3
+        put(&mut c, "b", pos("d6", 13), false); // evicts d1 and its trail
+        assert_eq!(c.trail_positions(), 0);
+        assert_eq!(c.devices_len(), 3);
+    }
+
+    #[test]
+    fn trails_keep_the_last_positions_oldest_first_without_the_latest() {
+        let mut c = Cache::new(10, 3);
+        for ts in 1..=5 {
+            put(&mut c, "a", pos("d1", ts), false);
+        }
+        put(&mut c, "a", pos("d2", 1), false);
+        assert_eq!(trail_ts(&c, "a", "d1", 3), [2, 3, 4]);
+        assert_eq!(trail_ts(&c, "a", "d1", 2), [3, 4]);
+        assert_eq!(trail_ts(&c, "a", "d1", 10), [2, 3, 4]);
+        assert!(trail_ts(&c, "a", "d1", 0).is_empty());
+        assert_eq!(c.trails("a", 3).count(), 1, "a device without history has no trail entry");
+        assert_eq!(c.trail_positions(), 3);
+    }
+
+    #[test]
+    fn a_device_that_changes_event_starts_a_new_trail() {
+        let mut c = Cache::new(10, 5);
+        for ts in 1..=3 {
+            put(&mut c, "a", pos("d1", ts), false);
+        }
+        put(&mut c, "b", pos("d1", 4), false);
+        assert_eq!(c.trails("a", 5).count(), 0);
+        assert!(trail_ts(&c, "b", "d1", 5).is_empty());
+        put(&mut c, "b", pos("d1", 5), false);
+        assert_eq!(trail_ts(&c, "b", "d1", 5), [4]);
+        assert_eq!(c.trail_positions(), 1);
+    }
+
+    #[test]
+    fn trail_length_zero_keeps_no_history() {
+        let mut c = Cache::new(10, 0);
+        for ts in 1..=3 {
+            put(&mut c, "a", pos("d1", ts), false);
+        }
+        assert_eq!(c.trail_positions(), 0);
+        assert_eq!(c.trails("a", 5).count(), 0);
     }
 }

@@ -49,17 +49,21 @@ impl Registry {
         true
     }
 
-    /// Forgets `id` everywhere.
-    pub(crate) fn remove_client(&mut self, id: Uuid) {
+    /// Forgets `id` everywhere; returns the events it leaves without
+    /// subscribers.
+    pub(crate) fn remove_client(&mut self, id: Uuid) -> Vec<String> {
+        let mut emptied = Vec::new();
         for event in self.by_client.remove(&id).unwrap_or_default() {
             if let Some(subs) = self.events.get_mut(&event) {
                 subs.retain(|c| c.id != id);
                 self.total -= 1;
                 if subs.is_empty() {
                     self.events.remove(&event);
+                    emptied.push(event);
                 }
             }
         }
+        emptied
     }
 
     /// The subscribers of `event` (empty when none).

@@ -418,9 +418,9 @@ impl<'a> Connection<'a> {
                 inbound.with_label_values(&["invalid"]).inc();
                 self.send_error(ErrorCode::ProtocolViolation, &why, None)
             }
-            Ok(Inbound::Subscribe(event)) => {
+            Ok(Inbound::Subscribe { event, trail }) => {
                 inbound.with_label_values(&["subscribe"]).inc();
-                self.subscribe(event)
+                self.subscribe(event, trail)
             }
             Ok(Inbound::Unsubscribe(event)) => {
                 inbound.with_label_values(&["unsubscribe"]).inc();
@@ -436,7 +436,16 @@ impl<'a> Connection<'a> {
 
     /// Authorizes here (it may block: it blocks only this client), then lets
     /// the broadcaster register the subscription and queue the snapshot.
-    fn subscribe(&mut self, event: String) -> Ended {
+    fn subscribe(&mut self, event: String, trail: Option<u64>) -> Ended {
+        let most = self.shared.config.trail_length;
+        let trail = match trail.map(usize::try_from) {
+            None => None,
+            Some(Ok(n)) if n <= most => Some(n),
+            Some(_) => {
+                let msg = format!("trail must be at most {most} (LIVE_TRAIL_LENGTH)");
+                return self.send_error(ErrorCode::ProtocolViolation, &msg, Some(&event));
+            }
+        };
         let known = self.subscriptions.contains(&event);
         if !known && self.subscriptions.len() >= self.shared.config.max_subscriptions {
             let msg = format!(
@@ -466,7 +475,7 @@ impl<'a> Connection<'a> {
             self.handle.subscriptions.lock().push(event.clone());
         }
         let client = Arc::clone(&self.handle);
-        self.command(Command::Subscribe { client, event })
+        self.command(Command::Subscribe { client, event, trail })
     }
 
     fn command(&mut self, command: Command) -> Ended {

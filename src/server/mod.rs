@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::source::redis::{SourceStatus, StreamSink};
 
 pub(crate) use acceptor::Acceptor;
-pub(crate) use queue::{ClientHandle, Kind, OfferError, Outbound};
+pub(crate) use queue::{ClientHandle, Drain, Kind, OfferError, Outbound};
 pub(crate) use wire::push_text_frame;
 
 /// What each connection does with the data messages it receives.

@@ -10,7 +10,10 @@
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicIsize, AtomicU64, AtomicUsize, Ordering,
+};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
@@ -57,6 +60,9 @@ pub(crate) struct Outbound {
     pub(crate) wire: Vec<u8>,
     /// `ts` of the last position in `wire`, for staleness.
     pub(crate) last_ts: Option<i64>,
+    /// How long the subscribers took to take this entry: the measured cost
+    /// of one fan-out, from which the broadcaster paces the next.
+    pub(crate) drain: Drain,
 }
 
 impl Outbound {
@@ -64,12 +70,78 @@ impl Outbound {
     pub(crate) fn single(kind: Kind, message: &str) -> Outbound {
         let mut wire = Vec::with_capacity(message.len() + 10);
         push_text_frame(&mut wire, message.as_bytes());
-        Outbound { kind, messages: 1, wire, last_ts: None }
+        Outbound { kind, messages: 1, wire, last_ts: None, drain: Drain::new() }
     }
 
     /// Bytes this entry holds, for the back-pressure byte count.
     pub(crate) fn bytes(&self) -> usize {
         self.wire.len()
+    }
+}
+
+/// The clock of one fan-out: from the broadcaster's first offer until most
+/// subscribers have taken the entry from their queues.
+///
+/// Wall time, not CPU time, on purpose: it includes waking every sleeping
+/// thread and their competing for the cores, which is exactly what a
+/// thread-per-connection fan-out costs and what grows when the machine is
+/// busy. "Most" is all but one in sixteen, so that a client whose socket
+/// is blocked (it takes nothing until it drains) does not make its whole
+/// event look expensive.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    started: Instant,
+    /// Offered minus taken; takers may run ahead of the count of offers,
+    /// which the broadcaster adds once it has offered to everyone.
+    left: AtomicIsize,
+    /// Takers still missing when the fan-out counts as done.
+    slack: AtomicIsize,
+    /// Microseconds from `started` to done; `u64::MAX` until then.
+    done_us: AtomicU64,
+}
+
+impl Drain {
+    pub(crate) fn new() -> Drain {
+        Drain {
+            started: Instant::now(),
+            left: AtomicIsize::new(0),
+            slack: AtomicIsize::new(0),
+            done_us: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The broadcaster has offered the entry to `n` subscribers.
+    pub(crate) fn offered(&self, n: usize) {
+        let n = isize::try_from(n).unwrap_or(isize::MAX);
+        let slack = n / 16;
+        self.slack.store(slack, Ordering::Relaxed);
+        // AcqRel: a taker whose decrement follows this add sees `slack`.
+        let left = self.left.fetch_add(n, Ordering::AcqRel).saturating_add(n);
+        if left <= slack {
+            self.finish();
+        }
+    }
+
+    /// A subscriber took the entry from its queue.
+    fn took(&self) {
+        let left = self.left.fetch_sub(1, Ordering::AcqRel) - 1;
+        // Before `offered`, `left` is negative and never equals the slack.
+        if left == self.slack.load(Ordering::Relaxed) {
+            self.finish();
+        }
+    }
+
+    fn finish(&self) {
+        let us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        let _ = self.done_us.compare_exchange(u64::MAX, us, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// `Ok(time the fan-out took)` once done, else `Err(time so far)`.
+    pub(crate) fn elapsed(&self) -> Result<Duration, Duration> {
+        match self.done_us.load(Ordering::Acquire) {
+            u64::MAX => Err(self.started.elapsed()),
+            us => Ok(Duration::from_micros(us)),
+        }
     }
 }
 
@@ -148,21 +220,29 @@ impl ClientHandle {
     }
 
     /// Queues `entry` without blocking; called by the broadcaster only.
+    /// Returns whether the connection thread was asleep and had to be woken.
+    ///
+    /// The first entry of an empty queue always fits, whatever its size
+    /// (SPEC §9): a snapshot larger than the byte threshold is delivered,
+    /// not refused.
     ///
     /// # Errors
     /// [`OfferError::Overflow`] when the queue is full or the queued bytes
     /// would pass `byte_limit`; [`OfferError::Gone`] when the connection
     /// thread has dropped its end.
-    pub(crate) fn offer(&self, entry: &Arc<Outbound>, byte_limit: usize) -> Result<(), OfferError> {
+    pub(crate) fn offer(
+        &self,
+        entry: &Arc<Outbound>,
+        byte_limit: usize,
+    ) -> Result<bool, OfferError> {
         let queued = self.queued_bytes.load(Ordering::Relaxed);
-        if queued.saturating_add(entry.bytes()) > byte_limit {
+        if queued > 0 && queued.saturating_add(entry.bytes()) > byte_limit {
             return Err(OfferError::Overflow);
         }
         match self.tx.try_send(Arc::clone(entry)) {
             Ok(()) => {
                 self.queued_bytes.fetch_add(entry.bytes(), Ordering::Relaxed);
-                self.wake_if_sleeping();
-                Ok(())
+                Ok(self.wake_if_sleeping())
             }
             Err(TrySendError::Full(_)) => Err(OfferError::Overflow),
             Err(TrySendError::Disconnected(_)) => Err(OfferError::Gone),
@@ -172,6 +252,7 @@ impl ClientHandle {
     /// Called by the connection thread for each entry it takes.
     pub(crate) fn taken(&self, entry: &Outbound) {
         self.queued_bytes.fetch_sub(entry.bytes(), Ordering::Relaxed);
+        entry.drain.took();
     }
 
     pub(crate) fn queued_bytes(&self) -> usize {
@@ -231,10 +312,12 @@ impl ClientHandle {
         &self.wake_fd
     }
 
-    fn wake_if_sleeping(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+    fn wake_if_sleeping(&self) -> bool {
+        let asleep = self.sleeping.swap(false, Ordering::SeqCst);
+        if asleep {
             self.wake();
         }
+        asleep
     }
 
     fn wake(&self) {
@@ -260,4 +343,42 @@ impl ClientHandle {
 pub(crate) fn thread_name(id: Uuid) -> String {
     let hex = id.simple().to_string();
     format!("ws-{}", hex.get(..8).unwrap_or(&hex))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_is_done_when_all_but_one_in_sixteen_took_it() {
+        let d = Drain::new();
+        d.offered(3);
+        d.took();
+        d.took();
+        assert!(d.elapsed().is_err(), "one of three still missing");
+        d.took();
+        assert!(d.elapsed().is_ok());
+
+        let d = Drain::new();
+        d.offered(32);
+        for _ in 0..29 {
+            d.took();
+        }
+        assert!(d.elapsed().is_err());
+        d.took();
+        assert!(d.elapsed().is_ok(), "two of 32 may lag");
+    }
+
+    #[test]
+    fn takers_may_run_ahead_of_the_offer_count() {
+        let d = Drain::new();
+        d.took();
+        d.took();
+        assert!(d.elapsed().is_err(), "not done before the broadcaster says how many");
+        d.offered(2);
+        assert!(d.elapsed().is_ok());
+        let none = Drain::new();
+        none.offered(0);
+        assert!(none.elapsed().is_ok(), "a fan-out to nobody costs nothing");
+    }
 }

@@ -323,3 +323,95 @@ fn a_slow_client_is_closed_1008_and_the_others_get_everything() {
     assert_eq!(srv.wait_connections(1).len(), 1);
     assert!(normal.subscribe("e-other").is_empty(), "the normal client is still served");
 }
+
+/// SPEC §9 (queues): the first entry of an empty client queue always fits,
+/// so a snapshot larger than `LIVE_WS_BACKPRESSURE_THRESHOLD_BYTES` is
+/// delivered, not answered with 1008.
+#[test]
+fn a_snapshot_larger_than_the_byte_threshold_is_delivered() {
+    const DEVICES: usize = 1000;
+    let srv = Server::with(|c| c.backpressure_threshold_bytes = 64 * 1024);
+    let positions: Vec<Value> = (0..DEVICES)
+        .map(|i| {
+            let mut p = pos("e-big", &format!("d-{i}"), 0);
+            p["note"] = json!("x".repeat(100));
+            p
+        })
+        .collect();
+    srv.ingest_ok(&Value::Array(positions));
+    wait_until(DEADLINE, "every device cached", || {
+        srv.metric("livecast_cache_devices", &[]) == DEVICES as f64
+    });
+    let mut c = srv.connect();
+    let snapshot = c.subscribe("e-big");
+    assert_eq!(snapshot.len(), DEVICES, "the whole snapshot (> 100 KB) arrived");
+    // Still open and live afterwards.
+    srv.ingest_ok(&pos("e-big", "d-0", 1));
+    assert_eq!(seq_of(&c.recv_position()), 1);
+    assert_eq!(srv.metric("livecast_backpressure_closes_total", &[]), 0.0);
+}
+
+/// SPEC §9 (positions): the latest-position cache holds at most
+/// `LIVE_CACHE_MAX_DEVICES` devices; past it the device with the oldest
+/// update is evicted and counted.
+#[test]
+fn the_cache_evicts_the_stalest_device_past_its_cap() {
+    let srv = Server::with(|c| c.cache_max_devices = 5);
+    for i in 0..8 {
+        srv.ingest_ok(&pos("e-1", &format!("d-{i}"), 0));
+    }
+    // d-3 updated again: d-4 becomes the stalest.
+    srv.ingest_ok(&pos("e-1", "d-3", 1));
+    srv.ingest_ok(&pos("e-2", "d-8", 0));
+    srv.expect_metric("livecast_cache_evictions_total", &[], 4.0);
+    assert_eq!(srv.metric("livecast_cache_devices", &[]), 5.0);
+    let snapshot = srv.connect().subscribe("e-1");
+    let mut devices: Vec<String> =
+        snapshot.iter().map(|p| p["deviceId"].as_str().expect("deviceId").to_owned()).collect();
+    devices.sort();
+    assert_eq!(devices, ["d-3", "d-5", "d-6", "d-7"]);
+}
+
+/// SPEC §2.5 (fan-out cadence): positions held for an event's flush
+/// interval still reach every subscriber complete and in per-device order,
+/// and the cadence is visible in the metrics.
+#[test]
+fn paced_fan_out_keeps_every_position_in_order() {
+    const CLIENTS: usize = 60;
+    const DEVICES: usize = 4;
+    const PER_DEVICE: u64 = 60;
+    let srv = Arc::new(Server::start());
+    let mut subs: Vec<Client> = (0..CLIENTS).map(|_| srv.connect()).collect();
+    for s in &mut subs {
+        assert!(s.subscribe("e-1").is_empty());
+    }
+    let posters: Vec<_> = (0..DEVICES)
+        .map(|d| {
+            let srv = Arc::clone(&srv);
+            spawn(&format!("poster-{d}"), move || {
+                for seq in 0..PER_DEVICE {
+                    srv.ingest_ok(&pos("e-1", &format!("d-{d}"), seq));
+                }
+            })
+        })
+        .collect();
+    for p in posters {
+        p.join().expect("poster");
+    }
+    for s in &mut subs {
+        let mut next = [0u64; DEVICES];
+        for _ in 0..DEVICES as u64 * PER_DEVICE {
+            let p = s.recv_position();
+            let device: usize =
+                p["deviceId"].as_str().and_then(|d| d[2..].parse().ok()).expect("device");
+            assert_eq!(seq_of(&p), next[device], "per-device order");
+            next[device] += 1;
+        }
+    }
+    let text = srv.metrics();
+    let flushes = metric(&text, "livecast_broadcast_flushes_total", &[]);
+    assert!(flushes >= 1.0 && flushes <= (DEVICES as u64 * PER_DEVICE) as f64, "{flushes}");
+    assert_eq!(metric(&text, "livecast_broadcast_flush_interval_seconds_count", &[]), flushes);
+    let wakeups = metric(&text, "livecast_broadcast_wakeups_total", &[]);
+    assert!(wakeups >= 1.0, "sleeping subscribers were woken: {wakeups}");
+}

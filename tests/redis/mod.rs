@@ -344,3 +344,47 @@ fn redis_outage_keeps_clients_and_delivery_resumes() {
     assert_eq!(seq_of(&client.recv_position()), 2);
     assert!(server.metric("livecast_redis_reconnects_total", &[]) >= 1.0);
 }
+
+/// SPEC §3 + §4: trails are warmed from the stream's tail like the latest
+/// positions, so a restarted instance serves the same trails as one that
+/// never stopped.
+#[test]
+fn a_restarted_instance_serves_the_same_trails_as_a_running_one() {
+    let redis = Redis::start();
+    let key = unique_key("trails");
+    let running = livecast(&redis, &key, None);
+    let restarted = livecast(&redis, &key, None);
+    for seq in 0..7 {
+        redis.xadd(&key, &data(&pos("e", "d-1", seq)));
+    }
+    for seq in 0..2 {
+        redis.xadd(&key, &data(&pos("e", "d-2", seq)));
+    }
+    redis.xadd(&key, &data(&pos("other", "d-3", 0)));
+    restarted.stop(Duration::from_secs(2));
+    let restarted = livecast(&redis, &key, None);
+    let answer = |server: &Server| {
+        let mut c = server.connect();
+        c.send_json(&serde_json::json!({"type": "subscribe", "eventId": "e", "trail": 5}));
+        let v = c.recv_type("subscribed");
+        let trails = v["trails"].clone();
+        let mut latest: Vec<(String, u64)> = v["positions"]
+            .as_array()
+            .expect("positions")
+            .iter()
+            .map(|p| (p["deviceId"].as_str().expect("deviceId").to_owned(), seq_of(p)))
+            .collect();
+        latest.sort();
+        (latest, trails)
+    };
+    wait_until(DEADLINE, "the running instance has read every entry", || {
+        answer(&running).0 == [("d-1".to_owned(), 6), ("d-2".to_owned(), 1)]
+    });
+    let (latest, trails) = answer(&running);
+    let seqs = |device: &str| -> Vec<u64> {
+        trails[device].as_array().expect("trail").iter().map(seq_of).collect()
+    };
+    assert_eq!(seqs("d-1"), [1, 2, 3, 4, 5]);
+    assert_eq!(seqs("d-2"), [0]);
+    assert_eq!(answer(&restarted), (latest, trails), "identical after a restart");
+}

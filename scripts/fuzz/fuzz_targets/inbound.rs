@@ -9,14 +9,18 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     match inbound(text) {
         Ok(message) => {
-            let (kind, event_id) = match &message {
-                Inbound::Subscribe(e) => ("subscribe", e),
-                Inbound::Unsubscribe(e) => ("unsubscribe", e),
+            let (kind, event_id, trail) = match &message {
+                Inbound::Subscribe { event, trail } => ("subscribe", event, *trail),
+                Inbound::Unsubscribe(e) => ("unsubscribe", e, None),
             };
             assert!(!event_id.is_empty(), "empty eventId accepted");
             assert!(event_id.chars().count() <= MAX_EVENT_ID_CHARS, "long eventId accepted");
             // The canonical form of the message parses to the same message.
-            let canonical = serde_json::json!({ "type": kind, "eventId": event_id }).to_string();
+            let mut canonical = serde_json::json!({ "type": kind, "eventId": event_id });
+            if let Some(trail) = trail {
+                canonical["trail"] = trail.into();
+            }
+            let canonical = canonical.to_string();
             assert_eq!(inbound(&canonical), Ok(message), "{canonical}");
         }
         Err(why) => assert!(!why.is_empty(), "empty error for {text:?}"),
