@@ -58,7 +58,7 @@ const MAX_COMMANDS_PER_CYCLE: usize = 256;
 /// about 250 flushes/s instead of 500), 1,000 threads 10–25 ms (interval
 /// capped by `LIVE_BROADCAST_MAX_DELAY_MS`). The README's "Fan-out cadence"
 /// gives the figures behind the choice.
-const DUTY_FACTOR: u32 = 4;
+const DUTY_FACTOR: u32 = 3;
 
 /// Weight of the newest fan-out cost in its running average (1/4): one
 /// preempted fan-out does not stretch the interval on its own.

@@ -15,6 +15,12 @@ use tungstenite::Utf8Bytes;
 
 use crate::position::Position;
 
+/// Most bytes of frames one device's trail holds: the oldest leave first
+/// past it, so a device posting 16 KiB positions keeps a shorter (still
+/// gapless) trail instead of 30 x 16 KiB. Ordinary positions (~100-300
+/// bytes) never reach it at the default trail length.
+pub(crate) const MAX_TRAIL_BYTES_PER_DEVICE: usize = 32 * 1024;
+
 /// A device's cached state in the event it is in now.
 #[derive(Debug)]
 struct Device {
@@ -22,9 +28,11 @@ struct Device {
     position: Position,
     /// The frame of `position` for this event.
     frame: Utf8Bytes,
-    /// Older frames in this event, oldest first, at most the trail length;
-    /// the latest is not repeated here.
+    /// Older frames in this event, oldest first, at most the trail length
+    /// and [`MAX_TRAIL_BYTES_PER_DEVICE`]; the latest is not repeated here.
     trail: VecDeque<Utf8Bytes>,
+    /// Bytes of the frames in `trail`.
+    trail_bytes: usize,
     /// Routed by the device→event map rather than by its own `eventId`, so
     /// a map change may move it.
     via_map: bool,
@@ -85,16 +93,22 @@ impl Cache {
         let updated = self.next_update;
         self.next_update += 1;
         let mut trail = VecDeque::new();
+        let mut trail_bytes = 0;
         match self.device_event.get(&device) {
             Some(old) if old == event => {
                 if let Some(previous) = self.events.get_mut(event).and_then(|d| d.remove(&device)) {
                     self.by_age.remove(&previous.updated);
                     trail = previous.trail;
+                    trail_bytes = previous.trail_bytes;
                     if self.trail_length > 0 {
+                        trail_bytes += previous.frame.len();
                         trail.push_back(previous.frame);
                         self.trail_positions += 1;
-                        if trail.len() > self.trail_length {
-                            trail.pop_front();
+                        while trail.len() > self.trail_length
+                            || trail_bytes > MAX_TRAIL_BYTES_PER_DEVICE
+                        {
+                            let Some(oldest) = trail.pop_front() else { break };
+                            trail_bytes -= oldest.len();
                             self.trail_positions -= 1;
                         }
                     }
@@ -111,7 +125,7 @@ impl Cache {
         self.events
             .entry(event.to_owned())
             .or_default()
-            .insert(device, Device { position, frame, trail, via_map, updated });
+            .insert(device, Device { position, frame, trail, trail_bytes, via_map, updated });
         let mut outcome = PutOutcome::default();
         while self.device_event.len() > self.max_devices {
             let Some((_, stalest)) = self.by_age.pop_first() else { break };
@@ -303,6 +317,23 @@ mod tests {
         put(&mut c, "b", pos("d1", 5), false);
         assert_eq!(trail_ts(&c, "b", "d1", 5), [4]);
         assert_eq!(c.trail_positions(), 1);
+    }
+
+    #[test]
+    fn a_trail_of_big_positions_is_shortened_from_its_oldest_end() {
+        let mut c = Cache::new(10, 30);
+        for ts in 1..=30 {
+            let p = Position::from_value(
+                json!({"deviceId":"d1","lat":1,"lon":2,"ts":ts,"pad":"x".repeat(8000)}),
+            )
+            .unwrap();
+            put(&mut c, "a", p, false);
+        }
+        let kept = trail_ts(&c, "a", "d1", 30);
+        assert!(kept.len() < 5 && !kept.is_empty(), "{kept:?}");
+        let newest_first: Vec<i64> = (30 - kept.len() as i64..30).collect();
+        assert_eq!(kept, newest_first, "the newest older positions, without a gap");
+        assert_eq!(c.trail_positions(), kept.len());
     }
 
     #[test]
