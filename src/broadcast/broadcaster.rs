@@ -46,23 +46,33 @@ pub(crate) enum Command {
 /// that a flood of positions still reaches clients in bounded steps.
 const MAX_COMMANDS_PER_CYCLE: usize = 256;
 
-/// An event's flush interval is this many times its last fan-out's cost.
+/// The scale of the flush interval: an event whose fan-out costs `w`
+/// waits `sqrt(PACE * w)` between flushes (at most the configured cap).
 ///
-/// The cost is wall time from the first offer until (nearly) every
-/// subscriber has taken the entry, so at a duty factor of 4 waking an
-/// event's subscribers occupies at most about a quarter of the time, and
-/// the rest is left to the broadcaster, ingest and the sockets. Measured
-/// on the 2-core benchmark machine (server pinned to one core): waking 10
-/// sleeping threads takes ~0.1 ms (interval 0.4 ms: no added latency that
-/// a client could see), 100 threads ~1 ms (interval ~4 ms: at 500 POSTs/s
-/// about 250 flushes/s instead of 500), 1,000 threads 10–25 ms (interval
-/// capped by `LIVE_BROADCAST_MAX_DELAY_MS`). The README's "Fan-out cadence"
-/// gives the figures behind the choice.
-const DUTY_FACTOR: u32 = 3;
+/// The interval counts from the end of the previous flush's offers, which
+/// on a busy core is the end of its wave of wake-ups, so an event is
+/// flushed every `w + interval` and its fan-out takes `w / (w + interval)`
+/// of a core, while a position waits up to `interval + w`. A square root
+/// spends latency where it buys CPU: measured on the 2-core benchmark
+/// machine (server pinned to one core), waking 10 sleeping subscribers
+/// costs ~0.2 ms (interval ~1 ms: at the POST rates of a small fleet every
+/// position still goes out at once), 100 ~2 ms (interval ~3.2 ms: 500
+/// POSTs/s become ~200 flushes/s), 1,000 ~25 ms (interval ~11 ms: about
+/// 28 flushes/s, the core two-thirds busy; a longer interval would save
+/// little CPU and cost latency the wave already spends: with a linear rule
+/// capped at 20 ms the same load ran at 56 % CPU but p99 70 ms). The
+/// README's "Fan-out cadence" gives the runs behind these figures.
+const PACE: Duration = Duration::from_millis(5);
 
 /// Weight of the newest fan-out cost in its running average (1/4): one
 /// preempted fan-out does not stretch the interval on its own.
 const COST_SMOOTHING: u32 = 4;
+
+/// `sqrt(PACE * cost)`, in whole microseconds.
+fn interval_for(cost: Duration) -> Duration {
+    let product = PACE.as_micros().saturating_mul(cost.as_micros());
+    Duration::from_micros(u64::try_from(product.isqrt()).unwrap_or(u64::MAX))
+}
 
 /// Frames for one event gathered since its last flush.
 #[derive(Debug, Default)]
@@ -101,7 +111,7 @@ impl Lane {
                 Err(so_far) => cost = cost.max(so_far),
             }
         }
-        cost.saturating_mul(DUTY_FACTOR).min(max_delay)
+        interval_for(cost).min(max_delay)
     }
 
     /// When the pending frames may go out, if any wait (`now` when this
@@ -561,7 +571,8 @@ mod tests {
         b.flush_due();
         assert!(rx.try_recv().is_err(), "held: the interval is not up");
         let due = b.next_due().unwrap();
-        assert_eq!(due - last, Duration::from_millis(3) * DUTY_FACTOR);
+        assert_eq!(due - last, interval_for(Duration::from_millis(3)));
+        assert_eq!(interval_for(Duration::from_millis(3)), Duration::from_micros(3872));
         // Once the interval is up, both go out in one entry.
         b.lanes.get_mut("e").unwrap().last_flush = Some(last - Duration::from_millis(20));
         b.flush_due();
