@@ -142,8 +142,8 @@ pub fn start(config: Config) -> Result<Server, StartError> {
 ///
 /// # Errors
 /// As [`start`].
-pub fn start_with(config: Config, service: Service) -> Result<Server, StartError> {
-    raise_open_files_limit(config.max_connections);
+pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartError> {
+    config.max_connections = fit_open_files_limit(config.max_connections);
     let metrics =
         metrics::Metrics::new().map_err(|e| StartError::Setup(format!("metrics: {e}")))?;
     let auth = auth::from_config(&config, &metrics).map_err(StartError::Setup)?;
@@ -329,10 +329,16 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(TcpListener::from(fd))
 }
 
-/// Raises the open-files soft limit to the hard limit: every client is a
-/// socket, an eventfd and an epoll instance. Warns when the connection limit
-/// cannot fit.
-fn raise_open_files_limit(max_connections: usize) {
+/// Raises the open-files soft limit to the hard limit (every client is a
+/// socket, an eventfd and an epoll instance) and returns the connection
+/// cap that fits in it.
+///
+/// Past the limit `accept` would fail with `EMFILE` and clients would see
+/// resets, so the cap is lowered to what fits and they get a clean 503
+/// instead. The default cap (10,000) does not fit a common 20,000-file
+/// limit: that is said at `info` with the figure, while an explicit
+/// `LIVE_WS_MAX_CONNECTIONS` that does not fit is a `warn`.
+fn fit_open_files_limit(max_connections: usize) -> usize {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
@@ -342,13 +348,44 @@ fn raise_open_files_limit(max_connections: usize) {
         }
     }
     let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    // Three descriptors per connection (socket, eventfd, epoll) plus
-    // headroom for the HTTP port, Redis and Directus.
-    let needed = (max_connections as u64).saturating_mul(3).saturating_add(64);
-    if soft < needed {
-        warn!(
-            "open-files limit {soft} cannot fit LIVE_WS_MAX_CONNECTIONS={max_connections} \
-             (needs about {needed}); raise the hard limit (ulimit -Hn, LimitNOFILE=)"
+    let (fits, needed) = connections_that_fit(soft, max_connections);
+    if fits < max_connections {
+        let default = Config::default().max_connections;
+        let message = format!(
+            "serving at most {fits} WebSocket connections: the open-files limit is {soft} and \
+             LIVE_WS_MAX_CONNECTIONS={max_connections} needs about {needed}; raise the hard \
+             limit (ulimit -Hn, LimitNOFILE=) to serve more"
         );
+        if max_connections == default {
+            info!("{message}");
+        } else {
+            warn!("{message}");
+        }
+    }
+    fits
+}
+
+/// Three descriptors per connection (socket, eventfd, epoll) plus headroom
+/// for the HTTP port, Redis and Directus: how many connections `soft` open
+/// files fit (at least one, at most `wanted`), and how many files `wanted`
+/// needs.
+fn connections_that_fit(soft: u64, wanted: usize) -> (usize, u64) {
+    const PER_CONNECTION: u64 = 3;
+    const HEADROOM: u64 = 64 + 2 * 256; // HTTP connections, Redis, Directus
+    let needed = (wanted as u64).saturating_mul(PER_CONNECTION).saturating_add(HEADROOM);
+    let fits = soft.saturating_sub(HEADROOM) / PER_CONNECTION;
+    (usize::try_from(fits).unwrap_or(usize::MAX).clamp(1, wanted), needed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connections_that_fit;
+
+    #[test]
+    fn the_connection_cap_fits_the_open_files_limit() {
+        assert_eq!(connections_that_fit(20_000, 10_000), (6_474, 30_576));
+        assert_eq!(connections_that_fit(1_048_576, 10_000).0, 10_000);
+        assert_eq!(connections_that_fit(100, 10_000).0, 1);
+        assert_eq!(connections_that_fit(u64::MAX, 5).0, 5);
     }
 }
