@@ -80,3 +80,54 @@ impl Registry {
         self.total
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    fn client() -> (Arc<ClientHandle>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (handle, _rx) =
+            ClientHandle::new(Uuid::new_v4(), socket.local_addr().unwrap(), "u".into(), 4).unwrap();
+        (handle, socket)
+    }
+
+    #[test]
+    fn add_is_idempotent_and_remove_answers_whether_it_was_there() {
+        let mut r = Registry::default();
+        let (a, _s) = client();
+        assert!(r.add("e", &a));
+        assert!(!r.add("e", &a), "a second subscribe does not count twice");
+        assert_eq!(r.total(), 1);
+        assert!(r.has_subscribers("e"));
+        assert!(r.remove("e", a.id));
+        assert!(!r.remove("e", a.id));
+        assert!(!r.remove("never", a.id));
+        assert!(!r.has_subscribers("e"), "an event without subscribers is forgotten");
+        assert_eq!(r.total(), 0);
+    }
+
+    #[test]
+    fn removing_a_client_reports_the_events_it_leaves_empty() {
+        let mut r = Registry::default();
+        let (a, _s1) = client();
+        let (b, _s2) = client();
+        for event in ["e1", "e2"] {
+            r.add(event, &a);
+        }
+        r.add("e2", &b);
+        assert_eq!(r.total(), 3);
+        let mut emptied = r.remove_client(a.id);
+        emptied.sort();
+        assert_eq!(emptied, ["e1"]);
+        assert_eq!(r.subscribers("e2").len(), 1);
+        assert_eq!(r.subscribers("e1").len(), 0);
+        assert_eq!(r.total(), 1);
+        assert!(r.remove_client(a.id).is_empty(), "twice is harmless");
+        assert_eq!(r.remove_client(b.id), ["e2"]);
+        assert_eq!(r.total(), 0);
+    }
+}
