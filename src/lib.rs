@@ -43,6 +43,7 @@ pub mod fuzzing;
 mod http;
 pub mod logging;
 mod metrics;
+mod outbound;
 mod position;
 mod protocol;
 mod proxy;

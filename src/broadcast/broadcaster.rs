@@ -15,9 +15,9 @@ use super::cache::Cache;
 use super::registry::Registry;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbound::{ClientHandle, Drain, Kind, OfferError, Outbound, push_text_frame};
 use crate::position::{Position, now_ms};
 use crate::protocol::{CloseReason, open_subscribed_frame, push_trails, unsubscribed_frame};
-use crate::server::{ClientHandle, Drain, Kind, OfferError, Outbound, push_text_frame};
 
 /// What other threads ask of the broadcaster, in the order they ask it.
 #[derive(Debug)]

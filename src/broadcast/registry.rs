@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::server::ClientHandle;
+use crate::outbound::ClientHandle;
 
 /// Who is subscribed to which event.
 #[derive(Debug, Default)]

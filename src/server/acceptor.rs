@@ -16,8 +16,8 @@ use std::time::Duration;
 use log::{debug, error, info, warn};
 use uuid::Uuid;
 
-use super::queue::thread_name;
 use super::{Shared, Slot, connection};
+use crate::outbound::thread_name;
 use crate::thread::spawn_named;
 
 /// Pause after a failed `accept` (EMFILE/ENFILE), so that the loop does not

@@ -28,13 +28,13 @@ use tungstenite::{Message, WebSocket};
 use uuid::Uuid;
 
 use super::handshake::{self, Upgraded};
-use super::queue::{ClientHandle, Outbound};
 use super::sleep::Sleeper;
 use super::wire::Wire;
 use super::{Service, Shared, Slot};
 use crate::auth::{self, AuthError, AuthzError, Identity};
 use crate::broadcast::Command;
 use crate::config::AuthMode;
+use crate::outbound::{ClientHandle, Outbound};
 use crate::position::now_ms;
 use crate::protocol::{CloseReason, ErrorCode, Inbound, error_frame};
 

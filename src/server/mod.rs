@@ -6,7 +6,6 @@
 //!   `GET /auth/check`, 101;
 //! - `connection.rs`: the connection loop: poll on socket + wake fd, write
 //!   queued frames, read, heartbeat;
-//! - `queue.rs`: the client's bounded outbound queue and its shared handle;
 //! - `sleep.rs`: the per-connection epoll set (socket + wake eventfd) the
 //!   thread blocks in;
 //! - `wire.rs`: the ordered output queue under tungstenite, written with
@@ -15,7 +14,6 @@
 mod acceptor;
 mod connection;
 mod handshake;
-mod queue;
 mod sleep;
 mod wire;
 
@@ -32,11 +30,10 @@ use crate::auth::Authenticator;
 use crate::broadcast::Command;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbound::ClientHandle;
 use crate::source::redis::{SourceStatus, StreamSink};
 
 pub(crate) use acceptor::Acceptor;
-pub(crate) use queue::{ClientHandle, Drain, Kind, OfferError, Outbound};
-pub(crate) use wire::push_text_frame;
 
 /// What each connection does with the data messages it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 
-use super::queue::Outbound;
+use crate::outbound::Outbound;
 
 /// Most chunks handed to one `writev` (Linux allows 1024; 64 is plenty
 /// for one wake-up and keeps the slice array on the stack).
@@ -148,28 +148,10 @@ impl<S> Write for Wire<S> {
     }
 }
 
-/// Appends `payload` as one unmasked, final text frame (RFC 6455 §5.2).
-#[allow(clippy::cast_possible_truncation)] // each match arm bounds the length
-pub(crate) fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.push(0x81); // FIN + opcode 1 (text)
-    match payload.len() {
-        len @ 0..=125 => out.push(len as u8),
-        len @ 126..=0xFFFF => {
-            out.push(126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::queue::Kind;
+    use crate::outbound::{Kind, push_text_frame};
 
     /// A socket that takes at most `limit` bytes per call, then blocks,
     /// and counts calls: k queued frames must cost one `writev`.

@@ -1,4 +1,13 @@
-//! A client's outbound queue and the handle the broadcaster holds on it.
+//! The contract between the broadcaster and the connection threads: a
+//! client's outbound queue entry ([`Outbound`]), the handle the broadcaster
+//! holds on each client ([`ClientHandle`]) and the frame encoding both
+//! sides share ([`push_text_frame`]).
+//!
+//! A leaf module: `broadcast/` (which fills queues) and `server/` (whose
+//! connection threads drain them) both depend on it and not on each other.
+//! Its methods run on whichever thread the doc says: `offer` on the
+//! broadcaster, `taken`/`prepare_sleep`/`woke` on the connection thread,
+//! the rest anywhere.
 //!
 //! The broadcaster never blocks on a client: it `try_send`s an [`Outbound`]
 //! entry into the client's bounded crossbeam queue, adds its bytes to a
@@ -20,7 +29,6 @@ use parking_lot::Mutex;
 use rustix::event::{EventfdFlags, eventfd};
 use uuid::Uuid;
 
-use super::wire::push_text_frame;
 use crate::protocol::CloseReason;
 
 /// What kind of message an entry carries, for `livecast_outbound_messages_total`.
@@ -143,6 +151,24 @@ impl Drain {
             us => Ok(Duration::from_micros(us)),
         }
     }
+}
+
+/// Appends `payload` as one unmasked, final text frame (RFC 6455 §5.2).
+#[allow(clippy::cast_possible_truncation)] // each match arm bounds the length
+pub(crate) fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.push(0x81); // FIN + opcode 1 (text)
+    match payload.len() {
+        len @ 0..=125 => out.push(len as u8),
+        len @ 126..=0xFFFF => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
 }
 
 /// Sentinel for "no position written yet" in `staleness_ms`.
