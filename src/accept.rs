@@ -739,31 +739,45 @@ mod tests {
         assert!(a.counts.lock().per_ip.is_empty());
     }
 
-    #[test]
-    fn refuse_is_bounded_against_a_peer_that_keeps_sending() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut client = TcpStream::connect(addr).unwrap();
-        let (server_side, _) = listener.accept().unwrap();
-        // Far more than the refusal reads: the writer thread keeps the
-        // socket full for as long as it lives.
-        let writer = spawn_named("test-flood".into(), None, move || {
-            let chunk = [b'x'; 64 * 1024];
-            let mut sent = 0usize;
-            while sent < 64 * 1024 * 1024 {
-                match client.write(&chunk) {
-                    Ok(n) => sent += n,
-                    Err(_) => break,
-                }
+    /// A peer that always has more to send, counting the reads it serves.
+    struct Endless {
+        reads: usize,
+    }
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            // A safety stop, so that an unbounded drain fails the test
+            // instead of hanging it.
+            if self.reads > 10_000 {
+                return Ok(0);
             }
-        })
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(50)); // let the buffers fill
+            buf.fill(b'x');
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn the_refusal_drain_is_bounded_against_a_peer_that_keeps_sending() {
+        let mut peer = Endless { reads: 0 };
+        drain_bounded(&mut peer);
+        assert_eq!(peer.reads, REFUSE_READS);
+    }
+
+    #[test]
+    fn refuse_answers_without_blocking_a_peer_that_sent_a_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (server_side, _) = listener.accept().unwrap();
         let started = Instant::now();
         refuse(&server_side, b"HTTP/1.1 503 Service Unavailable\r\n\r\n");
         assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
         drop(server_side);
-        writer.join().unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = String::new();
+        client.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "HTTP/1.1 503 Service Unavailable\r\n\r\n");
     }
 
     /// A port that answers every admitted socket with one line, for the
