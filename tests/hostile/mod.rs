@@ -423,6 +423,7 @@ fn row8_silent_sockets_from_one_address_leave_room_for_others() {
         }
     }
     assert_eq!(answered, 12);
+    wait_until(DEADLINE, "the refusal warning", || refusal_warnings(&bin) >= 1);
     assert_eq!(refusal_warnings(&bin), 1, "at most one warn a minute:\n{}", bin.stderr());
 }
 
