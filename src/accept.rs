@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex};
 use prometheus::IntCounterVec;
 
@@ -593,7 +593,7 @@ fn accept_loop(
 pub(crate) fn refuse(stream: &TcpStream, response: &[u8]) {
     let mut stream = stream;
     if let Err(e) = stream.set_nonblocking(true) {
-        error!("cannot make a refused socket non-blocking: {e}");
+        warn!("cannot make a refused socket non-blocking: {e}");
         return;
     }
     drain_bounded(&mut stream);
