@@ -34,6 +34,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
 )]
 
+mod accept;
 mod auth;
 mod broadcast;
 mod config;
@@ -63,11 +64,12 @@ use log::{info, warn};
 pub use config::{AuthMode, Config, ConfigError, LogFormat, Secret};
 pub use proxy::TrustedProxies;
 
+use accept::Acceptor;
 use broadcast::{Broadcaster, Command};
 use http::server::{HttpServer, Limits};
 use protocol::CloseReason;
 pub use server::Service;
-use server::{Acceptor, Shared};
+use server::{Shared, WsPort};
 use source::device_map::{MapSource, Refresher};
 use source::redis::RedisSource;
 
@@ -188,6 +190,8 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         max_body_bytes: config.ingest_max_body_bytes,
         max_head_bytes: 16 * 1024,
         max_connections: 256,
+        max_connections_per_ip: config.http_max_connections_per_ip,
+        trusted_proxies: config.trusted_proxies.clone(),
         read_timeout: Duration::from_secs(30),
         idle_timeout: Duration::from_secs(60),
     };
@@ -215,8 +219,12 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
     let ws_port = ws_listener.local_addr().map_or(config.ws_port, |a| a.port());
     let shared = Arc::new(Shared::new(config, metrics, service, commands, auth, status, sink));
     let routes = Arc::new(http::Routes::new(Arc::clone(&shared), ws_port));
-    let http = HttpServer::start(http_listener, limits, routes).map_err(StartError::Spawn)?;
-    let acceptor = Acceptor::start(ws_listener, Arc::clone(&shared)).map_err(StartError::Spawn)?;
+    let refused = Some(shared.metrics.http_refused.clone());
+    let http =
+        HttpServer::start(http_listener, limits, routes, refused).map_err(StartError::Spawn)?;
+    let ws_port = WsPort { shared: Arc::clone(&shared) };
+    let acceptor = Acceptor::start("acceptor", ws_listener, Arc::clone(&shared.admission), ws_port)
+        .map_err(StartError::Spawn)?;
     info!(
         "livecast {} instance {} ready: ws://{} http://{}",
         env!("CARGO_PKG_VERSION"),
@@ -279,7 +287,7 @@ impl Server {
             client.terminate();
         }
         // Handshaking threads end at their own handshake deadline.
-        wait_until(Instant::now() + Duration::from_secs(1), || shared.threads() == 0);
+        shared.admission.wait_empty(Instant::now() + Duration::from_secs(1));
 
         // The source acknowledges what it handed over, then stops.
         if let Some(mut source) = self.redis_source.take() {

@@ -29,6 +29,12 @@ pub(crate) struct Metrics {
     pub(crate) connections_opened: IntCounter,
     pub(crate) connections_closed: IntCounterVec,
     pub(crate) upgrades_rejected: IntCounterVec,
+    /// WebSocket connections refused by the acceptor, by reason
+    /// (`capacity`, `per-ip`, `pending`).
+    pub(crate) ws_refused: IntCounterVec,
+    /// HTTP connections or requests refused, by reason (`capacity`,
+    /// `per-ip`, `head-timeout`).
+    pub(crate) http_refused: IntCounterVec,
     pub(crate) backpressure_closes: IntCounter,
     pub(crate) inbound_messages: IntCounterVec,
     pub(crate) outbound_messages: IntCounterVec,
@@ -92,6 +98,23 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("upgrades_rejected_total", "Refused upgrades, by HTTP status"),
                     &["status"],
+                )?,
+            )?,
+            ws_refused: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ws_refused_total",
+                        "WebSocket connections refused before their handshake, by reason",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            http_refused: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new("http_refused_total", "HTTP connections refused, by reason"),
+                    &["reason"],
                 )?,
             )?,
             backpressure_closes: reg(

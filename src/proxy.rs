@@ -166,6 +166,15 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
     address.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
+/// The values of every `X-Forwarded-For` field of a request head, in order,
+/// for [`TrustedProxies::client_ip`].
+pub(crate) fn forwarded_for(headers: &[(String, String)]) -> impl Iterator<Item = &str> {
+    headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
+        .map(|(_, value)| value.as_str())
+}
+
 /// The key per-IP limits count by: the address itself for IPv4 (and IPv4
 /// mapped into IPv6), its /64 for IPv6, since one host or home network
 /// usually holds a whole /64 and could otherwise pick a fresh address per

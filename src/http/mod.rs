@@ -144,7 +144,12 @@ impl Routes {
                     "thread": c.thread_name,
                     "tid": tid,
                     "cpuSeconds": crate::thread::cpu_seconds(tid),
-                    "remoteAddr": c.remote.to_string(),
+                    // A client behind a trusted proxy has no known port.
+                    "remoteAddr": if c.remote.port() == 0 {
+                        c.remote.ip().to_string()
+                    } else {
+                        c.remote.to_string()
+                    },
                     "user": c.user,
                     "openedAt": c.opened_at_ms,
                     "lastSeenAt": c.last_seen_ms.load(Ordering::Relaxed),

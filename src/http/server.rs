@@ -2,18 +2,19 @@
 //! port (SPEC §1, §7: metrics, health, ingest, debug, dashboard).
 //!
 //! Threads:
-//! - `http`, the accept thread, blocks in `accept()`. It enforces
-//!   [`Limits::max_connections`] itself: over the cap it writes a `503` without
-//!   blocking and closes, so a flood never costs a thread. Otherwise it
-//!   registers the socket and spawns the connection's thread.
+//! - `http`, the accept thread ([`crate::accept::Acceptor`], shared with the
+//!   WebSocket port), blocks in `accept()`. It enforces
+//!   [`Limits::max_connections`] and [`Limits::max_connections_per_ip`]
+//!   itself: past them it writes a `503` without blocking and closes, so a
+//!   flood never costs a thread. Otherwise it spawns the connection's
+//!   thread, whose [`Slot`] registers the socket for the stop.
 //! - `http-<n>`, one per connection, reads requests one at a time, runs the
 //!   [`Handler`] on each and writes the response, with keep-alive. The handler
 //!   therefore runs on this thread, and a slow handler only holds up its own
 //!   client.
-//! - [`HttpServer::stop`] runs on the caller's thread. It wakes the accept
-//!   thread by connecting to the listening address (the tiny-http trick), gives
-//!   in-flight requests until the deadline, then shuts the remaining sockets
-//!   down and joins the threads.
+//! - [`HttpServer::stop`] runs on the caller's thread. It stops the accept
+//!   thread, gives in-flight requests until the deadline, then shuts the
+//!   remaining sockets down and joins the threads.
 //!
 //! Every blocking read carries a deadline: a request head or body must arrive
 //! within [`Limits::read_timeout`], and a keep-alive connection may stay quiet
@@ -31,7 +32,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,8 +40,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
+use prometheus::IntCounterVec;
 
+use crate::accept::{Acceptor, Admission, Port, Refusal, Rules, Slot};
+use crate::proxy::TrustedProxies;
 use crate::thread::spawn_named;
 
 /// Most header lines accepted in one request head. More are answered like an
@@ -60,12 +64,6 @@ const BODY_PREALLOC: usize = 64 * 1024;
 const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most bytes discarded during a lingering close.
 const LINGER_MAX_BYTES: usize = 1024 * 1024;
-/// Pause after a failed `accept()`: on EMFILE the pending connection stays in
-/// the backlog and `accept()` fails again at once, so without a pause the
-/// accept thread would spin a CPU.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// How long `stop` tries to connect to its own address to wake `accept()`.
-const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// After the deadline, how long `stop` waits for threads whose sockets it shut
 /// down before it gives up on them (a handler stuck outside I/O).
 const STRAGGLER_GRACE: Duration = Duration::from_secs(1);
@@ -210,6 +208,14 @@ pub(crate) struct Limits {
     /// answered `503` with `Retry-After: 1` by the accept thread. Default 256:
     /// the ops port serves scrapers and operators, not the dashboards.
     pub(crate) max_connections: usize,
+    /// Most connections per client IP (IPv6 by /64), past it `503`; 0 means
+    /// unlimited. Default 32 (SPEC §9 `HTTP_MAX_CONNECTIONS_PER_IP`), so one
+    /// address cannot lock the scrapers and probes out.
+    pub(crate) max_connections_per_ip: usize,
+    /// Peers exempt from the per-IP limit; for them the client of each
+    /// request is the one its `X-Forwarded-For` names, and that client is
+    /// held to the limit (SPEC §9 `LIVE_TRUSTED_PROXIES`). Default none.
+    pub(crate) trusted_proxies: TrustedProxies,
     /// Time allowed for a request head (counted from the connection's accept,
     /// or from the first byte of a later request) and, separately, for its
     /// body; also the per-`write` timeout of responses. A head late by this
@@ -227,6 +233,8 @@ impl Default for Limits {
             max_body_bytes: 8 * 1024 * 1024,
             max_head_bytes: 16 * 1024,
             max_connections: 256,
+            max_connections_per_ip: 32,
+            trusted_proxies: TrustedProxies::default(),
             read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
         }
@@ -241,18 +249,17 @@ pub(crate) struct HttpServer {
     local_addr: SocketAddr,
     /// State shared with the accept and connection threads.
     shared: Arc<Shared>,
-    /// The `http` thread; `None` once stopped.
-    acceptor: Option<JoinHandle<()>>,
-    /// A clone of the listening socket, to wake `accept()` by shutting it down
-    /// if connecting to ourselves fails. Dropped by `stop` to free the port.
-    listener: Option<TcpListener>,
+    /// The `http` accept thread.
+    acceptor: Acceptor,
+    /// False once stopped.
+    running: bool,
 }
 
 impl fmt::Debug for HttpServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpServer")
             .field("local_addr", &self.local_addr)
-            .field("running", &self.acceptor.is_some())
+            .field("running", &self.running)
             .finish_non_exhaustive()
     }
 }
@@ -261,7 +268,9 @@ impl HttpServer {
     /// Starts serving on `listener`, which is already bound (its port may
     /// have been 0: see [`HttpServer::local_addr`]).
     ///
-    /// Spawns the `http` accept thread and returns at once.
+    /// Spawns the `http` accept thread and returns at once. Refused
+    /// connections are counted in `refused` (labelled by `reason`) when
+    /// given.
     ///
     /// # Errors
     ///
@@ -271,6 +280,7 @@ impl HttpServer {
         listener: TcpListener,
         limits: Limits,
         handler: Arc<dyn Handler>,
+        refused: Option<IntCounterVec>,
     ) -> io::Result<HttpServer> {
         if limits.read_timeout.is_zero() || limits.idle_timeout.is_zero() {
             return Err(io::Error::new(
@@ -278,28 +288,24 @@ impl HttpServer {
                 "http limits: read_timeout and idle_timeout must be positive",
             ));
         }
-        let local_addr = listener.local_addr()?;
-        // The design is blocking I/O: undo a non-blocking listener.
-        listener.set_nonblocking(false)?;
-        let wake = listener.try_clone()?;
+        let rules = Rules {
+            max_connections: limits.max_connections,
+            max_per_ip: limits.max_connections_per_ip,
+            max_pending_per_ip: 0,
+            trusted: limits.trusted_proxies.clone(),
+        };
+        let admission = Admission::new("http", rules, refused);
         let shared = Arc::new(Shared {
             limits,
             handler,
             stopping: AtomicBool::new(false),
-            registry: Mutex::new(Registry {
-                next_id: 0,
-                open: HashMap::new(),
-                threads: HashMap::new(),
-                acceptor_running: true,
-            }),
-            changed: Condvar::new(),
+            admission: Arc::clone(&admission),
+            threads: Mutex::new(HashMap::new()),
         });
-        let acceptor = {
-            let shared = Arc::clone(&shared);
-            spawn_named("http".to_owned(), None, move || accept_loop(&listener, &shared))?
-        };
-        debug!("http: listening on {local_addr}");
-        Ok(HttpServer { local_addr, shared, acceptor: Some(acceptor), listener: Some(wake) })
+        let port = HttpPort { shared: Arc::clone(&shared), counter: 0 };
+        let acceptor = Acceptor::start("http", listener, admission, port)?;
+        let local_addr = acceptor.local_addr();
+        Ok(HttpServer { local_addr, shared, acceptor, running: true })
     }
 
     /// The address the server listens on.
@@ -319,41 +325,23 @@ impl HttpServer {
     ///
     /// Calling it again, or dropping the server afterwards, does nothing.
     pub(crate) fn stop(&mut self, deadline: Instant) {
-        let Some(acceptor) = self.acceptor.take() else {
+        if !std::mem::replace(&mut self.running, false) {
             return;
-        };
-        {
-            // Under the registry lock, so that a connection thread either sees
-            // the flag before it waits for a new request, or is swept here.
-            let registry = self.shared.registry.lock();
-            self.shared.stopping.store(true, Ordering::SeqCst);
-            for slot in registry.open.values().filter(|slot| !slot.busy) {
-                let _ = slot.stream.shutdown(Shutdown::Both);
-            }
         }
-        self.wake_acceptor();
+        let admission = &self.shared.admission;
+        // Under the admission's lock, so that a connection thread either sees
+        // the flag before it waits for a new request, or is swept here.
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        admission.begin_stop();
+        // Also frees the port before we return.
+        self.acceptor.stop();
 
-        let mut registry = self.shared.registry.lock();
-        let grace = Instant::now().max(deadline) + STRAGGLER_GRACE;
-        self.shared.changed.wait_while_until(&mut registry, |r| r.acceptor_running, grace);
-        let acceptor_done = !registry.acceptor_running;
-        self.shared.changed.wait_while_until(&mut registry, |r| !r.open.is_empty(), deadline);
-        for slot in registry.open.values() {
-            let _ = slot.stream.shutdown(Shutdown::Both);
-        }
-        let grace = Instant::now() + STRAGGLER_GRACE;
-        self.shared.changed.wait_while_until(&mut registry, |r| !r.open.is_empty(), grace);
-        let threads = std::mem::take(&mut registry.threads);
-        let stuck: Vec<u64> = registry.open.keys().copied().collect();
-        drop(registry);
+        admission.wait_empty(deadline);
+        admission.shut_all();
+        admission.wait_empty(Instant::now() + STRAGGLER_GRACE);
+        let threads = std::mem::take(&mut *self.shared.threads.lock());
+        let stuck = admission.tracked_ids();
 
-        // The listener must be closed before we return, so the port is free.
-        self.listener = None;
-        if acceptor_done {
-            let _ = acceptor.join();
-        } else {
-            warn!("http: accept thread did not stop; leaving it");
-        }
         for (id, handle) in threads {
             let name = handle.thread().name().unwrap_or("http-?").to_owned();
             if stuck.contains(&id) {
@@ -363,27 +351,6 @@ impl HttpServer {
             }
         }
         debug!("http: stopped");
-    }
-
-    /// Wakes the accept thread, blocked in `accept()`, so it sees the flag.
-    fn wake_acceptor(&self) {
-        let mut addr = self.local_addr;
-        if addr.ip().is_unspecified() {
-            match addr {
-                SocketAddr::V4(_) => addr.set_ip(Ipv4Addr::LOCALHOST.into()),
-                SocketAddr::V6(_) => addr.set_ip(Ipv6Addr::LOCALHOST.into()),
-            }
-        }
-        if let Err(e) = TcpStream::connect_timeout(&addr, WAKE_TIMEOUT) {
-            debug!("http: cannot connect to {addr} to wake accept ({e}); shutting the listener");
-            // On Linux, shutting down a listening socket makes a blocked
-            // `accept()` return with an error.
-            if let Some(listener) = &self.listener
-                && let Err(e) = rustix::net::shutdown(listener, rustix::net::Shutdown::Read)
-            {
-                warn!("http: cannot wake the accept thread: {e}");
-            }
-        }
     }
 }
 
@@ -538,180 +505,57 @@ struct Shared {
     handler: Arc<dyn Handler>,
     /// Set once by `stop`: no new connections, no new requests.
     stopping: AtomicBool,
-    /// Open connections and thread handles. Held only for map updates, never
-    /// across I/O.
-    registry: Mutex<Registry>,
-    /// Notified when a connection leaves the registry or the accept thread
-    /// ends: `stop` waits on it.
-    changed: Condvar,
+    /// The connection limits, and every open connection's socket (for the
+    /// stop).
+    admission: Arc<Admission>,
+    /// Connection threads by slot id, joined by `stop`; finished ones are
+    /// reaped by the accept thread. Held only for map updates.
+    threads: Mutex<HashMap<u64, JoinHandle<()>>>,
 }
 
-/// What `stop` needs to find every connection and thread.
-struct Registry {
-    /// Id of the next connection.
-    next_id: u64,
-    /// Connections being served, by id; their count is held to
-    /// `max_connections`.
-    open: HashMap<u64, Slot>,
-    /// Connection threads by connection id; finished ones are reaped by the
-    /// accept thread.
-    threads: HashMap<u64, JoinHandle<()>>,
-    /// False once the accept thread has left its loop.
-    acceptor_running: bool,
-}
-
-/// A connection in the registry.
-struct Slot {
-    /// A clone of the connection's socket, so `stop` can shut it down and
-    /// wake the thread from a blocking read or write.
-    stream: TcpStream,
-    /// True from the first byte of a request until its response is written;
-    /// `stop` closes idle (not busy) connections without waiting.
-    busy: bool,
-}
-
-/// A connection's place in the registry. Dropping it (however the thread
-/// ends) removes the connection, so the count can never drift (tiny-http's
-/// `Registration`).
-struct Registration {
+/// The ops port as the accept thread sees it.
+struct HttpPort {
     shared: Arc<Shared>,
-    id: u64,
+    /// Thread names are `http-<u32>`: at most 15 bytes, wrapping after 2^32.
+    counter: u32,
 }
 
-impl Registration {
-    /// Marks the connection idle, between requests. False when the server is
-    /// stopping: the connection must then close instead of waiting.
-    fn enter_idle(&self) -> bool {
-        let mut registry = self.shared.registry.lock();
-        if self.shared.stopping.load(Ordering::SeqCst) {
-            return false;
-        }
-        if let Some(slot) = registry.open.get_mut(&self.id) {
-            slot.busy = false;
-        }
-        true
+impl Port for HttpPort {
+    fn refusal(&self, why: Refusal) -> Vec<u8> {
+        let detail = match why {
+            Refusal::PerIp => "too many connections from your address\n",
+            _ => "too many connections\n",
+        };
+        let resp = Response::text(503, detail).with_header("Retry-After", "1");
+        encode_response(&resp, ConnectionHeader::Close, true)
     }
 
-    /// Marks the connection busy: a request has started to arrive.
-    fn enter_busy(&self) {
-        if let Some(slot) = self.shared.registry.lock().open.get_mut(&self.id) {
-            slot.busy = true;
-        }
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.shared.registry.lock().open.remove(&self.id);
-        self.shared.changed.notify_all();
-    }
-}
-
-/// Marks the accept thread finished when dropped, however its loop ends.
-struct AcceptorExit<'a>(&'a Shared);
-
-impl Drop for AcceptorExit<'_> {
-    fn drop(&mut self) {
-        self.0.registry.lock().acceptor_running = false;
-        self.0.changed.notify_all();
-    }
-}
-
-/// The `http` thread: accepts until `stop`.
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    let _exit = AcceptorExit(shared);
-    // Thread names are `http-<u32>`: at most 15 bytes, wrapping after 2^32.
-    let mut counter: u32 = 0;
-    loop {
-        let accepted = listener.accept();
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        match accepted {
-            Ok((stream, remote)) => {
-                counter = counter.wrapping_add(1);
-                admit(shared, stream, remote, counter);
-            }
-            // The peer gave up before we accepted, or a signal: not our fault.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                ) =>
-            {
-                debug!("http: accept: {e}");
-            }
+    /// Registers the socket with its slot and spawns the connection's thread.
+    fn serve(&mut self, stream: TcpStream, remote: SocketAddr, mut slot: Slot) {
+        let accepted_at = Instant::now();
+        self.counter = self.counter.wrapping_add(1);
+        self.shared.threads.lock().retain(|_, handle| !handle.is_finished());
+        match stream.try_clone() {
+            Ok(clone) => slot.track(clone),
             Err(e) => {
-                warn!("http: accept failed: {e}; retrying in {ACCEPT_ERROR_PAUSE:?}");
-                std::thread::sleep(ACCEPT_ERROR_PAUSE);
-            }
-        }
-    }
-    debug!("http: accept loop ended");
-}
-
-/// Registers a new connection and spawns its thread, or refuses it with
-/// `503` when `max_connections` are open.
-fn admit(shared: &Arc<Shared>, stream: TcpStream, remote: SocketAddr, counter: u32) {
-    let accepted_at = Instant::now();
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!("http: {remote}: set_nodelay: {e}");
-    }
-    let registration = {
-        let mut registry = shared.registry.lock();
-        registry.threads.retain(|_, handle| !handle.is_finished());
-        if registry.open.len() >= shared.limits.max_connections {
-            drop(registry);
-            debug!("http: {remote} refused: {} connections open", shared.limits.max_connections);
-            refuse_busy(&stream);
-            return;
-        }
-        let clone = match stream.try_clone() {
-            Ok(clone) => clone,
-            Err(e) => {
-                drop(registry);
                 warn!("http: {remote} dropped: cannot clone its socket: {e}");
                 return;
             }
-        };
-        let id = registry.next_id;
-        registry.next_id = registry.next_id.wrapping_add(1);
-        registry.open.insert(id, Slot { stream: clone, busy: false });
-        Registration { shared: Arc::clone(shared), id }
-    };
-    let id = registration.id;
-    let spawned = spawn_named(format!("http-{counter}"), None, move || {
-        let mut stream = stream;
-        let end = serve_connection(&registration, &mut stream, remote, accepted_at);
-        debug!("http: {remote} connection ended: {end}");
-    });
-    match spawned {
-        Ok(handle) => {
-            shared.registry.lock().threads.insert(id, handle);
         }
-        // The closure, and with it the socket and the registration, is
-        // dropped: the peer sees the connection close.
-        Err(e) => warn!("http: {remote} dropped: cannot spawn its thread: {e}"),
-    }
-}
-
-/// Answers `503` without blocking the accept thread: a non-blocking write
-/// that fits in any socket buffer, then a half-close. Best effort.
-fn refuse_busy(stream: &TcpStream) {
-    let resp = Response::text(503, "too many connections\n").with_header("Retry-After", "1");
-    let bytes = encode_response(&resp, ConnectionHeader::Close, true);
-    let mut stream = stream;
-    if stream.set_nonblocking(true).is_ok() {
-        let _ = stream.write_all(&bytes);
-        let _ = stream.shutdown(Shutdown::Write);
-        // Discard a request that already arrived, so closing sends FIN, not
-        // an RST that could destroy the 503 before the peer reads it.
-        // Bounded, so a peer streaming fast cannot hold the accept thread.
-        let mut scratch = [0u8; 4096];
-        for _ in 0..16 {
-            if !matches!(stream.read(&mut scratch), Ok(n) if n > 0) {
-                break;
+        let id = slot.id();
+        let shared = Arc::clone(&self.shared);
+        let spawned = spawn_named(format!("http-{}", self.counter), None, move || {
+            let mut stream = stream;
+            let end = serve_connection(&shared, &mut slot, &mut stream, remote, accepted_at);
+            debug!("http: {remote} connection ended: {end}");
+        });
+        match spawned {
+            Ok(handle) => {
+                self.shared.threads.lock().insert(id, handle);
             }
+            // The closure, and with it the socket and the slot, is dropped:
+            // the peer sees the connection close.
+            Err(e) => warn!("http: {remote} dropped: cannot spawn its thread: {e}"),
         }
     }
 }
@@ -719,12 +563,12 @@ fn refuse_busy(stream: &TcpStream) {
 /// Serves requests on one connection until it closes; returns why it ended,
 /// for the log.
 fn serve_connection(
-    registration: &Registration,
+    shared: &Shared,
+    slot: &mut Slot,
     stream: &mut TcpStream,
     remote: SocketAddr,
     accepted_at: Instant,
 ) -> String {
-    let shared = &*registration.shared;
     let limits = &shared.limits;
     if let Err(e) = stream.set_write_timeout(Some(limits.read_timeout)) {
         return format!("set_write_timeout: {e}");
@@ -734,7 +578,7 @@ fn serve_connection(
     let mut buf = Vec::new();
     let mut first = true;
     loop {
-        if !registration.enter_idle() {
+        if !slot.enter_idle() {
             return "server stopping".to_owned();
         }
         if buf.is_empty() {
@@ -755,7 +599,7 @@ fn serve_connection(
                 Err(ReadFail::Io(e)) => return format!("read: {e}"),
             }
         }
-        registration.enter_busy();
+        slot.enter_busy();
         let head_deadline = if first {
             accepted_at + limits.read_timeout
         } else {
@@ -767,10 +611,23 @@ fn serve_connection(
         {
             Ok(head) => head,
             Err(e) => {
+                if matches!(e, HeadError::Timeout) {
+                    shared.admission.refused(Refusal::HeadTimeout, remote.ip());
+                }
                 if let Some(status) = e.status() {
                     reject(stream, status, &e.to_string());
                 }
                 return e.to_string();
+            }
+        };
+        // Behind a trusted proxy, each request names its client: it is held
+        // to the per-IP limit and is who the log shows.
+        let client = match slot.forwarded_client(crate::proxy::forwarded_for(&head.headers)) {
+            Ok(ip) => ip,
+            Err(why) => {
+                shared.admission.refused(why, remote.ip());
+                reject(stream, 503, "too many connections from this client");
+                return format!("refused: {why}");
             }
         };
         let keep_alive = wants_keep_alive(&head);
@@ -798,11 +655,11 @@ fn serve_connection(
         let (resp, panicked) = match catch_unwind(AssertUnwindSafe(|| shared.handler.handle(req))) {
             Ok(resp) => (resp, false),
             Err(_) => {
-                warn!("http: {remote} handler panicked on {method} {path}");
+                warn!("http: {client} handler panicked on {method} {path}");
                 (Response::text(500, "internal server error\n"), true)
             }
         };
-        debug!("http: {remote} {method} {path} -> {}", resp.status);
+        debug!("http: {client} {method} {path} -> {}", resp.status);
         let close = panicked
             || !keep_alive
             || shared.stopping.load(Ordering::SeqCst)
@@ -1419,6 +1276,8 @@ mod tests {
             max_body_bytes: 1024,
             max_head_bytes: 4096,
             max_connections: 8,
+            max_connections_per_ip: 0,
+            trusted_proxies: TrustedProxies::default(),
             read_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(5),
         }
@@ -1446,7 +1305,7 @@ mod tests {
     /// Binds 127.0.0.1:0 before starting, so the port is ready on return.
     fn start_with(limits: Limits, handler: Arc<dyn Handler>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        HttpServer::start(listener, limits, handler).expect("start")
+        HttpServer::start(listener, limits, handler, None).expect("start")
     }
 
     /// A raw client with its own receive buffer.

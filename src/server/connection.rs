@@ -30,7 +30,8 @@ use uuid::Uuid;
 use super::handshake::{self, Upgraded};
 use super::sleep::Sleeper;
 use super::wire::Wire;
-use super::{Service, Shared, Slot};
+use super::{Service, Shared};
+use crate::accept::Slot;
 use crate::auth::{self, AuthError, AuthzError, Identity};
 use crate::broadcast::Command;
 use crate::config::AuthMode;
@@ -52,13 +53,15 @@ pub(super) fn run(
     mut stream: TcpStream,
     remote: SocketAddr,
     id: Uuid,
-    slot: Slot,
+    mut slot: Slot,
 ) {
-    let _slot = slot;
-    let Some(Upgraded { identity, leftover }) = handshake::perform(shared, &mut stream, remote)
+    let Some(Upgraded { identity, leftover, remote }) =
+        handshake::perform(shared, &mut stream, remote, &mut slot)
     else {
         return;
     };
+    // Held until the thread ends; no longer counted as handshaking.
+    slot.handshake_done();
     let (handle, rx) =
         match ClientHandle::new(id, remote, identity.user.clone(), shared.config.queue_capacity) {
             Ok(pair) => pair,

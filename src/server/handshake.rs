@@ -3,9 +3,11 @@
 //! livecast reads and answers the upgrade itself rather than through
 //! tungstenite's `accept_hdr`, because the WebSocket port also answers plain
 //! HTTP (`GET /auth/check`, 404, 426), which tungstenite's handshake cannot
-//! express. Checks run in the order SPEC §2 gives (the connection limit has
-//! already been enforced by the acceptor): Origin (403), credentials (401,
-//! 503 when the authority is unavailable). The whole request must arrive
+//! express. Checks run in the order SPEC §2 gives (the connection limits
+//! have already been enforced by the acceptor; for a trusted proxy's
+//! connection, the per-IP ones are enforced here against the client its
+//! `X-Forwarded-For` names): Origin (403), credentials (401, 503 when the
+//! authority is unavailable). The whole request must arrive
 //! within `LIVE_WS_HANDSHAKE_TIMEOUT_MS`, counted from the accept, so a
 //! one-byte-per-second client is cut at the deadline (slowloris).
 
@@ -15,7 +17,9 @@ use std::time::Instant;
 use log::debug;
 use tungstenite::handshake::derive_accept_key;
 
+use crate::accept::Slot;
 use crate::auth::{self, AuthError, Credentials, Identity};
+use crate::config::AuthMode;
 use crate::http::server::{HeadError, RequestHead, Response, read_head, write_response};
 use crate::server::Shared;
 
@@ -28,6 +32,9 @@ pub(super) struct Upgraded {
     pub(super) identity: Identity,
     /// Bytes the client sent after its request (the first frames).
     pub(super) leftover: Vec<u8>,
+    /// Who the client is: the peer, or for a trusted proxy the client its
+    /// `X-Forwarded-For` names, with port 0 (not known).
+    pub(super) remote: SocketAddr,
 }
 
 /// Runs the upgrade. `None` when the request was answered otherwise (or
@@ -35,8 +42,10 @@ pub(super) struct Upgraded {
 pub(super) fn perform(
     shared: &Shared,
     stream: &mut TcpStream,
-    remote: SocketAddr,
+    peer: SocketAddr,
+    slot: &mut Slot,
 ) -> Option<Upgraded> {
+    let mut remote = peer;
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shared.config.handshake_timeout));
@@ -56,6 +65,21 @@ pub(super) fn perform(
             return None;
         }
     };
+
+    // Behind a trusted proxy, the client is known only now: count it.
+    match slot.forwarded_client(crate::proxy::forwarded_for(&head.headers)) {
+        Ok(client) if client != peer.ip() => remote = SocketAddr::new(client, 0),
+        Ok(_) => {}
+        Err(why) => {
+            slot.admission().refused(why, peer.ip());
+            reply(
+                shared,
+                stream,
+                &Response::text(503, "too many connections\n").with_header("Retry-After", "5"),
+            );
+            return None;
+        }
+    }
 
     if head.method == "GET" && head.path == "/auth/check" {
         auth_check(shared, stream, &head);
@@ -80,12 +104,10 @@ pub(super) fn perform(
 
     let credentials = Credentials::from_head(&head);
     let origin = head.header("origin");
-    if !auth::origin_allowed(
-        &shared.config.allowed_origins,
-        origin,
-        head.header("host"),
-        credentials.uses_cookie(),
-    ) {
+    // Ambient credentials, which a browser sends for any page: a cookie,
+    // or in mode `none` the mere reachability of the port (SPEC §5).
+    let ambient = credentials.uses_cookie() || shared.config.auth_mode == AuthMode::None;
+    if !auth::origin_allowed(&shared.config.allowed_origins, origin, head.header("host"), ambient) {
         debug!("{remote}: origin refused");
         reply(shared, stream, &Response::text(403, "origin not allowed\n"));
         return None;
@@ -115,7 +137,7 @@ pub(super) fn perform(
         debug!("{remote}: handshake write failed: {e}");
         return None;
     }
-    Some(Upgraded { identity, leftover })
+    Some(Upgraded { identity, leftover, remote })
 }
 
 /// The `Sec-WebSocket-Key` of a well-formed upgrade request, or `None`.

@@ -1,7 +1,8 @@
 //! The WebSocket side: one blocking acceptor, one thread per client.
 //!
-//! - `acceptor.rs`: the `acceptor` thread: accept, enforce the connection
-//!   limits, spawn a `ws-xxxxxxxx` thread per socket;
+//! - `acceptor.rs`: what the `acceptor` thread ([`crate::accept`], which
+//!   enforces the connection limits) does with a socket: spawn its
+//!   `ws-xxxxxxxx` thread, or answer `503`;
 //! - `handshake.rs`: the HTTP upgrade, run in the new thread: Origin, auth,
 //!   `GET /auth/check`, 101;
 //! - `connection.rs`: the connection loop: poll on socket + wake fd, write
@@ -18,14 +19,14 @@ mod sleep;
 mod wire;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use crossbeam_channel::Sender;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use uuid::Uuid;
 
+use crate::accept::{Admission, Rules};
 use crate::auth::Authenticator;
 use crate::broadcast::Command;
 use crate::config::Config;
@@ -33,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::outbound::ClientHandle;
 use crate::source::redis::{SourceStatus, StreamSink};
 
-pub(crate) use acceptor::Acceptor;
+pub(crate) use acceptor::WsPort;
 
 /// What each connection does with the data messages it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,14 +62,13 @@ pub(crate) struct Shared {
     pub(crate) connections: RwLock<HashMap<Uuid, Arc<ClientHandle>>>,
     /// False once a stop has begun: readiness turns 503.
     pub(crate) accepting: AtomicBool,
-    /// Connection threads alive, handshaking ones included.
-    threads: AtomicUsize,
+    /// The connection limits; a slot per connection thread alive,
+    /// handshaking ones included.
+    pub(crate) admission: Arc<Admission>,
     /// The Redis source's state, when Redis is configured.
     pub(crate) source: Option<Arc<SourceStatus>>,
     /// Where ingested positions go when Redis is configured.
     pub(crate) sink: Option<StreamSink>,
-    /// Connection threads per peer address, when a per-IP limit is set.
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Shared {
@@ -81,6 +81,13 @@ impl Shared {
         source: Option<Arc<SourceStatus>>,
         sink: Option<StreamSink>,
     ) -> Shared {
+        let rules = Rules {
+            max_connections: config.max_connections,
+            max_per_ip: config.max_connections_per_ip,
+            max_pending_per_ip: config.max_pending_per_ip,
+            trusted: config.trusted_proxies.clone(),
+        };
+        let admission = Admission::new("websocket", rules, Some(metrics.ws_refused.clone()));
         Shared {
             config,
             metrics,
@@ -89,66 +96,9 @@ impl Shared {
             auth,
             connections: RwLock::new(HashMap::new()),
             accepting: AtomicBool::new(true),
-            threads: AtomicUsize::new(0),
+            admission,
             source,
             sink,
-            per_ip: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Connection threads alive (handshaking ones included).
-    pub(crate) fn threads(&self) -> usize {
-        self.threads.load(Ordering::SeqCst)
-    }
-}
-
-/// A connection thread's place in the limits: taken by the acceptor before
-/// spawning, released when the thread ends on any path (tiny-http's
-/// `Registration`), so the counts cannot drift.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl Slot {
-    /// Takes a slot, or `None` when a limit is reached.
-    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Slot> {
-        let ip = crate::proxy::limit_key(ip);
-        let max = shared.config.max_connections;
-        let taken = shared
-            .threads
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
-            .is_ok();
-        if !taken {
-            return None;
-        }
-        let per_ip_max = shared.config.max_connections_per_ip;
-        if per_ip_max > 0 {
-            let mut per_ip = shared.per_ip.lock();
-            let n = per_ip.entry(ip).or_insert(0);
-            if *n >= per_ip_max {
-                drop(per_ip);
-                shared.threads.fetch_sub(1, Ordering::SeqCst);
-                return None;
-            }
-            *n += 1;
-        }
-        Some(Slot { shared: Arc::clone(shared), ip })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if self.shared.config.max_connections_per_ip > 0 {
-            let mut per_ip = self.shared.per_ip.lock();
-            if let Some(n) = per_ip.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_ip.remove(&self.ip);
-                }
-            }
-        }
-        self.shared.threads.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -77,3 +77,23 @@ fn debug_connections_describes_each_connection() {
     assert_eq!(other["remoteAddr"], c2.local_addr.to_string());
     assert_ne!(other["tid"], mine["tid"]);
 }
+
+/// Issue 12 row 13: behind a trusted proxy, the client is the one its
+/// `X-Forwarded-For` names; anyone else's `X-Forwarded-For` is ignored.
+#[test]
+fn debug_connections_shows_the_forwarded_client_of_a_trusted_proxy_only() {
+    use crate::support::Client;
+    let forwarded = [("X-Forwarded-For", "198.51.100.4, 203.0.113.7")];
+
+    let srv = Server::with(|c| {
+        c.trusted_proxies = livecast::TrustedProxies::parse("127.0.0.1").unwrap();
+    });
+    let _c = Client::connect(srv.ws, "/", &forwarded).expect("connect through the proxy");
+    let conns = srv.wait_connections(1);
+    assert_eq!(conns[0]["remoteAddr"], "203.0.113.7", "{conns:?}");
+
+    let untrusting = Server::start();
+    let c = Client::connect(untrusting.ws, "/", &forwarded).expect("connect directly");
+    let conns = untrusting.wait_connections(1);
+    assert_eq!(conns[0]["remoteAddr"], c.local_addr.to_string(), "{conns:?}");
+}

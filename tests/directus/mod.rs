@@ -603,9 +603,10 @@ fn a_reconnect_storm_with_one_session_makes_one_directus_call() {
     fake.grant("u-a", &["e-1"]);
     // Slow enough that the storm's lookups overlap.
     fake.delay(Route::Me, Some(ms(200)));
-    // The default TTL (30 s) outlives the test.
-    let srv = directus_server(&fake.url(), |_| {});
     const N: usize = 12;
+    // The default TTL (30 s) outlives the test. The storm comes from one
+    // address, all in the handshake at once: lift the per-address limit.
+    let srv = directus_server(&fake.url(), |c| c.max_pending_per_ip = N);
     let barrier = Arc::new(std::sync::Barrier::new(N));
     let ws = srv.ws;
     let storm: Vec<_> = (0..N)
