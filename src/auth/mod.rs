@@ -13,7 +13,7 @@
 mod cache;
 pub(crate) mod directus;
 mod none;
-mod tokens;
+pub(crate) mod tokens;
 
 use std::fmt;
 use std::time::Instant;
