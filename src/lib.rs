@@ -188,6 +188,7 @@ pub fn start_with(config: Config, service: Service) -> Result<Server, StartError
         max_head_bytes: 16 * 1024,
         max_connections: 256,
         read_timeout: Duration::from_secs(30),
+        head_timeout: config.http_head_timeout,
         idle_timeout: Duration::from_secs(60),
     };
     let redis = match config.redis_url {
