@@ -84,6 +84,7 @@ fn off_loopback_without_ingest_token_refuses_to_start_unless_told() {
     let (code, _, stderr) = run_binary(&[], &env);
     assert_eq!(code, Some(2), "stderr: {stderr}");
     assert!(stderr.contains("INGEST_TOKEN"), "the message names INGEST_TOKEN: {stderr}");
+    assert!(!stderr.contains("    "), "one clean sentence: {stderr}");
 
     for extra in [("INGEST_ALLOW_ANONYMOUS", "1"), ("INGEST_TOKEN", "tok-ingest")] {
         let bin = Binary::start(&[("HTTP_HOST", "0.0.0.0"), extra]);
