@@ -568,7 +568,10 @@ fn check_combinations(config: &Config, problems: &mut Vec<Problem>) {
             variable: "INGEST_TOKEN",
             value: Shown::Nothing,
             reason: format!(
-                "HTTP_HOST={} is not a loopback address, so anyone who reaches it could post                  positions into any event; set INGEST_TOKEN (trackers then send                  Authorization: Bearer <token>), or HTTP_HOST=127.0.0.1, or                  INGEST_ALLOW_ANONYMOUS=1 to accept positions from anyone",
+                "HTTP_HOST={} is not a loopback address, so anyone who reaches it could post \
+                 positions into any event; set INGEST_TOKEN (trackers then send \
+                 Authorization: Bearer <token>), or HTTP_HOST=127.0.0.1, or \
+                 INGEST_ALLOW_ANONYMOUS=1 to accept positions from anyone",
                 config.http_host
             ),
         });

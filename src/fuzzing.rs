@@ -65,14 +65,36 @@ impl ParsedPosition {
     }
 }
 
+/// The longest `deviceId` or `eventId` of a position, in bytes.
+pub const MAX_ID_BYTES: usize = crate::position::MAX_ID_BYTES;
+
+/// The most rejections an ingest answer lists.
+pub const MAX_LISTED_REJECTIONS: usize = ingest::MAX_LISTED_REJECTIONS;
+
 /// Parses JSON text and validates it as one position, as the Redis source
-/// does with a stream entry.
+/// does with a stream entry, with at most `max_bytes` of JSON.
 ///
 /// # Errors
 /// The JSON error, or the validation error the producer would get.
-pub fn position(json: &[u8]) -> Result<ParsedPosition, String> {
+pub fn position(json: &[u8], max_bytes: usize) -> Result<ParsedPosition, String> {
     let value = serde_json::from_slice(json).map_err(|e| format!("invalid JSON: {e}"))?;
-    Position::from_value(value).map(ParsedPosition).map_err(|e| e.0)
+    Position::from_source(value, max_bytes).map(ParsedPosition).map_err(|e| e.0)
+}
+
+/// The bounds of one ingest body (`INGEST_MAX_ITEMS`,
+/// `LIVE_MAX_POSITION_BYTES`).
+#[derive(Debug, Clone, Copy)]
+pub struct IngestLimits {
+    /// More items refuse the whole body.
+    pub max_items: usize,
+    /// Larger positions are rejected.
+    pub max_position_bytes: usize,
+}
+
+impl From<IngestLimits> for ingest::Limits {
+    fn from(l: IngestLimits) -> ingest::Limits {
+        ingest::Limits { max_items: l.max_items, max_position_bytes: l.max_position_bytes }
+    }
 }
 
 /// A parsed `POST /ingest` body.
@@ -80,8 +102,11 @@ pub fn position(json: &[u8]) -> Result<ParsedPosition, String> {
 pub struct Ingest {
     /// The valid positions, in body order.
     pub positions: Vec<ParsedPosition>,
-    /// `(index, error)` of each refused item.
+    /// `(index, error)` of the first refused items (at most
+    /// [`MAX_LISTED_REJECTIONS`]).
     pub rejected: Vec<(usize, String)>,
+    /// Every refused item.
+    pub rejected_count: usize,
 }
 
 impl From<ingest::Parsed> for Ingest {
@@ -89,6 +114,25 @@ impl From<ingest::Parsed> for Ingest {
         Ingest {
             positions: parsed.positions.into_iter().map(ParsedPosition).collect(),
             rejected: parsed.rejected.into_iter().map(|r| (r.index, r.error)).collect(),
+            rejected_count: parsed.rejected_count,
+        }
+    }
+}
+
+/// Why a whole ingest body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestRefused {
+    /// `400`, with its text.
+    Malformed(String),
+    /// `413`: more than `max_items` items.
+    TooManyItems,
+}
+
+impl From<ingest::Refused> for IngestRefused {
+    fn from(r: ingest::Refused) -> IngestRefused {
+        match r {
+            ingest::Refused::Malformed(why) => IngestRefused::Malformed(why),
+            ingest::Refused::TooManyItems { .. } => IngestRefused::TooManyItems,
         }
     }
 }
@@ -96,12 +140,15 @@ impl From<ingest::Parsed> for Ingest {
 /// A JSON `POST /ingest` body: an array of positions or one object.
 ///
 /// # Errors
-/// The text of the 400 answer.
-pub fn ingest_json(body: &[u8]) -> Result<Ingest, String> {
-    ingest::parse_json(body).map(Ingest::from)
+/// What the whole body is refused for (`400`, `413`).
+pub fn ingest_json(body: &[u8], limits: IngestLimits) -> Result<Ingest, IngestRefused> {
+    ingest::parse_json(body, &limits.into()).map(Ingest::from).map_err(IngestRefused::from)
 }
 
 /// An NDJSON `POST /ingest` body.
-pub fn ingest_ndjson(body: &[u8]) -> Ingest {
-    ingest::parse_ndjson(body).into()
+///
+/// # Errors
+/// More than `max_items` non-blank lines (`413`).
+pub fn ingest_ndjson(body: &[u8], limits: IngestLimits) -> Result<Ingest, IngestRefused> {
+    ingest::parse_ndjson(body, &limits.into()).map(Ingest::from).map_err(IngestRefused::from)
 }

@@ -193,6 +193,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         max_connections_per_ip: config.http_max_connections_per_ip,
         trusted_proxies: config.trusted_proxies.clone(),
         read_timeout: Duration::from_secs(30),
+        head_timeout: config.http_head_timeout,
         idle_timeout: Duration::from_secs(60),
     };
     let redis = match config.redis_url {

@@ -12,6 +12,10 @@ use serde_json::{Map, Value};
 /// Longest accepted `eventId`, in characters (SPEC §3).
 pub(crate) const MAX_EVENT_ID_CHARS: usize = 128;
 
+/// Longest `deviceId` and `eventId` of a position, in bytes (SPEC §9): ids
+/// are keys of the cache and the registry, and part of every frame.
+pub(crate) const MAX_ID_BYTES: usize = 128;
+
 /// A validated position.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Position {
@@ -42,7 +46,28 @@ fn invalid(msg: impl Into<String>) -> Invalid {
 }
 
 impl Position {
-    /// Validates one JSON value as a position.
+    /// Validates one JSON value as a position from a source: as
+    /// [`Position::from_value`], and its JSON (the stream form,
+    /// [`Position::to_json`]) must fit in `max_bytes`
+    /// (`LIVE_MAX_POSITION_BYTES`, SPEC §9). Every source (ingest, Redis)
+    /// goes through here, so an oversized position is never cached nor
+    /// broadcast.
+    ///
+    /// # Errors
+    /// [`Invalid`] naming the first bad field, or the size.
+    pub(crate) fn from_source(value: Value, max_bytes: usize) -> Result<Position, Invalid> {
+        let position = Position::from_value(value)?;
+        let len = position.json_len();
+        if len > max_bytes {
+            return Err(invalid(format!(
+                "position is {len} bytes of JSON, more than the {max_bytes} allowed"
+            )));
+        }
+        Ok(position)
+    }
+
+    /// Validates one JSON value as a position, without a size bound (see
+    /// [`Position::from_source`]).
     ///
     /// # Errors
     /// [`Invalid`] naming the first bad field.
@@ -51,6 +76,9 @@ impl Position {
             return Err(invalid("a position must be a JSON object"));
         };
         let device_id = match obj.remove("deviceId") {
+            Some(Value::String(s)) if s.len() > MAX_ID_BYTES => {
+                return Err(invalid("deviceId must be at most 128 bytes"));
+            }
             Some(Value::String(s)) if !s.is_empty() => s,
             Some(Value::String(_)) => return Err(invalid("deviceId must not be empty")),
             Some(_) => return Err(invalid("deviceId must be a string")),
@@ -58,6 +86,9 @@ impl Position {
         };
         let event_id = match obj.remove("eventId") {
             None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() > MAX_ID_BYTES => {
+                return Err(invalid("eventId must be at most 128 bytes"));
+            }
             Some(Value::String(s)) => Some(check_event_id(s).map_err(invalid)?),
             Some(_) => return Err(invalid("eventId must be a string")),
         };
@@ -107,6 +138,20 @@ impl Position {
             out.push_str(self.tail.get(1..).unwrap_or_default());
         }
         out
+    }
+
+    /// The length of [`Position::to_json`], without building it.
+    pub(crate) fn json_len(&self) -> usize {
+        match &self.event_id {
+            // `{"eventId":` + the literal + the tail (which opens with `,`).
+            Some(event) => {
+                let mut literal = String::new();
+                push_json_str(&mut literal, event);
+                11 + literal.len() + self.tail.len()
+            }
+            // The tail's leading comma becomes the `{`.
+            None => self.tail.len(),
+        }
     }
 
     /// The `position` message for `event_id`, as sent to every subscriber.
@@ -303,6 +348,37 @@ mod tests {
         let mut no_ts = base;
         no_ts.as_object_mut().unwrap().remove("ts");
         assert!(parse(no_ts).is_err());
+    }
+
+    #[test]
+    fn ids_are_at_most_128_bytes() {
+        let base = json!({"deviceId":"d","lat":1,"lon":2,"ts":3});
+        let with = |k: &str, v: Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        assert!(parse(with("deviceId", json!("x".repeat(128)))).is_ok());
+        assert!(parse(with("deviceId", json!("x".repeat(129)))).is_err());
+        assert!(parse(with("eventId", json!("x".repeat(128)))).is_ok());
+        // 100 characters, 200 bytes: the byte bound applies to positions.
+        assert!(parse(with("eventId", json!("é".repeat(100)))).is_err());
+        assert!(parse(with("deviceId", json!("é".repeat(65)))).is_err());
+    }
+
+    #[test]
+    fn json_len_is_the_stream_form_length_and_bounds_sources() {
+        for v in [
+            json!({"deviceId":"d","lat":1,"lon":2,"ts":3}),
+            json!({"deviceId":"d\"é","eventId":"e\n\u{1}","lat":1,"lon":2,"ts":3,"x":[1,{"y":null}]}),
+        ] {
+            let p = parse(v.clone()).unwrap();
+            assert_eq!(p.json_len(), p.to_json().len(), "{v}");
+            let len = p.json_len();
+            assert!(Position::from_source(v.clone(), len).is_ok());
+            let err = Position::from_source(v, len - 1).unwrap_err();
+            assert!(err.0.contains("bytes"), "{err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 mod cache;
 pub(crate) mod directus;
 mod none;
-mod tokens;
+pub(crate) mod tokens;
 
 use std::fmt;
 use std::time::Instant;
@@ -244,7 +244,7 @@ pub(crate) fn origin_allowed(
 }
 
 /// `host[:port]` or `[v6]:port` → host.
-fn hostname(authority: &str) -> &str {
+pub(crate) fn hostname(authority: &str) -> &str {
     let authority = authority.split('/').next().unwrap_or(authority);
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);

@@ -3,7 +3,9 @@
 //! The file is re-read when its modification time or length changes, checked
 //! on every authentication and authorization (one `stat`), so that adding or
 //! revoking a token needs no restart. A file that becomes unreadable or
-//! invalid keeps the previous tokens and is logged.
+//! invalid keeps the previous tokens and is logged, by line and column only:
+//! serde's own message quotes the offending value, which may be a token
+//! (SPEC §9, "Logs").
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -63,8 +65,12 @@ impl TokenFile {
         let shown = self.path.display();
         let before = stamp(&self.path);
         let text = std::fs::read(&self.path).map_err(|e| format!("tokens file {shown}: {e}"))?;
-        let grants: HashMap<String, Grant> = serde_json::from_slice(&text)
-            .map_err(|e| format!("tokens file {shown}: invalid JSON: {e}"))?;
+        let grants: HashMap<String, Grant> = serde_json::from_slice(&text).map_err(|e| {
+            format!(
+                "tokens file {shown}: {}; expected {{\"<token>\":{{\"user\":\"...\",\"events\":[...]}}}}",
+                json_error_at(&e)
+            )
+        })?;
         info!("tokens file {shown}: {} tokens", grants.len());
         *loaded = Loaded { stamp: before, grants };
         Ok(())
@@ -75,6 +81,19 @@ impl TokenFile {
         let loaded = self.loaded.lock();
         loaded.grants.get(token).map(|g| (g.user.clone(), g.events.clone()))
     }
+}
+
+/// A JSON error as its kind and place only (`invalid JSON at line 3 column
+/// 7`), never serde's message, which quotes the value it choked on: in a
+/// secrets file that value may be a token.
+pub(crate) fn json_error_at(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Eof => "JSON cut short",
+        serde_json::error::Category::Data => "unexpected JSON shape",
+        serde_json::error::Category::Io => "read error",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
@@ -98,6 +117,29 @@ impl Authenticator for TokenFile {
             Ok(())
         } else {
             Err(AuthzError::Forbidden)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_give_the_place_never_the_value() {
+        // What serde itself would have logged.
+        let e = serde_json::from_str::<HashMap<String, Grant>>(r#"{"alice":"tok-secret-1"}"#);
+        assert!(e.unwrap_err().to_string().contains("tok-secret-1"));
+        for (text, kind) in [
+            (r#"{"alice":"tok-secret-1"}"#, "unexpected JSON shape at line 1 column "),
+            (r#"{"tok-secret-1":{"user":5}}"#, "unexpected JSON shape at line 1 column "),
+            ("{\n \"tok-secret-1\" x", "invalid JSON at line 2 column "),
+            (r#"{"tok-secret-1":"#, "JSON cut short at line 1 column "),
+        ] {
+            let e = serde_json::from_str::<HashMap<String, Grant>>(text).unwrap_err();
+            let shown = json_error_at(&e);
+            assert!(shown.starts_with(kind), "{shown}");
+            assert!(!shown.contains("tok-"), "{shown}");
         }
     }
 }

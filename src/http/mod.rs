@@ -7,15 +7,18 @@
 
 pub(crate) mod server;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
+use crate::auth;
 use crate::broadcast::Command;
+use crate::config::Secret;
 use crate::server::Shared;
 use crate::source::ingest;
-use server::{Handler, Request, Response};
+use server::{Handler, Request, RequestHead, Response};
 
 /// The routes of the ops port.
 #[derive(Debug)]
@@ -26,6 +29,20 @@ pub(crate) struct Routes {
 }
 
 impl Handler for Routes {
+    /// The checks made on the head alone, before any body byte is read or
+    /// any `100 Continue` sent (SPEC §4, §9): `/debug/*` credentials, and
+    /// for `POST /ingest` in this order its token (401), the `Origin` (403)
+    /// and the `Content-Type` (415).
+    fn check_head(&self, head: &RequestHead, _remote: SocketAddr) -> Option<Response> {
+        if head.path == "/debug" || head.path.starts_with("/debug/") {
+            return self.debug_guard(head);
+        }
+        if head.method == "POST" && head.path == "/ingest" {
+            return self.ingest_guard(head);
+        }
+        None
+    }
+
     fn handle(&self, req: Request) -> Response {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET" | "HEAD", "/metrics") => Response::new(200).with_body(
@@ -47,11 +64,24 @@ impl Handler for Routes {
                 // The page URL may hold `?token=`: never send it on.
                 .with_header("Referrer-Policy", "no-referrer")
                 .with_header("X-Content-Type-Options", "nosniff"),
-            (_, "/metrics" | "/healthz" | "/readyz" | "/ingest" | "/debug/connections" | "/") => {
-                Response::text(405, "method not allowed\n")
-            }
-            _ => Response::text(404, "not found\n"),
+            (_, path) => match allowed_methods(path) {
+                // RFC 9110 §15.5.6: a 405 lists what the resource allows.
+                Some(allow) => {
+                    Response::text(405, "method not allowed\n").with_header("Allow", allow)
+                }
+                None => Response::text(404, "not found\n"),
+            },
         }
+    }
+}
+
+/// The methods a known path answers, for the `Allow` header of a `405`;
+/// `None` for an unknown path (`404`).
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/ingest" => Some("POST"),
+        "/metrics" | "/healthz" | "/readyz" | "/debug/connections" | "/" => Some("GET, HEAD"),
+        _ => None,
     }
 }
 
@@ -90,23 +120,70 @@ impl Routes {
         }
     }
 
-    fn ingest(&self, req: &Request) -> Response {
-        if let Some(token) = &self.shared.config.ingest_token {
-            let given = req.header("authorization").and_then(|v| {
-                let (scheme, t) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(t.trim())
-            });
-            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
-                return Response::json(401, &json!({"error": "a valid bearer token is required"}))
-                    .with_header("WWW-Authenticate", "Bearer");
-            }
+    /// `/debug/*` (SPEC §9): with `DEBUG_TOKEN` set, its bearer token is
+    /// required (401); without it, the routes answer only on a loopback
+    /// `HTTP_HOST` (403 otherwise), as they list users, client addresses
+    /// and events.
+    fn debug_guard(&self, head: &RequestHead) -> Option<Response> {
+        let config = &self.shared.config;
+        match &config.debug_token {
+            Some(token) if !bearer_matches(head, token) => Some(unauthorized()),
+            Some(_) => None,
+            None if !config.http_host.to_canonical().is_loopback() => Some(Response::json(
+                403,
+                &json!({"error": "/debug is refused off loopback unless DEBUG_TOKEN is set"}),
+            )),
+            None => None,
         }
+    }
+
+    /// `POST /ingest` on its head (SPEC §4, §9): token, then a cross-site
+    /// `Origin`, then the `Content-Type`.
+    fn ingest_guard(&self, head: &RequestHead) -> Option<Response> {
+        let config = &self.shared.config;
+        if let Some(token) = &config.ingest_token
+            && !bearer_matches(head, token)
+        {
+            return Some(unauthorized());
+        }
+        if let Some(origin) = head.header("origin")
+            && !same_site_or_listed(&config.allowed_origins, origin, head.header("host"))
+        {
+            return Some(Response::json(
+                403,
+                &json!({"error": "cross-site ingest refused: Origin is not this host nor in \
+                                  LIVE_WS_ALLOWED_ORIGINS"}),
+            ));
+        }
+        if !ingest::content_type_accepted(head.header("content-type")) {
+            return Some(Response::json(
+                415,
+                &json!({"error": "Content-Type must be application/json or application/x-ndjson"}),
+            ));
+        }
+        None
+    }
+
+    /// `POST /ingest` once [`Routes::ingest_guard`] passed its head (the
+    /// server runs `check_head` before reading any body).
+    fn ingest(&self, req: &Request) -> Response {
+        let config = &self.shared.config;
+        let limits = ingest::Limits {
+            max_items: config.ingest_max_items,
+            max_position_bytes: config.max_position_bytes,
+        };
         let parsed = if ingest::is_ndjson(req.header("content-type")) {
-            ingest::parse_ndjson(&req.body)
+            ingest::parse_ndjson(&req.body, &limits)
         } else {
-            match ingest::parse_json(&req.body) {
-                Ok(parsed) => parsed,
-                Err(e) => return Response::json(400, &json!({"error": e})),
+            ingest::parse_json(&req.body, &limits)
+        };
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(e @ ingest::Refused::TooManyItems { .. }) => {
+                return Response::json(413, &json!({"error": e.to_string()}));
+            }
+            Err(e @ ingest::Refused::Malformed(_)) => {
+                return Response::json(400, &json!({"error": e.to_string()}));
             }
         };
         let metrics = &self.shared.metrics;
@@ -115,7 +192,7 @@ impl Routes {
         metrics
             .positions_rejected
             .with_label_values(&["ingest"])
-            .inc_by(parsed.rejected.len() as u64);
+            .inc_by(parsed.rejected_count as u64);
         if accepted > 0 {
             // With Redis, the stream is the one path to every instance,
             // this one included.
@@ -128,7 +205,14 @@ impl Routes {
                 return Response::json(503, &json!({"error": "server is stopping"}));
             }
         }
-        Response::json(202, &json!({"accepted": accepted, "rejected": parsed.rejected}))
+        Response::json(
+            202,
+            &json!({
+                "accepted": accepted,
+                "rejected": parsed.rejected,
+                "rejectedCount": parsed.rejected_count,
+            }),
+        )
     }
 
     fn connections(&self) -> Response {
@@ -165,8 +249,69 @@ impl Routes {
     }
 }
 
+/// Whether the head carries `Authorization: Bearer <token>` for `token`.
+fn bearer_matches(head: &RequestHead, token: &Secret) -> bool {
+    let given = head.header("authorization").and_then(|v| {
+        let (scheme, t) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(t.trim())
+    });
+    given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes()))
+}
+
+/// The `401` of a missing or wrong bearer token. It says nothing about
+/// which: the token is never echoed nor logged.
+fn unauthorized() -> Response {
+    Response::json(401, &json!({"error": "a valid bearer token is required"}))
+        .with_header("WWW-Authenticate", "Bearer")
+}
+
+/// The cross-site rule of `POST /ingest` (SPEC §9): an `Origin` passes when
+/// its hostname is the `Host` header's (ports may differ: the built-in
+/// dashboard is another port of the same host), or when it is in
+/// `LIVE_WS_ALLOWED_ORIGINS`.
+fn same_site_or_listed(allowed: &[String], origin: &str, host: Option<&str>) -> bool {
+    let origin = origin.trim().trim_end_matches('/');
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    // `null` (sandboxed frames, files) and other opaque origins have no
+    // `scheme://`: never the same site.
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    host.is_some_and(|host| auth::hostname(authority).eq_ignore_ascii_case(auth::hostname(host)))
+}
+
 /// Compares secrets without an early exit, so timing does not reveal how
 /// much of a guess was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_origin_rule() {
+        let list = vec!["https://tracker.example".to_owned()];
+        assert!(same_site_or_listed(&[], "http://127.0.0.1:9090", Some("127.0.0.1:9090")));
+        // The dashboard: same host, other port.
+        assert!(same_site_or_listed(&[], "http://localhost:9090", Some("LOCALHOST:8080")));
+        assert!(same_site_or_listed(&[], "http://[::1]:9090", Some("[::1]:9090")));
+        assert!(!same_site_or_listed(&[], "https://evil.example", Some("127.0.0.1:9090")));
+        assert!(!same_site_or_listed(&[], "null", Some("127.0.0.1:9090")));
+        assert!(!same_site_or_listed(&[], "http://127.0.0.1:9090", None));
+        assert!(same_site_or_listed(&list, "https://tracker.example/", Some("127.0.0.1:9090")));
+        assert!(!same_site_or_listed(&list, "https://evil.example", Some("127.0.0.1:9090")));
+    }
+
+    #[test]
+    fn every_known_path_lists_its_methods() {
+        for path in ["/metrics", "/healthz", "/readyz", "/debug/connections", "/"] {
+            assert_eq!(allowed_methods(path), Some("GET, HEAD"), "{path}");
+        }
+        assert_eq!(allowed_methods("/ingest"), Some("POST"));
+        assert_eq!(allowed_methods("/nope"), None);
+    }
 }

@@ -180,6 +180,16 @@ impl fmt::Debug for Response {
 pub(crate) trait Handler: Send + Sync + 'static {
     /// Answers one request.
     fn handle(&self, req: Request) -> Response;
+
+    /// Looks at a request head before its body is read, and before any
+    /// `100 Continue`: `Some` answers the request with that response at
+    /// once (credentials, content type: SPEC §4, §9), and its body is never
+    /// read; the connection is then closed unless the request declared no
+    /// body. `None` (the default) goes on to read the body and call
+    /// [`Handler::handle`]. Same thread and panic rules as `handle`.
+    fn check_head(&self, _head: &RequestHead, _remote: SocketAddr) -> Option<Response> {
+        None
+    }
 }
 
 /// Any `Fn(Request) -> Response` is a handler (as tungstenite's `Callback`).
@@ -216,14 +226,21 @@ pub(crate) struct Limits {
     /// request is the one its `X-Forwarded-For` names, and that client is
     /// held to the limit (SPEC §9 `LIVE_TRUSTED_PROXIES`). Default none.
     pub(crate) trusted_proxies: TrustedProxies,
-    /// Time allowed for a request head (counted from the connection's accept,
-    /// or from the first byte of a later request) and, separately, for its
-    /// body; also the per-`write` timeout of responses. A head late by this
-    /// gets `408`. Default 10 s; raise it for large ingest bodies on slow
-    /// links. Must not be zero.
+    /// Time allowed for a request body, counted from the end of its head;
+    /// also the per-`write` timeout of responses. Default 10 s; raise it for
+    /// large ingest bodies on slow links. Must not be zero.
     pub(crate) read_timeout: Duration,
+    /// Time allowed for a whole request head (SPEC §9 `HTTP_HEAD_TIMEOUT_MS`),
+    /// counted from the connection's accept for the first request and from
+    /// the end of the previous response for the next one on a keep-alive
+    /// connection, so the wait between requests counts too. A connection
+    /// that sent nothing by then is closed silently (the normal end of a
+    /// keep-alive connection); one that sent part of a head gets `408`.
+    /// Default 10 s. Must not be zero.
+    pub(crate) head_timeout: Duration,
     /// How long a keep-alive connection may sit between requests before it is
-    /// closed. Default 30 s. Must not be zero.
+    /// closed, when shorter than `head_timeout`. Default 30 s. Must not be
+    /// zero.
     pub(crate) idle_timeout: Duration,
 }
 
@@ -236,6 +253,7 @@ impl Default for Limits {
             max_connections_per_ip: 32,
             trusted_proxies: TrustedProxies::default(),
             read_timeout: Duration::from_secs(10),
+            head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
         }
     }
@@ -282,10 +300,13 @@ impl HttpServer {
         handler: Arc<dyn Handler>,
         refused: Option<IntCounterVec>,
     ) -> io::Result<HttpServer> {
-        if limits.read_timeout.is_zero() || limits.idle_timeout.is_zero() {
+        if limits.read_timeout.is_zero()
+            || limits.idle_timeout.is_zero()
+            || limits.head_timeout.is_zero()
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "http limits: read_timeout and idle_timeout must be positive",
+                "http limits: read_timeout, head_timeout and idle_timeout must be positive",
             ));
         }
         let rules = Rules {
@@ -576,19 +597,18 @@ fn serve_connection(
     // Bytes received but not consumed: the start of the next request when
     // the peer pipelines.
     let mut buf = Vec::new();
-    let mut first = true;
+    // When the head now awaited may start: the accept for the first
+    // request, the end of the previous response for the next ones.
+    let mut head_start = accepted_at;
     loop {
         if !slot.enter_idle() {
             return "server stopping".to_owned();
         }
+        let head_deadline = head_start + limits.head_timeout;
         if buf.is_empty() {
-            // A new connection gets `read_timeout` for its whole first head;
-            // a kept-alive one may idle for `idle_timeout` before its next.
-            let until = if first {
-                accepted_at + limits.read_timeout
-            } else {
-                Instant::now() + limits.idle_timeout
-            };
+            // Nothing yet: wait for the first byte, at most until the head
+            // is due (or the keep-alive idle time is over, if sooner).
+            let until = head_deadline.min(head_start + limits.idle_timeout);
             match read_append(stream, &mut buf, READ_CHUNK, until) {
                 Ok(0) if shared.stopping.load(Ordering::SeqCst) => {
                     return "server stopping".to_owned();
@@ -600,12 +620,6 @@ fn serve_connection(
             }
         }
         slot.enter_busy();
-        let head_deadline = if first {
-            accepted_at + limits.read_timeout
-        } else {
-            Instant::now() + limits.read_timeout
-        };
-        first = false;
 
         let head = match read_head_buffered(stream, &mut buf, head_deadline, limits.max_head_bytes)
         {
@@ -632,31 +646,55 @@ fn serve_connection(
         };
         let keep_alive = wants_keep_alive(&head);
         let version = head.version;
-        let body = match read_body(stream, &mut buf, &head, limits) {
-            Ok(body) => body,
-            Err(e) => {
-                if let Some(status) = e.status() {
-                    reject(stream, status, &e.to_string());
-                }
-                return e.to_string();
-            }
-        };
+        let method = head.method.clone();
+        let path = head.path.clone();
 
-        let method = head.method;
-        let path = head.path;
-        let req = Request {
-            method: method.clone(),
-            path: path.clone(),
-            query: head.query,
-            headers: head.headers,
-            body,
-            remote,
-        };
-        let (resp, panicked) = match catch_unwind(AssertUnwindSafe(|| shared.handler.handle(req))) {
-            Ok(resp) => (resp, false),
-            Err(_) => {
-                warn!("http: {client} handler panicked on {method} {path}");
-                (Response::text(500, "internal server error\n"), true)
+        // The head alone may settle the request (credentials, content
+        // type): then no `100 Continue` goes out and no body byte is read.
+        let early =
+            match catch_unwind(AssertUnwindSafe(|| shared.handler.check_head(&head, remote))) {
+                Ok(early) => early,
+                Err(_) => {
+                    warn!("http: {client} head check panicked on {method} {path}");
+                    Some(
+                        Response::text(500, "internal server error\n")
+                            .with_header("Connection", "close"),
+                    )
+                }
+            };
+        let (resp, panicked) = match early {
+            Some(resp) => {
+                // The body is left unread: the connection can go on only
+                // when there is none.
+                let bodiless = matches!(framing(&head), Ok(Framing::Length(0)));
+                let resp = if bodiless { resp } else { resp.with_header("Connection", "close") };
+                (resp, false)
+            }
+            None => {
+                let body = match read_body(stream, &mut buf, &head, limits) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        if let Some(status) = e.status() {
+                            reject(stream, status, &e.to_string());
+                        }
+                        return e.to_string();
+                    }
+                };
+                let req = Request {
+                    method: head.method,
+                    path: head.path,
+                    query: head.query,
+                    headers: head.headers,
+                    body,
+                    remote,
+                };
+                match catch_unwind(AssertUnwindSafe(|| shared.handler.handle(req))) {
+                    Ok(resp) => (resp, false),
+                    Err(_) => {
+                        warn!("http: {client} handler panicked on {method} {path}");
+                        (Response::text(500, "internal server error\n"), true)
+                    }
+                }
             }
         };
         debug!("http: {client} {method} {path} -> {}", resp.status);
@@ -679,6 +717,7 @@ fn serve_connection(
             linger_close(stream);
             return "closed after response".to_owned();
         }
+        head_start = Instant::now();
     }
 }
 
@@ -723,6 +762,7 @@ fn read_head_buffered(
             if len > max_head_bytes {
                 return Err(HeadError::TooLarge);
             }
+            check_framing_rules(&head, buf.get(..len).unwrap_or_default())?;
             buf.drain(..len.min(buf.len()));
             return Ok(head);
         }
@@ -739,6 +779,32 @@ fn read_head_buffered(
             Err(ReadFail::Io(e)) => return Err(HeadError::Io(e)),
         }
     }
+}
+
+/// The RFC 9112 rules httparse leaves to us, each a `400` (SPEC §9): a bare
+/// CR anywhere in the head (§2.2), an HTTP/1.1 request without `Host` or
+/// any request with more than one (§3.2), and `Transfer-Encoding` in an
+/// HTTP/1.0 request (§6.1: such a message is faulty, and framing it either
+/// way invites request smuggling).
+fn check_framing_rules(head: &RequestHead, raw: &[u8]) -> Result<(), HeadError> {
+    let bare_cr =
+        raw.iter().enumerate().any(|(i, &b)| b == b'\r' && raw.get(i + 1) != Some(&b'\n'));
+    if bare_cr {
+        return Err(HeadError::Malformed("bare CR in the head".into()));
+    }
+    let hosts = head.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("host")).count();
+    if hosts > 1 {
+        return Err(HeadError::Malformed("more than one Host header".into()));
+    }
+    if hosts == 0 && head.version >= 1 {
+        return Err(HeadError::Malformed("HTTP/1.1 request without a Host header".into()));
+    }
+    if head.version == 0
+        && head.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request".into()));
+    }
+    Ok(())
 }
 
 /// True when `bytes` holds the end of a line followed by an empty line.
@@ -1279,6 +1345,7 @@ mod tests {
             max_connections_per_ip: 0,
             trusted_proxies: TrustedProxies::default(),
             read_timeout: Duration::from_secs(2),
+            head_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(5),
         }
     }
@@ -1469,6 +1536,71 @@ mod tests {
         assert_eq!(c.reply(false).status, 413);
     }
 
+    /// Refuses `/guarded` on its head with 401; echoes the rest.
+    struct Guarded;
+
+    impl Handler for Guarded {
+        fn handle(&self, req: Request) -> Response {
+            echo(req)
+        }
+
+        fn check_head(&self, head: &RequestHead, _remote: SocketAddr) -> Option<Response> {
+            (head.path == "/guarded").then(|| Response::text(401, "no\n"))
+        }
+    }
+
+    #[test]
+    fn a_head_check_answers_before_100_continue_and_any_body_byte() {
+        let server =
+            start_with(Limits { max_body_bytes: 10_000_000, ..test_limits() }, Arc::new(Guarded));
+        let mut c = Client::connect(&server);
+        c.send(
+            b"POST /guarded HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\
+              Content-Length: 8000000\r\n\r\n",
+        );
+        // The first bytes are the 401 (no `100 Continue`), then the end: the
+        // body was never asked for.
+        let r = c.reply(false);
+        assert_eq!((r.status, r.header("connection")), (401, Some("close")));
+        assert!(c.at_eof());
+
+        // Without a body the connection goes on.
+        let mut c = Client::connect(&server);
+        c.send(b"GET /guarded HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c.reply(false);
+        assert_eq!((r.status, r.header("connection")), (401, None));
+        c.send(b"GET /open HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(c.reply(false).text(), "GET /open ");
+    }
+
+    #[test]
+    fn the_next_head_on_a_keep_alive_connection_is_due_within_the_head_timeout() {
+        let limits = Limits {
+            head_timeout: Duration::from_millis(400),
+            idle_timeout: Duration::from_secs(30),
+            ..test_limits()
+        };
+        let server = start(limits);
+        // Silent after a response: closed without a word at the head timeout,
+        // not after the (longer) idle timeout.
+        let mut c = Client::connect(&server);
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        c.reply(false);
+        let started = Instant::now();
+        assert!(c.at_eof());
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+        // Part of the next head, then nothing: 408 at the same deadline.
+        let mut c = Client::connect(&server);
+        c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        c.reply(false);
+        let started = Instant::now();
+        c.send(b"GET /late HTTP/1.1\r\n");
+        assert_eq!(c.reply(false).status, 408);
+        assert!(c.at_eof());
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    }
+
     #[test]
     fn keep_alive_serves_several_requests_and_pipelining() {
         let server = start(test_limits());
@@ -1529,7 +1661,7 @@ mod tests {
 
     #[test]
     fn slowloris_head_is_cut_at_the_deadline() {
-        let server = start(Limits { read_timeout: Duration::from_secs(1), ..test_limits() });
+        let server = start(Limits { head_timeout: Duration::from_secs(1), ..test_limits() });
         let started = Instant::now();
         let mut c = Client::connect(&server);
         let mut writer = c.stream.try_clone().expect("clone");
@@ -1556,7 +1688,7 @@ mod tests {
 
     #[test]
     fn silent_connection_is_closed_without_a_response() {
-        let server = start(Limits { read_timeout: Duration::from_millis(300), ..test_limits() });
+        let server = start(Limits { head_timeout: Duration::from_millis(300), ..test_limits() });
         let mut c = Client::connect(&server);
         assert!(c.at_eof());
     }
@@ -1564,12 +1696,22 @@ mod tests {
     #[test]
     fn malformed_requests_get_400_and_close() {
         let server = start(test_limits());
-        let cases: [&[u8]; 5] = [
+        let cases: [&[u8]; 12] = [
             b"NOT A REQUEST\r\n\r\n",
-            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 12x\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 12x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            // RFC 9112 §3.2: Host exactly once in HTTP/1.1, at most once.
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n",
+            // §2.2: a bare CR, in a header value or ending a line.
+            b"GET / HTTP/1.1\r\nHost: t\r\nX-A: 1\r2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: t\r\nX-A: 1\r\r\n\r\n",
+            // §6.1: Transfer-Encoding in HTTP/1.0.
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\nx",
         ];
         for case in cases {
             let mut c = Client::connect(&server);
@@ -1578,10 +1720,10 @@ mod tests {
             assert!(c.at_eof());
         }
         let mut c = Client::connect(&server);
-        c.send(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+        c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
         assert_eq!(c.reply(false).status, 400);
         let mut c = Client::connect(&server);
-        c.send(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(c.reply(false).status, 501);
         let mut c = Client::connect(&server);
         c.send(format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(5000)).as_bytes());

@@ -19,6 +19,7 @@ use log::{debug, info, warn};
 use serde_json::Value;
 
 use crate::auth::directus::{Client, Credential, encode_segment};
+use crate::auth::tokens::json_error_at;
 use crate::broadcast::Command;
 use crate::config::{AuthMode, Config, Secret};
 use crate::metrics::Metrics;
@@ -188,10 +189,13 @@ fn id_string(value: &Value) -> Option<String> {
 pub(crate) fn load(path: &Path) -> Result<DeviceMap, String> {
     let shown = path.display();
     let text = std::fs::read(path).map_err(|e| format!("device map {shown}: {e}"))?;
-    let map: DeviceMap = serde_json::from_slice(&text)
-        .map_err(|e| format!("device map {shown}: expected {{\"device\":\"event\"}}: {e}"))?;
-    if let Some((device, _)) = map.iter().find(|(d, e)| d.is_empty() || e.is_empty()) {
-        return Err(format!("device map {shown}: empty device or event id near {device:?}"));
+    // Line and column only: serde's message would quote file contents into
+    // the log, as it would for a secrets file.
+    let map: DeviceMap = serde_json::from_slice(&text).map_err(|e| {
+        format!("device map {shown}: {}; expected {{\"device\":\"event\"}}", json_error_at(&e))
+    })?;
+    if map.iter().any(|(d, e)| d.is_empty() || e.is_empty()) {
+        return Err(format!("device map {shown}: an empty device or event id"));
     }
     Ok(map)
 }

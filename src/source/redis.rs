@@ -115,6 +115,7 @@ impl RedisSource {
             batch: config.batch_size,
             block: config.batch_block,
             warm_count: config.warm_count,
+            max_position_bytes: config.max_position_bytes,
             destroy_group: !config.instance_id_configured,
         };
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
@@ -155,6 +156,8 @@ struct Reader {
     batch: usize,
     block: Duration,
     warm_count: usize,
+    /// `LIVE_MAX_POSITION_BYTES`: larger entries are skipped and counted.
+    max_position_bytes: usize,
     destroy_group: bool,
 }
 
@@ -280,7 +283,7 @@ impl Reader {
         let mut ids = Vec::with_capacity(entries.len());
         let mut positions = Vec::with_capacity(entries.len());
         for entry in entries {
-            match parse_entry(&entry) {
+            match parse_entry(&entry, self.max_position_bytes) {
                 Ok(p) => positions.push(p),
                 Err(why) => {
                     warn!("redis: entry {} of {} skipped: {why}", entry.id, self.names.key);
@@ -319,8 +322,12 @@ impl Reader {
             .arg(self.warm_count)
             .query(conn)?;
         // Oldest first, so that the newest of each device wins.
-        let positions: Vec<Position> =
-            reply.ids.iter().rev().filter_map(|entry| parse_entry(entry).ok()).collect();
+        let positions: Vec<Position> = reply
+            .ids
+            .iter()
+            .rev()
+            .filter_map(|entry| parse_entry(entry, self.max_position_bytes).ok())
+            .collect();
         info!("redis: warmed the cache with {} positions from {}", positions.len(), self.names.key);
         if !positions.is_empty() {
             let _ = self.commands.send(Command::Warm(positions));
@@ -375,8 +382,9 @@ fn ensure_group(conn: &mut Connection, key: &str, group: &str) -> Result<(), Red
     }
 }
 
-/// The position in an entry's `data` field.
-fn parse_entry(entry: &StreamId) -> Result<Position, String> {
+/// The position in an entry's `data` field, at most `max_bytes` of JSON
+/// (`LIVE_MAX_POSITION_BYTES`) like an ingested one.
+fn parse_entry(entry: &StreamId, max_bytes: usize) -> Result<Position, String> {
     let data = match entry.map.get("data") {
         Some(Value::BulkString(bytes)) => bytes.as_slice(),
         Some(Value::SimpleString(s)) => s.as_bytes(),
@@ -385,7 +393,7 @@ fn parse_entry(entry: &StreamId) -> Result<Position, String> {
     };
     let value: serde_json::Value =
         serde_json::from_slice(data).map_err(|e| format!("invalid JSON in data: {e}"))?;
-    Position::from_value(value).map_err(|e| e.0)
+    Position::from_source(value, max_bytes).map_err(|e| e.0)
 }
 
 /// A Redis error without anything that could carry a secret.

@@ -108,7 +108,7 @@ async function ingest(server, positions) {
   });
   const body = await res.json();
   assert.equal(res.status, 202, JSON.stringify(body));
-  assert.deepEqual(body, { accepted: positions.length, rejected: [] });
+  assert.deepEqual(body, { accepted: positions.length, rejected: [], rejectedCount: 0 });
 }
 
 /** `steps` positions of one device on a gentle arc ending at `to`. */

@@ -5,6 +5,8 @@
 //! Each test runs the `livecast` executable, so that `/proc/PID/task`
 //! counts the `ws-` threads of that server alone.
 
+mod http; // SPEC §9 on the HTTP port: the request rules of issue 12
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

@@ -40,9 +40,9 @@ fn ingest_accepts_an_array_or_one_object() {
     let mut c = srv.connect();
     assert!(c.subscribe("e-1").is_empty());
     let answer = srv.ingest(&json!([pos("e-1", "d-1", 0), pos("e-1", "d-1", 1)]));
-    assert_eq!(answer, json!({"accepted": 2, "rejected": []}));
+    assert_eq!(answer, json!({"accepted": 2, "rejected": [], "rejectedCount": 0}));
     let answer = srv.ingest(&pos("e-1", "d-1", 2));
-    assert_eq!(answer, json!({"accepted": 1, "rejected": []}));
+    assert_eq!(answer, json!({"accepted": 1, "rejected": [], "rejectedCount": 0}));
     for seq in 0..3 {
         assert_eq!(seq_of(&c.recv_position()), seq);
     }
@@ -189,7 +189,7 @@ fn chunked_bodies_are_accepted() {
     let (x, y) = (b.len() / 3, 2 * b.len() / 3);
     let r = http_raw(srv.http, &chunked_request(&srv, &[&b[..x], &b[x..y], &b[y..]], ""));
     assert_eq!(r.status, 202, "{}", r.text());
-    assert_eq!(r.json(), json!({"accepted": 3, "rejected": []}));
+    assert_eq!(r.json(), json!({"accepted": 3, "rejected": [], "rejectedCount": 0}));
     for seq in 0..3 {
         assert_eq!(seq_of(&c.recv_position()), seq);
     }

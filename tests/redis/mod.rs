@@ -314,6 +314,28 @@ fn bad_entries_are_skipped_and_acknowledged_around_good_ones() {
     wait_until(DEADLINE, "every entry acknowledged", || redis.pending(&key, group) == 0);
 }
 
+/// SPEC §9: a stream entry is bounded like an ingested position.
+#[test]
+fn oversized_entries_and_long_ids_are_skipped_never_cached() {
+    let redis = Redis::start();
+    let key = unique_key("big");
+    let server = livecast(&redis, &key, Some("big-entries"));
+    let mut client = server.connect();
+    client.subscribe("e");
+    let mut big = pos("e", "d-big", 90);
+    big["note"] = json!("x".repeat(20_000));
+    redis.xadd(&key, &data(&pos("e", "d", 1)));
+    redis.xadd(&key, &data(&big));
+    redis.xadd(&key, &data(&pos("e", &"d".repeat(129), 91)));
+    redis.xadd(&key, &data(&pos("e", "d", 2)));
+    assert_eq!(seq_of(&client.recv_position()), 1);
+    assert_eq!(seq_of(&client.recv_position()), 2);
+    server.expect_metric("livecast_positions_rejected_total", &[("source", "redis")], 2.0);
+    let snapshot = server.connect().subscribe("e");
+    assert_eq!(snapshot.len(), 1, "{snapshot:?}");
+    assert_eq!(snapshot[0]["deviceId"], "d");
+}
+
 #[test]
 fn redis_outage_keeps_clients_and_delivery_resumes() {
     let mut redis = Redis::start();

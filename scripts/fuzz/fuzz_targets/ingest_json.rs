@@ -1,34 +1,68 @@
-//! The JSON body parser of `POST /ingest`: an array of positions or one.
+//! The JSON body parser of `POST /ingest`: an array of positions or one,
+//! with its bounds (`INGEST_MAX_ITEMS`, `LIVE_MAX_POSITION_BYTES`, at most
+//! 100 listed rejections).
 #![no_main]
 
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use livecast::fuzzing::{ingest_json, position};
+use livecast::fuzzing::{IngestRefused, MAX_LISTED_REJECTIONS, ingest_json, position};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(parsed) = ingest_json(data) else { return };
-    let items: Vec<Value> = match serde_json::from_slice(data) {
+    let limits = common::limits_for(data);
+    let whole = serde_json::from_slice::<Value>(data);
+    let parsed = match ingest_json(data, limits) {
+        Ok(parsed) => parsed,
+        Err(IngestRefused::TooManyItems) => {
+            // Only an array (or a broken one cut after its item too many).
+            match whole {
+                Ok(Value::Array(items)) => assert!(items.len() > limits.max_items),
+                Ok(other) => panic!("413 for a body that is not an array: {other}"),
+                Err(_) => {}
+            }
+            return;
+        }
+        Err(IngestRefused::Malformed(why)) => {
+            assert!(!why.is_empty(), "empty 400 text");
+            assert!(
+                !matches!(whole, Ok(Value::Array(_) | Value::Object(_))),
+                "400 ({why}) for a JSON array or object"
+            );
+            return;
+        }
+    };
+    let items: Vec<Value> = match whole {
         Ok(Value::Array(items)) => items,
         Ok(object @ Value::Object(_)) => vec![object],
         Ok(other) => panic!("accepted a body that is neither an array nor an object: {other}"),
         Err(e) => panic!("accepted a body that is not JSON: {e}"),
     };
-    // Every item is either a position or a rejection, in body order.
-    assert_eq!(parsed.positions.len() + parsed.rejected.len(), items.len());
+    assert!(items.len() <= limits.max_items, "{} items accepted", items.len());
+    // Every item is either a position or a rejection, in body order; the
+    // first rejections are listed, all are counted.
+    assert_eq!(parsed.positions.len() + parsed.rejected_count, items.len());
+    assert_eq!(parsed.rejected.len(), parsed.rejected_count.min(MAX_LISTED_REJECTIONS));
     let mut accepted = parsed.positions.iter();
     let mut rejected = parsed.rejected.iter().peekable();
+    let mut rejections = 0;
     for (index, item) in items.iter().enumerate() {
-        let alone = position(item.to_string().as_bytes());
-        if rejected.peek().is_some_and(|(i, _)| *i == index) {
+        let alone = position(item.to_string().as_bytes(), limits.max_position_bytes);
+        let listed = rejected.peek().is_some_and(|(i, _)| *i == index);
+        if listed {
             let (_, why) = rejected.next().unwrap_or_else(|| unreachable!());
             assert_eq!(alone.err().as_ref(), Some(why), "item {index}");
+            rejections += 1;
+        } else if alone.is_err() {
+            // A rejection past the listed ones.
+            assert!(rejections >= MAX_LISTED_REJECTIONS, "item {index} rejected alone only");
+            rejections += 1;
         } else {
             let p = accepted.next().unwrap_or_else(|| panic!("item {index} lost"));
-            common::check_position(p);
+            common::check_position(p, limits.max_position_bytes);
             assert_eq!(alone.as_ref(), Ok(p), "item {index}");
         }
     }
+    assert_eq!(rejections, parsed.rejected_count);
     assert!(rejected.next().is_none(), "rejection with a bad index");
 });
