@@ -13,6 +13,8 @@ pub enum Inbound {
     Subscribe(String),
     /// `{"type":"unsubscribe","eventId":..}`
     Unsubscribe(String),
+    /// `{"type":"ping","id":..}`: the `id` as the JSON text the pong echoes.
+    Ping(Option<String>),
 }
 
 /// Parses one text frame as the connection loop does.
@@ -23,6 +25,7 @@ pub fn inbound(text: &str) -> Result<Inbound, String> {
     protocol::Inbound::parse(text).map(|m| match m {
         protocol::Inbound::Subscribe(e) => Inbound::Subscribe(e),
         protocol::Inbound::Unsubscribe(e) => Inbound::Unsubscribe(e),
+        protocol::Inbound::Ping(id) => Inbound::Ping(id),
     })
 }
 
