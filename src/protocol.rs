@@ -52,6 +52,20 @@ impl Inbound {
     }
 }
 
+/// The `eventId` a refused message named, when it is a string (over-long
+/// or empty included): the `protocol-violation` answer names it too, so that
+/// a client can hand the error to the subscription that caused it. Parses
+/// the frame again, which only the error path pays.
+pub(crate) fn named_event(text: &str) -> Option<String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(mut obj)) => match obj.remove("eventId") {
+            Some(Value::String(event)) => Some(event),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// A ping's `id`: any JSON scalar, kept as its JSON text so that the pong
 /// echoes it as sent (a number stays a number); an object or array is
 /// refused, so that an echo costs no more than a scalar's worth of bytes
@@ -261,6 +275,17 @@ mod tests {
             r#"{"type":"subscribe","eventId":7}"#,
         ] {
             assert!(Inbound::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_refused_message_names_its_event_when_it_has_one() {
+        let long = "x".repeat(200);
+        let text = format!(r#"{{"type":"subscribe","eventId":"{long}"}}"#);
+        assert_eq!(named_event(&text), Some(long));
+        assert_eq!(named_event(r#"{"type":"dance","eventId":""}"#), Some(String::new()));
+        for none in ["nope", "[]", r#"{"type":"subscribe","eventId":7}"#, r#"{"type":"x"}"#] {
+            assert_eq!(named_event(none), None, "{none}");
         }
     }
 

@@ -36,7 +36,7 @@ use crate::auth::{self, AuthError, AuthzError, Identity};
 use crate::broadcast::Command;
 use crate::config::AuthMode;
 use crate::position::now_ms;
-use crate::protocol::{CloseReason, ErrorCode, Inbound, error_frame, pong_frame};
+use crate::protocol::{CloseReason, ErrorCode, Inbound, error_frame, named_event, pong_frame};
 
 /// How long a policy close (1008, 1009, ...) waits for the peer to take the
 /// close frame before the socket is dropped.
@@ -416,7 +416,8 @@ impl<'a> Connection<'a> {
         match Inbound::parse(text) {
             Err(why) => {
                 inbound.with_label_values(&["invalid"]).inc();
-                self.send_error(ErrorCode::ProtocolViolation, &why, None)
+                let event = named_event(text);
+                self.send_error(ErrorCode::ProtocolViolation, &why, event.as_deref())
             }
             Ok(Inbound::Subscribe(event)) => {
                 inbound.with_label_values(&["subscribe"]).inc();

@@ -250,3 +250,20 @@ fn a_ping_flood_closes_1008() {
     let pongs = srv.metric("livecast_outbound_messages_total", &[("type", "pong")]);
     assert!(pongs < f64::from(LIMIT * 10), "{pongs} pongs");
 }
+
+/// Issue 14: a refused message that named an event (a string `eventId`,
+/// even an invalid one) gets an error naming it, so that a client library
+/// can hand the error to that subscription.
+#[test]
+fn a_protocol_violation_names_the_event_of_the_refused_message() {
+    let srv = Server::start();
+    let mut c = srv.connect();
+    let long = "x".repeat(200);
+    let err = c.expect_error(
+        Message::text(json!({"type": "subscribe", "eventId": long}).to_string()),
+        "protocol-violation",
+    );
+    assert_eq!(err["eventId"], long.as_str());
+    let err = c.expect_error(Message::text("not json"), "protocol-violation");
+    assert!(err.get("eventId").is_none(), "{err}");
+}
