@@ -272,7 +272,7 @@ export class Client {
       const response = await fetch(url.href, {
         credentials: "include",
         cache: "no-store",
-        signal: AbortSignal.timeout(this.#options.connectTimeoutMs),
+        signal: AbortSignal.timeout?.(this.#options.connectTimeoutMs),
       });
       return response.status;
     } catch (_) {
@@ -336,7 +336,7 @@ export class Client {
         sub?.[POSITION](msg);
         break;
       case "error": {
-        const error = { code: String(msg.code), message: String(msg.message ?? "") };
+        const error = { code: String(msg.code ?? "error"), message: String(msg.message ?? "") };
         if (msg.eventId !== undefined) error.eventId = msg.eventId;
         // An error that names a subscribed event is that subscription's;
         // the rest (and every error when it has no onError) is the client's.
@@ -360,6 +360,7 @@ export class Client {
 
 export class Subscription {
   #client;
+  #eventId;
   #handlers;
   #devices = new Map();
   #active = true;
@@ -368,9 +369,13 @@ export class Subscription {
 
   constructor(client, eventId, handlers) {
     this.#client = client;
+    this.#eventId = eventId;
     this.#handlers = handlers;
-    /** The event, as given to subscribe(). */
-    this.eventId = eventId;
+  }
+
+  /** The event, as given to subscribe(). */
+  get eventId() {
+    return this.#eventId;
   }
 
   /**
