@@ -19,7 +19,9 @@
 //   eventId; forbidden event in tokens mode);
 // - tokens mode, token removed from the tokens file with a short
 //   LIVE_AUTH_REVALIDATE_MS: 4401, "unauthorized", no reconnect until
-//   client.reconnect(); a refused token is "unauthorized" at once too.
+//   client.reconnect(); a refused token is "unauthorized" at once too;
+// - backoff against a port where nobody listens: each delay uniform below
+//   a cap that doubles; a connection that stayed up resets it.
 //
 // Run by scripts/browser-test.sh (after dashboard.test.mjs).
 
@@ -296,6 +298,44 @@ test("livecast.js in headless Chromium", { timeout: 120_000 }, async (t) => {
     await call("t", "close");
     assert.equal((await record("t")).state, "closed");
     await stopServer(server);
+  });
+
+  await t.test("backoff: full jitter under a growing cap, reset by a stable connection", async () => {
+    // A server's ports, then nobody there.
+    server = await startServer();
+    const { wsPort, httpPort } = server;
+    await stopServer(server);
+    const backoff = { backoffBaseMs: 100, backoffMaxMs: 400, stableAfterMs: 500 };
+    await start("k", { ...FAST, ...backoff, url: `ws://${server.ws}/` }, [event]);
+    let k = await waitFor("k", "seven failed attempts",
+      (x) => x.statuses.filter((s) => s.state === "retrying").length >= 7);
+    const tries = k.statuses.filter((s) => s.state === "retrying");
+    tries.forEach((s, i) => {
+      const cap = Math.min(400, 100 * 2 ** i);
+      assert.equal(s.attempt, i + 1, JSON.stringify(s));
+      assert.ok(s.delayMs >= 0 && s.delayMs <= cap, `attempt ${i + 1}: ${s.delayMs} ms, cap ${cap}`);
+    });
+    for (let i = 0; i + 1 < k.statuses.length; i++) {
+      const [s, next] = [k.statuses[i], k.statuses[i + 1]];
+      if (s.state === "retrying") {
+        assert.equal(next.state, "connecting");
+        assert.ok(next.t - s.t >= s.delayMs - 2, `waited ${next.t - s.t} ms of ${s.delayMs}`);
+      }
+    }
+    assert.ok(new Set(tries.map((s) => s.delayMs)).size > 1, "random delays");
+
+    // Up for longer than stableAfterMs, then killed: the count starts over.
+    server = await startServer({ wsPort, httpPort });
+    k = await waitFor("k", "connected", (x) => x.state === "connected" && x.snapshots.length === 1);
+    await page.waitForTimeout(700);
+    const seen = k.statuses.length;
+    await new Promise((resolve) => { server.child.on("exit", resolve); server.child.kill("SIGKILL"); });
+    k = await waitFor("k", "a retry", (x) => x.statuses.slice(seen).some((s) => s.state === "retrying"));
+    const again = k.statuses.slice(seen).find((s) => s.state === "retrying");
+    assert.equal(again.code, 1006);
+    assert.equal(again.attempt, 1, "backoff reset after a stable connection");
+    assert.ok(again.delayMs <= 100, `${again.delayMs} ms`);
+    await call("k", "close");
   });
 
   assert.deepEqual(pageErrors, [], "no uncaught exception in the page");
