@@ -103,7 +103,7 @@ async function openPage(server) {
 
 const start = (name, options, events) =>
   page.evaluate(([n, o, e]) => window.start(n, o, e), [name, options, events]);
-const record = (name) => page.evaluate((n) => window.record(n), name);
+const record = (name) => deadline(page.evaluate((n) => window.record(n), name), `record of ${name}`);
 const call = (name, method) =>
   page.evaluate(([n, m]) => window.clients[n].client[m](), [name, method]);
 
@@ -121,6 +121,15 @@ async function waitFor(name, what, pred, timeout = WAIT) {
 }
 
 const last = (list) => list[list.length - 1];
+
+/** `promise`, or a failure naming `what` after `ms`. */
+function deadline(promise, what, ms = WAIT) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
 
 async function metric(server, name, labels) {
   const text = await (await fetch(`http://${server.http}/metrics`)).text();
@@ -330,7 +339,12 @@ test("livecast.js in headless Chromium", { timeout: 120_000 }, async (t) => {
     k = await waitFor("k", "connected", (x) => x.state === "connected" && x.snapshots.length === 1);
     await page.waitForTimeout(700);
     const seen = k.statuses.length;
-    await new Promise((resolve) => { server.child.on("exit", resolve); server.child.kill("SIGKILL"); });
+    const { child } = server;
+    await deadline(new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolve();
+      child.on("exit", resolve);
+      child.kill("SIGKILL");
+    }), "the killed server's exit");
     k = await waitFor("k", "a retry", (x) => x.statuses.slice(seen).some((s) => s.state === "retrying"));
     const again = k.statuses.slice(seen).find((s) => s.state === "retrying");
     assert.equal(again.code, 1006);
