@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The browser test of the built-in dashboard (issue 6): a real headless
-# Chromium opens the dashboard of a running livecast, positions are posted,
-# and the page's DOM is checked, across a server restart, in tokens mode and
-# with `livecast --demo`. Screenshots: target/browser-test/*.png; the
-# README's scripts/dashboard.png is written when missing, or refreshed with
-# LIVECAST_UPDATE_SCREENSHOT=1.
+# The browser tests: a real headless Chromium against the real livecast.
+# dashboard.test.mjs (issue 6) opens the built-in dashboard, posts positions
+# and checks the page's DOM, across a server restart, in tokens mode and with
+# `livecast --demo`; client.test.mjs (issue 14) drives the client library
+# /livecast.js from a page on another origin through a drain, a restart, a
+# stopped server, error frames and a revoked token. Screenshots:
+# target/browser-test/*.png; the README's scripts/dashboard.png is written
+# when missing, or refreshed with LIVECAST_UPDATE_SCREENSHOT=1.
 #
 # Installs what it needs: Debian's chromium (when /usr/bin/chromium is
 # missing and we are root), playwright-core from npm (tests/browser, locked).
@@ -42,4 +44,6 @@ cargo build --locked --bin livecast
 
 step "browser test ($("$CHROMIUM" --version 2>/dev/null | head -n1))"
 export CHROMIUM
-node --test --test-reporter=spec tests/browser/dashboard.test.mjs
+# One file at a time: each starts its own servers and Chromium.
+node --test --test-reporter=spec --test-concurrency=1 \
+    tests/browser/dashboard.test.mjs tests/browser/client.test.mjs

@@ -18,6 +18,8 @@ pub enum Inbound {
     },
     /// `{"type":"unsubscribe","eventId":..}`
     Unsubscribe(String),
+    /// `{"type":"ping","id":..}`: the `id` as the JSON text the pong echoes.
+    Ping(Option<String>),
 }
 
 /// Parses one text frame as the connection loop does.
@@ -28,6 +30,7 @@ pub fn inbound(text: &str) -> Result<Inbound, String> {
     protocol::Inbound::parse(text).map(|m| match m {
         protocol::Inbound::Subscribe { event, trail } => Inbound::Subscribe { event, trail },
         protocol::Inbound::Unsubscribe(e) => Inbound::Unsubscribe(e),
+        protocol::Inbound::Ping(id) => Inbound::Ping(id),
     })
 }
 

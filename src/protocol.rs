@@ -24,6 +24,10 @@ pub(crate) enum Inbound {
     },
     /// `{"type":"unsubscribe","eventId":..}`
     Unsubscribe(String),
+    /// `{"type":"ping","id":..}`: liveness a page can see (browsers cannot
+    /// observe WebSocket ping frames). Holds the `id` as the JSON text to
+    /// echo in the `pong`, `None` when the ping had no `id`.
+    Ping(Option<String>),
 }
 
 impl Inbound {
@@ -39,6 +43,9 @@ impl Inbound {
             Some(_) => return Err("type must be a string".to_owned()),
             None => return Err("type is required".to_owned()),
         };
+        if kind == "ping" {
+            return parse_ping_id(obj.remove("id")).map(Inbound::Ping);
+        }
         let event = |obj: &mut serde_json::Map<String, Value>| match obj.remove("eventId") {
             Some(Value::String(s)) => check_event_id(s).map_err(str::to_owned),
             Some(_) => Err("eventId must be a string".to_owned()),
@@ -56,8 +63,46 @@ impl Inbound {
                 Ok(Inbound::Subscribe { event, trail })
             }
             "unsubscribe" => Ok(Inbound::Unsubscribe(event(&mut obj)?)),
-            _ => Err("unknown type: expected subscribe or unsubscribe".to_owned()),
+            _ => Err("unknown type: expected subscribe, unsubscribe or ping".to_owned()),
         }
+    }
+}
+
+/// The `eventId` a refused message named, when it is a string (over-long
+/// or empty included): the `protocol-violation` answer names it too, so that
+/// a client can hand the error to the subscription that caused it. Parses
+/// the frame again, which only the error path pays.
+pub(crate) fn named_event(text: &str) -> Option<String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(mut obj)) => match obj.remove("eventId") {
+            Some(Value::String(event)) => Some(event),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A ping's `id`: any JSON scalar, kept as its JSON text so that the pong
+/// echoes it as sent (a number stays a number); an object or array is
+/// refused, so that an echo costs no more than a scalar's worth of bytes
+/// and a client cannot make the server build structures.
+fn parse_ping_id(id: Option<Value>) -> Result<Option<String>, String> {
+    match id {
+        None => Ok(None),
+        Some(Value::Object(_) | Value::Array(_)) => {
+            Err("id must be a JSON scalar (string, number, boolean or null)".to_owned())
+        }
+        Some(scalar) => Ok(Some(scalar.to_string())),
+    }
+}
+
+/// `{"type":"pong","id":..}` answering a `ping`; without an `id` in the
+/// ping, none in the pong (`{"type":"pong"}`). `id` is the JSON text kept
+/// by [`Inbound::parse`].
+pub(crate) fn pong_frame(id: Option<&str>) -> String {
+    match id {
+        Some(id) => format!("{{\"type\":\"pong\",\"id\":{id}}}"),
+        None => "{\"type\":\"pong\"}".to_owned(),
     }
 }
 
@@ -246,6 +291,8 @@ impl fmt::Display for CloseReason {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -266,7 +313,8 @@ mod tests {
             "nope",
             "[]",
             r#"{"eventId":"e"}"#,
-            r#"{"type":"ping"}"#,
+            r#"{"type":"ping","id":{"a":1}}"#,
+            r#"{"type":"ping","id":[1]}"#,
             r#"{"type":"subscribe"}"#,
             r#"{"type":"subscribe","eventId":""}"#,
             r#"{"type":"subscribe","eventId":7}"#,
@@ -275,6 +323,35 @@ mod tests {
             r#"{"type":"subscribe","eventId":"e","trail":"3"}"#,
         ] {
             assert!(Inbound::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_refused_message_names_its_event_when_it_has_one() {
+        let long = "x".repeat(200);
+        let text = format!(r#"{{"type":"subscribe","eventId":"{long}"}}"#);
+        assert_eq!(named_event(&text), Some(long));
+        assert_eq!(named_event(r#"{"type":"dance","eventId":""}"#), Some(String::new()));
+        for none in ["nope", "[]", r#"{"type":"subscribe","eventId":7}"#, r#"{"type":"x"}"#] {
+            assert_eq!(named_event(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn pings_keep_their_id_and_pongs_echo_it() {
+        for (ping, pong) in [
+            (r#"{"type":"ping"}"#, json!({"type": "pong"})),
+            (r#"{"type":"ping","id":7}"#, json!({"type": "pong", "id": 7})),
+            (r#"{"type":"ping","id":-1.5e3}"#, json!({"type": "pong", "id": -1500.0})),
+            (r#"{"type":"ping","id":"a\"b\u00e9"}"#, json!({"type": "pong", "id": "a\"b\u{e9}"})),
+            (r#"{"type":"ping","id":true,"x":[1]}"#, json!({"type": "pong", "id": true})),
+            (r#"{"type":"ping","id":null}"#, json!({"type": "pong", "id": null})),
+        ] {
+            let Ok(Inbound::Ping(id)) = Inbound::parse(ping) else {
+                panic!("{ping} is a ping");
+            };
+            let frame: Value = serde_json::from_str(&pong_frame(id.as_deref())).unwrap();
+            assert_eq!(frame, pong, "{ping}");
         }
     }
 

@@ -3,8 +3,10 @@
 //! - `server.rs`: a small blocking HTTP/1.1 server (`http` accept thread,
 //!   one `http-N` thread per connection), also used to read the WebSocket
 //!   port's upgrade requests;
+//! - `assets.rs`: the client library's files (`/livecast.js`, `.d.ts`);
 //! - this file: the routes.
 
+mod assets;
 pub(crate) mod server;
 
 use std::net::SocketAddr;
@@ -26,6 +28,8 @@ pub(crate) struct Routes {
     pub(crate) shared: Arc<Shared>,
     /// The dashboard page, its WebSocket port filled in once at start.
     index: Vec<u8>,
+    /// `/livecast.js` and `/livecast.d.ts`, likewise.
+    library: assets::ClientLibrary,
 }
 
 impl Handler for Routes {
@@ -51,6 +55,11 @@ impl Handler for Routes {
             ),
             ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
             ("GET" | "HEAD", "/readyz") => self.readyz(),
+            ("GET" | "HEAD", "/livecast.js") => self.library.js(&req),
+            ("GET" | "HEAD", "/livecast.d.ts") => self.library.dts(&req),
+            (_, "/livecast.js" | "/livecast.d.ts") => {
+                Response::text(405, "method not allowed\n").with_header("Allow", "GET, HEAD")
+            }
             ("POST", "/ingest") => self.ingest(&req),
             ("GET" | "HEAD", "/debug/connections") => self.connections(),
             ("GET" | "HEAD", "/") => Response::new(200)
@@ -95,10 +104,11 @@ const DASHBOARD: &str = include_str!("../dashboard/index.html");
 /// any).
 const WS_PORT_PLACEHOLDER: &str = "{{WS_PORT}}";
 
-/// The dashboard's Content-Security-Policy: inline code only, connections
+/// The dashboard's Content-Security-Policy: inline code and this server's
+/// own scripts (`/livecast.js`) only, connections
 /// to any WebSocket or HTTP endpoint (the WS port and `/auth/check` are
 /// another origin, and `?ws=` may point behind a proxy).
-const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
 style-src 'unsafe-inline'; img-src data:; connect-src ws: wss: http: https:; \
 base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -107,7 +117,7 @@ impl Routes {
     /// (the bound one).
     pub(crate) fn new(shared: Arc<Shared>, ws_port: u16) -> Routes {
         let index = DASHBOARD.replace(WS_PORT_PLACEHOLDER, &ws_port.to_string()).into_bytes();
-        Routes { shared, index }
+        Routes { shared, index, library: assets::ClientLibrary::new(ws_port) }
     }
 
     fn readyz(&self) -> Response {

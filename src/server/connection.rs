@@ -37,7 +37,7 @@ use crate::broadcast::Command;
 use crate::config::AuthMode;
 use crate::outbound::{ClientHandle, Outbound};
 use crate::position::now_ms;
-use crate::protocol::{CloseReason, ErrorCode, Inbound, error_frame};
+use crate::protocol::{CloseReason, ErrorCode, Inbound, error_frame, named_event, pong_frame};
 
 /// How long a policy close (1008, 1009, ...) waits for the peer to take the
 /// close frame before the socket is dropped.
@@ -419,7 +419,8 @@ impl<'a> Connection<'a> {
         match Inbound::parse(text) {
             Err(why) => {
                 inbound.with_label_values(&["invalid"]).inc();
-                self.send_error(ErrorCode::ProtocolViolation, &why, None)
+                let event = named_event(text);
+                self.send_error(ErrorCode::ProtocolViolation, &why, event.as_deref())
             }
             Ok(Inbound::Subscribe { event, trail }) => {
                 inbound.with_label_values(&["subscribe"]).inc();
@@ -433,6 +434,13 @@ impl<'a> Connection<'a> {
                 }
                 let client = Arc::clone(&self.handle);
                 self.command(Command::Unsubscribe { client, event })
+            }
+            Ok(Inbound::Ping(id)) => {
+                // Answered here, not through the broadcaster: it proves the
+                // socket and this thread alive, which is what the page asks.
+                inbound.with_label_values(&["ping"]).inc();
+                self.shared.metrics.outbound_messages.with_label_values(&["pong"]).inc();
+                self.write(Message::text(pong_frame(id.as_deref())))
             }
         }
     }

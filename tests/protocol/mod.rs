@@ -186,3 +186,84 @@ fn an_inbound_flood_closes_1008() {
     let mut other = srv.connect();
     assert!(other.subscribe("e-1").is_empty());
 }
+
+/// Issue 14: the application-level `ping` a page can see, answered with a
+/// `pong` echoing its `id` (any JSON scalar, as sent); no `id`, no `id`.
+#[test]
+fn application_pings_are_answered_with_pongs_echoing_the_id() {
+    let srv = Server::start();
+    let mut c = srv.connect();
+    assert!(c.subscribe("e-1").is_empty());
+    let ids = [json!(7), json!("abc-\u{e9}\"x"), json!(null), json!(true), json!(-2.5)];
+    for id in &ids {
+        c.send_json(&json!({"type": "ping", "id": id, "extra": {"ignored": [1]}}));
+        assert_eq!(c.recv_json(), json!({"type": "pong", "id": id}));
+    }
+    c.send_json(&json!({"type": "ping"}));
+    assert_eq!(c.recv_json(), json!({"type": "pong"}), "no id in the ping: none in the pong");
+
+    // A structured id is refused, and the connection stays open.
+    let n_invalid = 2;
+    c.expect_error(
+        Message::text(json!({"type": "ping", "id": {"a": 1}}).to_string()),
+        "protocol-violation",
+    );
+    c.expect_error(
+        Message::text(json!({"type": "ping", "id": [1]}).to_string()),
+        "protocol-violation",
+    );
+
+    // Pongs go out in order with the live stream, on the same connection.
+    srv.ingest_ok(&json!([pos("e-1", "d-1", 3)]));
+    assert_eq!(seq_of(&c.recv_position()), 3);
+    c.send_json(&json!({"type": "ping", "id": 99}));
+    assert_eq!(c.recv_json(), json!({"type": "pong", "id": 99}));
+
+    let text = srv.metrics();
+    let count = |name: &str, ty: &str| crate::support::metric(&text, name, &[("type", ty)]);
+    let pings = ids.len() + 2;
+    assert_eq!(count("livecast_inbound_messages_total", "ping"), pings as f64);
+    assert_eq!(count("livecast_outbound_messages_total", "pong"), pings as f64);
+    assert_eq!(count("livecast_inbound_messages_total", "invalid"), n_invalid as f64);
+}
+
+/// Issue 14: pings count against `LIVE_WS_MAX_INBOUND_PER_SEC` like any
+/// other inbound message: a ping flood is closed 1008.
+#[test]
+fn a_ping_flood_closes_1008() {
+    const LIMIT: u32 = 5;
+    let srv = Server::with(|c| c.max_inbound_per_sec = LIMIT);
+    let mut c = srv.connect();
+    c.send_json(&json!({"type": "ping", "id": 0}));
+    assert_eq!(c.recv_json(), json!({"type": "pong", "id": 0}));
+    for i in 0..LIMIT * 10 {
+        if c.try_send(Message::text(json!({"type": "ping", "id": i}).to_string())).is_err() {
+            break; // already closed by the server
+        }
+    }
+    let frame = c.expect_close(DEADLINE);
+    assert_eq!(frame.code, CloseCode::Policy, "{frame:?}");
+    wait_until(DEADLINE, "inbound-flood counted", || {
+        srv.metric("livecast_connections_closed_total", &[("reason", "inbound-flood")]) == 1.0
+    });
+    // Fewer pongs than pings: the rest were over the limit.
+    let pongs = srv.metric("livecast_outbound_messages_total", &[("type", "pong")]);
+    assert!(pongs < f64::from(LIMIT * 10), "{pongs} pongs");
+}
+
+/// Issue 14: a refused message that named an event (a string `eventId`,
+/// even an invalid one) gets an error naming it, so that a client library
+/// can hand the error to that subscription.
+#[test]
+fn a_protocol_violation_names_the_event_of_the_refused_message() {
+    let srv = Server::start();
+    let mut c = srv.connect();
+    let long = "x".repeat(200);
+    let err = c.expect_error(
+        Message::text(json!({"type": "subscribe", "eventId": long}).to_string()),
+        "protocol-violation",
+    );
+    assert_eq!(err["eventId"], long.as_str());
+    let err = c.expect_error(Message::text("not json"), "protocol-violation");
+    assert!(err.get("eventId").is_none(), "{err}");
+}

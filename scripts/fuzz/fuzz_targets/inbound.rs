@@ -12,6 +12,14 @@ fuzz_target!(|data: &[u8]| {
             let (kind, event_id, trail) = match &message {
                 Inbound::Subscribe { event, trail } => ("subscribe", event, *trail),
                 Inbound::Unsubscribe(e) => ("unsubscribe", e, None),
+                Inbound::Ping(id) => {
+                    // The pong echoes the id's JSON text: a scalar only.
+                    if let Some(id) = id {
+                        let v: serde_json::Value = serde_json::from_str(id).expect("id is JSON");
+                        assert!(!v.is_object() && !v.is_array(), "structured id accepted");
+                    }
+                    return;
+                }
             };
             assert!(!event_id.is_empty(), "empty eventId accepted");
             assert!(event_id.chars().count() <= MAX_EVENT_ID_CHARS, "long eventId accepted");
