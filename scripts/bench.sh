@@ -2,7 +2,7 @@
 # livecast's benchmark: every scenario of issue 5 against livecast and the
 # two reference servers of the same protocol (scripts/bench/tokio-ref,
 # scripts/bench/node-ref), on loopback, the server pinned to CPU 0 and the
-# load generator (src/bin/loadgen.rs) to CPU 1.
+# load generator (scripts/loadgen/, a member of the workspace) to CPU 1.
 #
 #   scripts/bench.sh                  full run (about 15 minutes)
 #   BENCH_QUICK=1 scripts/bench.sh    smoke run (about 2 minutes)
@@ -97,7 +97,8 @@ fi
 
 # ---- build ----------------------------------------------------------------
 say "building livecast and loadgen (release)"
-cargo build --release --locked --bins >&2
+cargo build --release --locked --bin livecast >&2
+cargo build --release --locked -p livecast-loadgen >&2
 LIVECAST=$ROOT/target/release/livecast
 LOADGEN=$ROOT/target/release/loadgen
 

@@ -17,19 +17,12 @@
 //!
 //! Output: a human table on stderr, one JSON object on stdout.
 
-#[path = "loadgen/hist.rs"]
 mod hist;
-#[path = "loadgen/poster.rs"]
 mod poster;
-#[path = "loadgen/probe.rs"]
 mod probe;
-#[path = "loadgen/procfs.rs"]
 mod procfs;
-#[path = "loadgen/slow.rs"]
 mod slow;
-#[path = "loadgen/wire.rs"]
 mod wire;
-#[path = "loadgen/worker.rs"]
 mod worker;
 
 use std::net::ToSocketAddrs;
