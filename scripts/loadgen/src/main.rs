@@ -154,90 +154,52 @@ impl Default for Args {
     }
 }
 
-/// The options that take a value.
-const VALUE_FLAGS: &[&str] = &[
-    "--ws",
-    "--http",
-    "--server-pid",
-    "--clients",
-    "--events",
-    "--devices",
-    "--rate",
-    "--duration",
-    "--batch",
-    "--posts-per-s",
-    "--slow-clients",
-    "--slow-rcvbuf",
-    "--slow-ballast",
-    "--probes",
-    "--threads",
-    "--connect-timeout",
-    "--drain",
-    "--p99-limit-ms",
-    "--event-prefix",
-    "--scenario",
-    "--server-name",
-];
+/// `Ok(None)`: help was asked for. Errors name the option and the value.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
+    use lexopt::prelude::*;
 
-/// `Ok(None)`: help was asked for.
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-        v.parse().map_err(|_| format!("{flag}: not a valid number: {v:?}"))
+    /// The next value, parsed; the error names the option.
+    fn value<T: std::str::FromStr>(p: &mut lexopt::Parser, flag: &str) -> Result<T, String> {
+        let raw = p.value().map_err(|e| e.to_string())?;
+        let text = raw.to_string_lossy();
+        text.parse().map_err(|_| format!("--{flag}: not a valid number: {text:?}"))
     }
-    fn secs(flag: &str, v: &str) -> Result<Duration, String> {
-        let s: f64 = num(flag, v)?;
-        Duration::try_from_secs_f64(s).map_err(|_| format!("{flag}: not a duration: {v:?}"))
+    fn text(p: &mut lexopt::Parser) -> Result<String, String> {
+        p.value().map_err(|e| e.to_string())?.into_string().map_err(|v| format!("not UTF-8: {v:?}"))
+    }
+    fn secs(p: &mut lexopt::Parser, flag: &str) -> Result<Duration, String> {
+        let s: f64 = value(p, flag)?;
+        Duration::try_from_secs_f64(s).map_err(|_| format!("--{flag}: not a duration: {s}"))
     }
     let mut a = Args::default();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--idle" | "--connect-only" => {
-                a.idle = true;
-                continue;
-            }
-            "--quiet" => {
-                a.quiet = true;
-                continue;
-            }
-            _ => {}
-        }
-        if !VALUE_FLAGS.contains(&flag.as_str()) {
-            return Err(format!("unknown option {flag}"));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().ok_or_else(|| format!("{flag} needs a value"))?,
-        };
-        let f = flag.as_str();
-        let v = value.as_str();
-        match f {
-            "--ws" => a.ws = value,
-            "--http" => a.http = value,
-            "--server-pid" => a.server_pid = Some(num(f, v)?),
-            "--clients" => a.clients = num(f, v)?,
-            "--events" => a.events = num(f, v)?,
-            "--devices" => a.devices = num(f, v)?,
-            "--rate" => a.rate = num(f, v)?,
-            "--duration" => a.duration = secs(f, v)?,
-            "--batch" => a.batch = num(f, v)?,
-            "--posts-per-s" => a.posts_per_s = num(f, v)?,
-            "--slow-clients" => a.slow_clients = num(f, v)?,
-            "--slow-rcvbuf" => a.slow_rcvbuf = num(f, v)?,
-            "--slow-ballast" => a.slow_ballast = num(f, v)?,
-            "--probes" => a.probes = num(f, v)?,
-            "--threads" => a.threads = num(f, v)?,
-            "--connect-timeout" => a.connect_timeout = secs(f, v)?,
-            "--drain" => a.drain = secs(f, v)?,
-            "--p99-limit-ms" => a.p99_limit_ms = num(f, v)?,
-            "--event-prefix" => a.event_prefix = Some(value),
-            "--scenario" => a.scenario = value,
-            "--server-name" => a.server_name = value,
-            _ => return Err(format!("unknown option {flag}")),
+    let mut p = lexopt::Parser::from_iter(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("idle" | "connect-only") => a.idle = true,
+            Long("quiet") => a.quiet = true,
+            Long("ws") => a.ws = text(&mut p)?,
+            Long("http") => a.http = text(&mut p)?,
+            Long("server-pid") => a.server_pid = Some(value(&mut p, "server-pid")?),
+            Long("clients") => a.clients = value(&mut p, "clients")?,
+            Long("events") => a.events = value(&mut p, "events")?,
+            Long("devices") => a.devices = value(&mut p, "devices")?,
+            Long("rate") => a.rate = value(&mut p, "rate")?,
+            Long("duration") => a.duration = secs(&mut p, "duration")?,
+            Long("batch") => a.batch = value(&mut p, "batch")?,
+            Long("posts-per-s") => a.posts_per_s = value(&mut p, "posts-per-s")?,
+            Long("slow-clients") => a.slow_clients = value(&mut p, "slow-clients")?,
+            Long("slow-rcvbuf") => a.slow_rcvbuf = value(&mut p, "slow-rcvbuf")?,
+            Long("slow-ballast") => a.slow_ballast = value(&mut p, "slow-ballast")?,
+            Long("probes") => a.probes = value(&mut p, "probes")?,
+            Long("threads") => a.threads = value(&mut p, "threads")?,
+            Long("connect-timeout") => a.connect_timeout = secs(&mut p, "connect-timeout")?,
+            Long("drain") => a.drain = secs(&mut p, "drain")?,
+            Long("p99-limit-ms") => a.p99_limit_ms = value(&mut p, "p99-limit-ms")?,
+            Long("event-prefix") => a.event_prefix = Some(text(&mut p)?),
+            Long("scenario") => a.scenario = text(&mut p)?,
+            Long("server-name") => a.server_name = text(&mut p)?,
+            other => return Err(other.unexpected().to_string()),
         }
     }
     if a.events == 0 || a.devices == 0 {
@@ -313,7 +275,7 @@ fn spawn<T: Send + 'static>(
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let args = match parse_args(std::env::args()) {
         Ok(Some(args)) => args,
         Ok(None) => {
             print!("{HELP}");
@@ -967,7 +929,7 @@ mod tests {
     use super::*;
 
     fn args(list: &[&str]) -> Result<Option<Args>, String> {
-        parse_args(list.iter().map(|s| (*s).to_owned()))
+        parse_args(std::iter::once("loadgen").chain(list.iter().copied()).map(str::to_owned))
     }
 
     #[test]
@@ -978,9 +940,14 @@ mod tests {
         assert_eq!((a.clients, a.rate, a.idle), (5, 2.5, true));
         assert_eq!(a.duration, Duration::from_millis(500));
         assert!(args(&["--help"]).unwrap().is_none());
-        assert_eq!(args(&["--bogus"]).unwrap_err(), "unknown option --bogus");
-        assert!(args(&["--clients"]).is_err());
+        assert!(args(&["-h"]).unwrap().is_none());
+        assert!(args(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(args(&["stray"]).is_err());
+        assert!(args(&["--clients"]).unwrap_err().contains("--clients"));
+        assert_eq!(args(&["--clients", "x"]).unwrap_err(), "--clients: not a valid number: \"x\"");
+        assert!(args(&["--idle=yes"]).is_err());
         assert!(args(&["--rate", "0"]).is_err());
+        assert!(args(&["--duration", "-1"]).unwrap_err().contains("--duration"));
     }
 
     #[test]
