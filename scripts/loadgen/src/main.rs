@@ -21,6 +21,7 @@ mod hist;
 mod poster;
 mod probe;
 mod procfs;
+mod report;
 mod slow;
 mod wire;
 mod worker;
@@ -32,9 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::hist::Histogram;
 use crate::poster::{PosterConfig, PosterProgress, PosterReport};
 use crate::worker::{ClientSpec, Shared, Target, WorkerConfig, WorkerReport};
 
@@ -253,14 +253,6 @@ pub(crate) fn f2u(v: f64) -> u64 {
 #[allow(clippy::cast_precision_loss)]
 pub(crate) fn u2f(v: u64) -> f64 {
     v as f64
-}
-
-fn ms(us: u64) -> f64 {
-    (u2f(us) / 1000.0 * 1000.0).round() / 1000.0
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
 }
 
 fn spawn<T: Send + 'static>(
@@ -497,9 +489,10 @@ fn run(args: &Args) -> Result<(), String> {
     let after = sample(args.server_pid);
     let self_cpu_end = procfs::cpu_seconds(None).unwrap_or(0.0);
 
-    let summary = Summary {
+    let summary = report::Summary {
         args,
         threads,
+        posters: 1,
         batch,
         prefix: &prefix,
         total_clients,
@@ -520,11 +513,13 @@ fn run(args: &Args) -> Result<(), String> {
         slow: &slow_report,
         probes: probes.as_ref(),
     };
-    let report = summary.to_json();
+    let report = summary.report();
     if !args.quiet {
-        eprint!("{}", summary.table(&report));
+        eprint!("{}", report.table());
     }
-    println!("{report}");
+    let line =
+        serde_json::to_string(&report).map_err(|e| format!("cannot write the report: {e}"))?;
+    println!("{line}");
     Ok(())
 }
 
@@ -559,369 +554,6 @@ fn merge(into: &mut WorkerReport, r: WorkerReport) {
     }
     into.unparsed += r.unparsed;
     into.open_at_end += r.open_at_end;
-}
-
-struct Summary<'a> {
-    args: &'a Args,
-    threads: usize,
-    batch: usize,
-    prefix: &'a str,
-    total_clients: usize,
-    subscribed: usize,
-    all_subscribed: bool,
-    storm_us: u64,
-    listen_overflows: Option<u64>,
-    before: ServerSample,
-    connected: ServerSample,
-    window_start: ServerSample,
-    window_end: ServerSample,
-    after: ServerSample,
-    window_us: u64,
-    self_cpu_window: f64,
-    self_cpu_total: f64,
-    poster: &'a PosterReport,
-    workers: &'a WorkerReport,
-    slow: &'a slow::SlowReport,
-    probes: Option<&'a probe::ProbeReport>,
-}
-
-fn quantiles_ms(h: &Histogram) -> Value {
-    json!({
-        "count": h.count(),
-        "p50": ms(h.quantile(0.50)),
-        "p99": ms(h.quantile(0.99)),
-        "p999": ms(h.quantile(0.999)),
-        "max": ms(h.max()),
-    })
-}
-
-fn opt_round(v: Option<f64>) -> Value {
-    v.map_or(Value::Null, |v| json!(round3(v)))
-}
-
-impl Summary<'_> {
-    fn to_json(&self) -> Value {
-        let a = self.args;
-        let w = self.workers;
-        let p = self.poster;
-        let window_s = u2f(self.window_us) / 1e6;
-        // Deliveries per second over the span from the first POST to the
-        // last delivery: what the server actually sustained.
-        let delivery_span_us = w.last_delivery_us.saturating_sub(p.started_us);
-        let deliveries_per_s = if delivery_span_us > 0 {
-            u2f(w.deliveries) / (u2f(delivery_span_us) / 1e6)
-        } else {
-            0.0
-        };
-        let server_cpu = match (self.window_start.cpu_s, self.window_end.cpu_s) {
-            (Some(a), Some(b)) => Some(b - a),
-            _ => None,
-        };
-        let cpu_us_per_delivery =
-            server_cpu.filter(|_| w.deliveries > 0).map(|cpu| cpu * 1e6 / u2f(w.deliveries));
-        let cpu_pct = server_cpu.filter(|_| window_s > 0.0).map(|cpu| cpu / window_s * 100.0);
-        let rss = |s: &ServerSample| s.mem.map(|m| m.rss_kib);
-        let rss_per_conn = match (self.before.mem, self.window_end.mem) {
-            (Some(b), Some(e)) if self.subscribed > 0 => {
-                Some(u2f(e.rss_kib.saturating_sub(b.rss_kib)) / u2f(self.subscribed as u64))
-            }
-            _ => None,
-        };
-        let server_closed: u64 = w.close_codes.values().sum();
-        let failed: u64 = w.failures.values().sum();
-        let p99_ms = ms(w.latency_us.quantile(0.99));
-        let clean = failed == 0
-            && server_closed == 0
-            && w.lost == 0
-            && w.duplicates == 0
-            && w.reordered == 0
-            && w.foreign == 0
-            && p.errors.is_empty()
-            && p.rejected == 0
-            && (a.idle || p99_ms <= a.p99_limit_ms)
-            // Latency counts from when a position was posted: a server that
-            // takes POSTs too slowly for the schedule would hide its delay
-            // there, and deliver less than the offered rate. Judged by the
-            // last POST, not the worst: one slow answer the poster caught up
-            // on is a latency outlier, already counted as such.
-            && (a.idle || ms(p.end_lag_us) <= a.p99_limit_ms);
-        let slow = if self.slow.watched > 0 {
-            let max = |v: &[u64]| v.iter().max().map(|&us| round3(u2f(us) / 1e6));
-            json!({
-                "clients": self.slow.watched,
-                "closed": self.slow.closed,
-                "closed_after_start_s_max": max(&self.slow.closed_after_start_us),
-                "closed_after_stall_s_max": max(&self.slow.closed_after_stall_us),
-                "close_codes": self.slow.close_codes,
-                "max_server_queue_kib": self.slow.max_server_queue / 1024,
-            })
-        } else {
-            Value::Null
-        };
-        let probes = self.probes.map_or(Value::Null, |r| {
-            json!({
-                "first_byte_ms": quantiles_ms(&r.first_byte_us),
-                "complete_ms": quantiles_ms(&r.complete_us),
-                "failures": r.failures,
-            })
-        });
-        let loadgen_cpu_pct = if window_s > 0.0 {
-            self.self_cpu_window / window_s * 100.0 / u2f(self.threads as u64)
-        } else {
-            0.0
-        };
-        json!({
-            "scenario": a.scenario,
-            "server_name": a.server_name,
-            "mode": if a.idle { "idle" } else { "load" },
-            "clean": clean,
-            "params": {
-                "clients": a.clients, "events": a.events, "devices": a.devices,
-                "rate": a.rate, "batch": self.batch,
-                // What was posted: --batch overrides --posts-per-s.
-                "posts_per_s": a.rate / u2f(self.batch as u64), "duration_s": a.duration.as_secs_f64(),
-                "slow_clients": a.slow_clients, "slow_ballast_bytes_per_s": a.slow_ballast,
-                "probes": a.probes,
-                "threads": self.threads, "event_prefix": self.prefix,
-                "ws": a.ws, "http": a.http,
-            },
-            "connect": {
-                "clients": self.total_clients,
-                "subscribed": self.subscribed,
-                "all_subscribed": self.all_subscribed,
-                "storm_s": round3(u2f(self.storm_us) / 1e6),
-                // Machine-wide: other processes' listen queues count too.
-                "listen_overflows": self.listen_overflows,
-                "failures": w.failures,
-                "subscribe_first_byte_ms": quantiles_ms(&w.subscribe_first_byte_us),
-                "subscribe_complete_ms": quantiles_ms(&w.subscribe_complete_us),
-                "ready_ms": quantiles_ms(&w.ready_us),
-            },
-            "window_s": round3(window_s),
-            "posts": {
-                "posts": p.posts, "positions": p.positions, "accepted": p.accepted,
-                "rejected": p.rejected, "errors": p.errors,
-                "post_latency_ms": quantiles_ms(&p.post_latency_us),
-                "max_lag_ms": ms(p.max_lag_us),
-                "end_lag_ms": ms(p.end_lag_us),
-            },
-            "deliveries": w.deliveries,
-            "deliveries_per_s": deliveries_per_s.round(),
-            "expected": w.expected,
-            "lost": w.lost,
-            "duplicates": w.duplicates,
-            "reordered": w.reordered,
-            "foreign": w.foreign,
-            "untimed": w.untimed,
-            "unparsed": w.unparsed,
-            "server_errors": w.server_errors,
-            "latency_ms": quantiles_ms(&w.latency_us),
-            "server_closed": { "total": server_closed, "codes": w.close_codes },
-            "open_at_end": w.open_at_end,
-            "slow": slow,
-            "probes": probes,
-            "server": {
-                "name": a.server_name,
-                "pid": a.server_pid,
-                "cpu_s": opt_round(server_cpu),
-                "cpu_pct": opt_round(cpu_pct),
-                "cpu_us_per_delivery": opt_round(cpu_us_per_delivery),
-                "rss_before_kib": rss(&self.before),
-                "rss_connected_kib": rss(&self.connected),
-                "rss_end_kib": rss(&self.window_end),
-                "rss_after_kib": rss(&self.after),
-                "hwm_kib": self.after.mem.map(|m| m.hwm_kib),
-                "rss_per_conn_kib": opt_round(rss_per_conn),
-            },
-            "loadgen": {
-                "threads": self.threads,
-                "cpu_s_window": round3(self.self_cpu_window),
-                "cpu_s_total": round3(self.self_cpu_total),
-                "cpu_pct_per_thread": round3(loadgen_cpu_pct),
-                "saturated": loadgen_cpu_pct > 90.0,
-            },
-        })
-    }
-
-    fn table(&self, j: &Value) -> String {
-        use std::fmt::Write as _;
-        let g = |path: &str| -> String {
-            let v = path.split('.').fold(j, |v, k| v.get(k).unwrap_or(&Value::Null));
-            match v {
-                Value::Null => "-".to_owned(),
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }
-        };
-        let mut t = String::new();
-        let mut row = |k: &str, v: String| {
-            let _ = writeln!(t, "  {k:<34} {v}");
-        };
-        row(
-            "run",
-            format!(
-                "{} / {} ({}), clean: {}",
-                g("scenario"),
-                self.args.server_name,
-                g("mode"),
-                g("clean")
-            ),
-        );
-        row(
-            "clients / events / devices",
-            format!(
-                "{} (+{} slow) / {} / {}",
-                g("params.clients"),
-                g("params.slow_clients"),
-                g("params.events"),
-                g("params.devices")
-            ),
-        );
-        row(
-            "connect: subscribed / failures",
-            format!(
-                "{} of {} / {}",
-                g("connect.subscribed"),
-                g("connect.clients"),
-                g("connect.failures")
-            ),
-        );
-        row(
-            "connect storm: all snapshots in",
-            format!(
-                "{} s (per client p50 {} / p99 {} ms; listen-queue overflows {})",
-                g("connect.storm_s"),
-                g("connect.ready_ms.p50"),
-                g("connect.ready_ms.p99"),
-                g("connect.listen_overflows")
-            ),
-        );
-        row(
-            "subscribe answer p50/p99/max",
-            format!(
-                "{} / {} / {} ms (first byte)",
-                g("connect.subscribe_first_byte_ms.p50"),
-                g("connect.subscribe_first_byte_ms.p99"),
-                g("connect.subscribe_first_byte_ms.max")
-            ),
-        );
-        if !self.args.idle {
-            row(
-                "posted: rate x duration, batch",
-                format!(
-                    "{}/s x {} s, {} per POST ({} POSTs, lag max {} ms, at the end {} ms)",
-                    g("params.rate"),
-                    g("params.duration_s"),
-                    g("params.batch"),
-                    g("posts.posts"),
-                    g("posts.max_lag_ms"),
-                    g("posts.end_lag_ms")
-                ),
-            );
-            row(
-                "accepted / rejected / errors",
-                format!(
-                    "{} / {} / {}",
-                    g("posts.accepted"),
-                    g("posts.rejected"),
-                    g("posts.errors")
-                ),
-            );
-            row(
-                "deliveries (deliveries/s)",
-                format!("{} ({})", g("deliveries"), g("deliveries_per_s")),
-            );
-            row(
-                "latency p50/p99/p99.9/max",
-                format!(
-                    "{} / {} / {} / {} ms",
-                    g("latency_ms.p50"),
-                    g("latency_ms.p99"),
-                    g("latency_ms.p999"),
-                    g("latency_ms.max")
-                ),
-            );
-            row(
-                "lost / dup / reordered / foreign",
-                format!(
-                    "{} / {} / {} / {} (of {} expected)",
-                    g("lost"),
-                    g("duplicates"),
-                    g("reordered"),
-                    g("foreign"),
-                    g("expected")
-                ),
-            );
-        }
-        row(
-            "server-closed (codes)",
-            format!("{} {}", g("server_closed.total"), g("server_closed.codes")),
-        );
-        if self.slow.watched > 0 {
-            row(
-                "slow clients closed",
-                format!(
-                    "{} of {}, {} s after start, {} s after the server socket \
-                     stopped growing ({} KiB), codes {}",
-                    g("slow.closed"),
-                    g("slow.clients"),
-                    g("slow.closed_after_start_s_max"),
-                    g("slow.closed_after_stall_s_max"),
-                    g("slow.max_server_queue_kib"),
-                    g("slow.close_codes")
-                ),
-            );
-        }
-        if self.probes.is_some() {
-            row(
-                "probe subscribe p50/p99/max",
-                format!(
-                    "{} / {} / {} ms first byte, {} ms p99 whole",
-                    g("probes.first_byte_ms.p50"),
-                    g("probes.first_byte_ms.p99"),
-                    g("probes.first_byte_ms.max"),
-                    g("probes.complete_ms.p99")
-                ),
-            );
-        }
-        row(
-            "server CPU (window)",
-            format!(
-                "{} s, {} % of a core over {} s",
-                g("server.cpu_s"),
-                g("server.cpu_pct"),
-                g("window_s")
-            ),
-        );
-        row("server CPU-us per delivery", g("server.cpu_us_per_delivery"));
-        row(
-            "server RSS before/connected/end/peak",
-            format!(
-                "{} / {} / {} / {} KiB",
-                g("server.rss_before_kib"),
-                g("server.rss_connected_kib"),
-                g("server.rss_end_kib"),
-                g("server.hwm_kib")
-            ),
-        );
-        row("server RSS per connection", format!("{} KiB", g("server.rss_per_conn_kib")));
-        row(
-            "loadgen CPU (window/total)",
-            format!(
-                "{} / {} s, {} % per thread ({} threads){}",
-                g("loadgen.cpu_s_window"),
-                g("loadgen.cpu_s_total"),
-                g("loadgen.cpu_pct_per_thread"),
-                g("loadgen.threads"),
-                if j.pointer("/loadgen/saturated") == Some(&Value::Bool(true)) {
-                    "  WARNING: the load generator was saturated"
-                } else {
-                    ""
-                }
-            ),
-        );
-        format!("loadgen report\n{t}")
-    }
 }
 
 #[cfg(test)]
