@@ -10,7 +10,7 @@
 //!
 //! Threads: a few `lg-worker-N` threads each drive hundreds or thousands of
 //! non-blocking clients on one epoll instance (one per CPU the load
-//! generator may run on), `lg-poster` posts, `lg-probe` measures subscribe
+//! generator may run on), `lg-poster-N` post (`--posters`), `lg-probe` measures subscribe
 //! answer times under load; the main thread coordinates and watches the
 //! clients that never read. The load generator reports its own CPU use, so
 //! that a run where it was the bottleneck shows as such.
@@ -63,6 +63,10 @@ Load:
   --duration S           seconds of posting (or of holding, with --idle) [10]
   --posts-per-s N        POSTs per second: each carries R/N positions [50]
   --batch B              positions per POST, instead of --posts-per-s
+  --posters N            posting threads, each with its own keep-alive
+                         connection and its own share of the devices and
+                         of the rate, so that one connection's answer time
+                         does not limit the POST rate [1]
   --slow-clients N       extra clients that stop reading once subscribed;
                          reports when the server closes them [0]
   --slow-rcvbuf BYTES    SO_RCVBUF of those clients; 0 = the default [4096]
@@ -109,6 +113,7 @@ struct Args {
     duration: Duration,
     batch: usize,
     posts_per_s: f64,
+    posters: usize,
     slow_clients: usize,
     slow_rcvbuf: usize,
     slow_ballast: u64,
@@ -137,6 +142,7 @@ impl Default for Args {
             duration: Duration::from_secs(10),
             batch: 0,
             posts_per_s: 50.0,
+            posters: 1,
             slow_clients: 0,
             slow_rcvbuf: 4096,
             slow_ballast: 0,
@@ -188,6 +194,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
             Long("duration") => a.duration = secs(&mut p, "duration")?,
             Long("batch") => a.batch = value(&mut p, "batch")?,
             Long("posts-per-s") => a.posts_per_s = value(&mut p, "posts-per-s")?,
+            Long("posters") => a.posters = value(&mut p, "posters")?,
             Long("slow-clients") => a.slow_clients = value(&mut p, "slow-clients")?,
             Long("slow-rcvbuf") => a.slow_rcvbuf = value(&mut p, "slow-rcvbuf")?,
             Long("slow-ballast") => a.slow_ballast = value(&mut p, "slow-ballast")?,
@@ -204,6 +211,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
     }
     if a.events == 0 || a.devices == 0 {
         return Err("--events and --devices must be at least 1".to_owned());
+    }
+    if a.posters == 0 || a.posters > a.devices {
+        return Err("--posters must be between 1 and --devices (each owns devices)".to_owned());
     }
     if !a.idle && (a.rate.is_nan() || a.rate <= 0.0 || a.rate.is_infinite()) {
         return Err("--rate must be a positive number".to_owned());
@@ -416,29 +426,37 @@ fn run(args: &Args) -> Result<(), String> {
     if args.idle {
         std::thread::sleep(args.duration);
     } else {
-        let pcfg = PosterConfig {
-            addr: http.addr,
-            host: http.host.clone(),
-            path: format!("{}/ingest", http.path.trim_end_matches('/')),
-            rate: args.rate,
-            duration: args.duration,
-            batch,
-            devices: args.devices,
-            events: args.events,
-            event_prefix: prefix.clone(),
-            ballast_bytes_per_s: if ballast { args.slow_ballast } else { 0 },
-        };
-        let prog = progress.clone();
-        let poster = spawn("lg-poster", move || poster::run(&pcfg, &prog))?;
+        let mut posters = Vec::with_capacity(args.posters);
+        for index in 0..args.posters {
+            let pcfg = PosterConfig {
+                addr: http.addr,
+                host: http.host.clone(),
+                path: format!("{}/ingest", http.path.trim_end_matches('/')),
+                rate: args.rate,
+                duration: args.duration,
+                batch,
+                devices: args.devices,
+                events: args.events,
+                event_prefix: prefix.clone(),
+                index,
+                posters: args.posters,
+                ballast_bytes_per_s: if ballast { args.slow_ballast } else { 0 },
+            };
+            let prog = progress.clone();
+            posters.push(spawn(&format!("lg-poster-{index}"), move || poster::run(&pcfg, &prog))?);
+        }
         probe_go.store(true, Ordering::Relaxed);
         let watch = !monitor.all_closed();
-        while !poster.is_finished() {
+        while !posters.iter().all(JoinHandle::is_finished) {
             std::thread::sleep(Duration::from_millis(if watch { 50 } else { 10 }));
             if watch {
                 monitor.poll();
             }
         }
-        poster_report = poster.join().map_err(|_| "the poster thread panicked".to_owned())?;
+        for poster in posters {
+            let r = poster.join().map_err(|_| "a poster thread panicked".to_owned())?;
+            poster_report.merge(r);
+        }
         probe_stop.store(true, Ordering::Relaxed);
         // Drain: wait for the stragglers while they keep coming.
         let expected: u64 = progress
@@ -492,7 +510,7 @@ fn run(args: &Args) -> Result<(), String> {
     let summary = report::Summary {
         args,
         threads,
-        posters: 1,
+        posters: args.posters,
         batch,
         prefix: &prefix,
         total_clients,
@@ -579,6 +597,9 @@ mod tests {
         assert_eq!(args(&["--clients", "x"]).unwrap_err(), "--clients: not a valid number: \"x\"");
         assert!(args(&["--idle=yes"]).is_err());
         assert!(args(&["--rate", "0"]).is_err());
+        assert_eq!(args(&["--posters", "4"]).unwrap().unwrap().posters, 4);
+        assert!(args(&["--posters", "0"]).is_err());
+        assert!(args(&["--posters", "3", "--devices", "2"]).is_err());
         assert!(args(&["--duration", "-1"]).unwrap_err().contains("--duration"));
     }
 
