@@ -286,10 +286,11 @@ impl PosterReport {
 /// on the same core as the clients it reads for. Posting 32,000
 /// one-position POSTs at 8,000/s to livecast, ureq 3.5 (one pooled
 /// connection, per-phase timeouts) took 2.0–2.2 s of CPU and answered in
-/// 0.10–0.11 ms (p50) where this takes 1.4–1.5 s and 0.06–0.08 ms: ureq
-/// makes ten system calls per request (head and body in two writes, a
-/// liveness check of the pooled socket, timeouts set per phase) where this
-/// makes three.
+/// 0.10–0.11 ms (p50) where this takes 1.4–1.5 s and 0.06–0.08 ms. strace
+/// counts about twelve system calls per POST for ureq (head and body in two
+/// writes, a non-blocking liveness check of the pooled socket with its
+/// `ioctl`s, socket timeouts set per phase) where this makes two (one
+/// write, one read).
 struct HttpConn {
     stream: TcpStream,
     buf: Vec<u8>,
