@@ -403,6 +403,52 @@ mod tests {
         assert!(own_devices(2, 3, 4).is_empty());
     }
 
+    /// The hand-written client against a scripted server: a Content-Length
+    /// answer, a chunked one over the same connection, then `close`.
+    #[test]
+    fn keep_alive_client_reads_both_framings() {
+        use std::io::{BufRead, BufReader};
+        use std::net::TcpListener;
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = crate::spawn("fake-ingest", move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut out = stream;
+            let answers: [&[u8]; 3] = [
+                b"HTTP/1.1 202 Accepted\r\nContent-Length: 14\r\n\r\n{\"accepted\":1}",
+                b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  a\r\n{\"accepted\r\n4;ext=1\r\n\":2}\r\n0\r\n\r\n",
+                b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno",
+            ];
+            for answer in answers {
+                // Read one request: head, then its Content-Length body.
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.strip_prefix("Content-Length: ") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                out.write_all(answer).unwrap();
+            }
+        })
+        .unwrap();
+        let mut conn = HttpConn::open(addr).unwrap();
+        let request = b"POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]";
+        assert_eq!(conn.post(request).unwrap(), (202, true, br#"{"accepted":1}"#.to_vec()));
+        assert_eq!(conn.post(request).unwrap(), (202, true, br#"{"accepted":2}"#.to_vec()));
+        assert_eq!(conn.post(request).unwrap(), (400, false, b"no".to_vec()));
+        server.join().unwrap();
+    }
+
     #[test]
     fn merged_reports_add_up() {
         let mut a = PosterReport {
