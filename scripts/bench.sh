@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# livecast's benchmark: every scenario of issue 5 against livecast and the
-# two reference servers of the same protocol (scripts/bench/tokio-ref,
+# livecast's benchmark: every scenario of issues 5 and 13 against livecast
+# and the two reference servers of the same protocol (scripts/bench/tokio-ref,
 # scripts/bench/node-ref), on loopback, the server pinned to CPU 0 and the
-# load generator (src/bin/loadgen.rs) to CPU 1.
+# load generator (scripts/loadgen/, a member of the workspace) to CPU 1.
 #
 #   scripts/bench.sh                  full run (about 15 minutes)
-#   BENCH_QUICK=1 scripts/bench.sh    smoke run (about 2 minutes)
+#   BENCH_QUICK=1 scripts/bench.sh    smoke run (about 3 minutes)
 #
 # Writes scripts/bench/results.md (quick runs: results-quick.md) with the
 # date, machine, its thread wake-up floor (scripts/bench/switch_cost.rs) and
@@ -14,12 +14,17 @@
 #
 # Environment (defaults in brackets are the full run's):
 #   BENCH_SERVERS      servers to measure [livecast tokio-ref node-ref]
-#   BENCH_SCENARIOS    scenarios to run [ramp-single ramp many-events idle storm slow]
+#   BENCH_SCENARIOS    scenarios to run [small-fleet fanout-25 fanout-100
+#                      ramp-single ramp many-events idle storm slow]
 #   BENCH_WS_PORT, BENCH_HTTP_PORT   loopback ports [18480, 18490]
 #   BENCH_OUT          Markdown file to write
 #   BENCH_P99_LIMIT_MS ramp: a step is clean when p99 <= this [50]
 #   BENCH_POSTS_PER_S  POSTs per second; each carries rate/this positions [50]
-#                      (all but ramp-single, which posts one position per POST)
+#                      (ramp, many-events, slow; the others post one
+#                      position per POST)
+#   BENCH_POSTERS      the load generator's posting connections [2]
+#   SMALL_CLIENTS [100] SMALL_DEVICES [500] SMALL_RATE [500] SMALL_S [15]
+#   FANOUT_CLIENTS [1000] FANOUT_DEVICES [100] FANOUT_S [15]
 #   RAMP_CLIENTS [1000] RAMP_DEVICES [100] RAMP_STEP_S [10]
 #   RAMP_START_RATE [25] (positions/s; deliveries/s = rate x clients)
 #   RAMP_MAX_STEPS [10] RAMP_BISECT [2]
@@ -35,6 +40,7 @@ BENCH=$ROOT/scripts/bench
 
 QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then
+  : "${SMALL_S:=4}" "${FANOUT_S:=4}"
   : "${RAMP_CLIENTS:=500}" "${RAMP_STEP_S:=2}" "${RAMP_START_RATE:=50}" "${RAMP_MAX_STEPS:=3}"
   : "${RAMP_BISECT:=0}" "${RAMP_FACTOR:=4}"
   : "${MANY_CLIENTS:=500}" "${MANY_RATE:=500}" "${MANY_S:=4}" "${MANY_PROBES:=5}"
@@ -44,12 +50,20 @@ if [ "$QUICK" = 1 ]; then
   : "${BENCH_OUT:=$BENCH/results-quick.md}"
 fi
 SERVERS=${BENCH_SERVERS:-livecast tokio-ref node-ref}
-SCENARIOS=${BENCH_SCENARIOS:-ramp-single ramp many-events idle storm slow}
+SCENARIOS=${BENCH_SCENARIOS:-small-fleet fanout-25 fanout-100 ramp-single ramp many-events idle storm slow}
 WS_PORT=${BENCH_WS_PORT:-18480}
 HTTP_PORT=${BENCH_HTTP_PORT:-18490}
 OUT=${BENCH_OUT:-$BENCH/results.md}
 P99_LIMIT=${BENCH_P99_LIMIT_MS:-50}
 POSTS_PER_S=${BENCH_POSTS_PER_S:-50}
+POSTERS=${BENCH_POSTERS:-2}
+SMALL_CLIENTS=${SMALL_CLIENTS:-100}
+SMALL_DEVICES=${SMALL_DEVICES:-500}
+SMALL_RATE=${SMALL_RATE:-500}
+SMALL_S=${SMALL_S:-15}
+FANOUT_CLIENTS=${FANOUT_CLIENTS:-1000}
+FANOUT_DEVICES=${FANOUT_DEVICES:-100}
+FANOUT_S=${FANOUT_S:-15}
 RAMP_CLIENTS=${RAMP_CLIENTS:-1000}
 RAMP_DEVICES=${RAMP_DEVICES:-100}
 RAMP_STEP_S=${RAMP_STEP_S:-10}
@@ -97,7 +111,8 @@ fi
 
 # ---- build ----------------------------------------------------------------
 say "building livecast and loadgen (release)"
-cargo build --release --locked --bins >&2
+cargo build --release --locked --bin livecast >&2
+cargo build --release --locked -p livecast-loadgen >&2
 LIVECAST=$ROOT/target/release/livecast
 LOADGEN=$ROOT/target/release/loadgen
 
@@ -217,7 +232,7 @@ loadgen() { # server scenario args...
   local cmd=(timeout -k 10 300 "${LOADGEN_PIN[@]}" "$LOADGEN" --ws "ws://127.0.0.1:$WS_PORT/"
     --http "http://127.0.0.1:$HTTP_PORT" --server-pid "$SERVER_PID"
     --server-name "$server" --scenario "$scenario" --p99-limit-ms "$P99_LIMIT"
-    --posts-per-s "$POSTS_PER_S" "$@")
+    --posts-per-s "$POSTS_PER_S" --posters "$POSTERS" "$@")
   printf '%s\n' "${cmd[*]:4}" | sed "s|$ROOT/||g; s|--server-pid [0-9]*|--server-pid \$PID|" >>"$COMMANDS"
   LAST_JSON=$("${cmd[@]}" 2>>"$LOGS/loadgen-$server-$scenario.txt") || {
     tail -5 "$LOGS/loadgen-$server-$scenario.txt" >&2
@@ -231,6 +246,21 @@ loadgen() { # server scenario args...
 is_clean() { [[ "$LAST_JSON" == *'"clean":true'* ]]; }
 
 # ---- scenarios -------------------------------------------------------------
+# Fixed-rate runs of issue 13, one position per POST as trackers report:
+# `small-fleet` (100 clients, 500 devices, 500 POSTs/s: a modest on-prem
+# event) and `fanout-25` / `fanout-100` (1,000 clients at 25 and 100
+# POSTs/s: at 25 the POSTs are 40 ms apart, so no flush cadence up to 20 ms
+# can merge them and every one costs a wake-up of every client). Each
+# reports server CPU, latency, lost/dup/closed; a fresh server per run.
+fixed() { # server scenario clients devices rate seconds
+  local server=$1 scenario=$2 clients=$3 devices=$4 rate=$5 seconds=$6
+  start_server "$server" "$scenario"
+  say "$server $scenario: $clients clients, $rate POSTs/s of one position for $seconds s"
+  loadgen "$server" "$scenario" --clients "$clients" --events 1 --devices "$devices" \
+    --rate "$rate" --batch 1 --duration "$seconds" || true
+  stop_server
+}
+
 # The fan-out ramp, in two shapes: `ramp-single` posts every position in
 # its own POST (POSTs/s = positions/s), as trackers report; `ramp` posts
 # $POSTS_PER_S POSTs a second whatever the rate (batches of rate/N), so the
@@ -302,6 +332,9 @@ for scenario in $SCENARIOS; do
   for server in $SERVERS; do
     if ! available "$server"; then continue; fi
     case $scenario in
+      small-fleet) fixed "$server" small-fleet "$SMALL_CLIENTS" "$SMALL_DEVICES" "$SMALL_RATE" "$SMALL_S" ;;
+      fanout-25) fixed "$server" fanout-25 "$FANOUT_CLIENTS" "$FANOUT_DEVICES" 25 "$FANOUT_S" ;;
+      fanout-100) fixed "$server" fanout-100 "$FANOUT_CLIENTS" "$FANOUT_DEVICES" 100 "$FANOUT_S" ;;
       ramp-single) ramp "$server" ramp-single --batch 1 ;;
       ramp) ramp "$server" ramp ;;
       many-events) many_events "$server" ;;

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): formatting, lints, docs, and every
-# unit and integration test, from a clean clone on a fresh machine.
+# unit and integration test, from a clean clone on a fresh machine. The
+# workspace's tool packages (scripts/loadgen) are built, linted and
+# unit-tested with the server (`--workspace`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,14 +24,14 @@ fi
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo doc"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
-step "cargo test"
-cargo test --locked
+step "cargo test --workspace"
+cargo test --workspace --locked
 
 step "WebSocket conformance (Autobahn; skipped, and said so, without a Python 2.7)"
 scripts/autobahn.sh --allow-skip

@@ -2,7 +2,7 @@
 //! smooth, plausible tracks in three events and posts their positions to a
 //! server's `POST /ingest`.
 //!
-//! It talks HTTP over TCP to the ingest endpoint like any tracker gateway
+//! It talks HTTP (ureq) to the ingest endpoint like any tracker gateway
 //! would, on purpose: what a newcomer watches in the dashboard then went
 //! through the real path (request parsing, validation, `INGEST_TOKEN`, Redis
 //! when configured, the broadcaster), so the demo also shows that path works
@@ -21,8 +21,8 @@
 //! from north), like the optional fields of a real tracker.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -165,7 +165,7 @@ pub fn start(ingest: SocketAddr, config: DemoConfig) -> io::Result<Demo> {
     let devices = world.devices.iter().map(|d| (d.event.to_owned(), d.id.clone())).collect();
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let interval = config.interval;
-    let poster = Poster { addr: ingest, token: config.ingest_token };
+    let poster = Poster::new(ingest, config.ingest_token);
     let thread = crate::thread::spawn_named("demo-feed".into(), None, move || {
         info!(
             "demo: {} devices report to http://{ingest}/ingest every {interval:?}",
@@ -264,47 +264,64 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Posts position batches to `POST /ingest`, one short HTTP/1.1 connection
-/// per batch: at one batch a second a kept-alive connection saves nothing
-/// worth its reconnect logic.
+/// Posts position batches to `POST /ingest` through ureq, one short
+/// HTTP/1.1 connection per batch: at one batch a second a kept-alive
+/// connection saves nothing, and a fresh one never meets a connection the
+/// server has just timed out.
 struct Poster {
-    addr: SocketAddr,
+    agent: ureq::Agent,
+    url: String,
     token: Option<Secret>,
 }
 
 impl Poster {
+    fn new(addr: SocketAddr, token: Option<Secret>) -> Poster {
+        let phase = Some(IO_TIMEOUT);
+        let agent = ureq::Agent::config_builder()
+            // A refusal's status and body are what the log should say.
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_idle_connections(0)
+            .user_agent(concat!("livecast-demo/", env!("CARGO_PKG_VERSION")))
+            // Each phase bounded rather than the whole call: a whole-call
+            // timeout makes ureq resolve the address on a thread of its own
+            // for every request.
+            .timeout_connect(phase)
+            .timeout_send_request(phase)
+            .timeout_send_body(phase)
+            .timeout_recv_response(phase)
+            .timeout_recv_body(phase)
+            .build()
+            .new_agent();
+        Poster { agent, url: format!("http://{addr}/ingest"), token }
+    }
+
     fn post(&self, positions: &Value) -> io::Result<()> {
         let body = positions.to_string();
-        let auth = match &self.token {
-            Some(token) => format!("Authorization: Bearer {}\r\n", token.expose()),
-            None => String::new(),
+        let request = self.agent.post(&self.url).header("Content-Type", "application/json");
+        let request = match &self.token {
+            Some(token) => request.header("Authorization", format!("Bearer {}", token.expose())),
+            None => request,
         };
-        let request = format!(
-            "POST /ingest HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        let mut stream = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT)?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.write_all(request.as_bytes())?;
-        let mut answer = Vec::new();
-        // `Connection: close`: the answer ends when the server closes.
-        stream.take(64 * 1024).read_to_end(&mut answer)?;
-        let answer = String::from_utf8_lossy(&answer);
-        let status = answer.split_ascii_whitespace().nth(1).unwrap_or("none");
-        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body).trim();
-        if status != "202" {
-            return Err(io::Error::other(format!("status {status}: {body}")));
+        let mut response = request.send(&body).map_err(io::Error::other)?;
+        let status = response.status().as_u16();
+        let answer = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .map_err(io::Error::other)?;
+        let answer = answer.trim();
+        if status != 202 {
+            return Err(io::Error::other(format!("status {status}: {answer}")));
         }
         // A rejected demo position is a bug here or there: say so, go on.
-        let rejected = serde_json::from_str::<Value>(body)
+        let rejected = serde_json::from_str::<Value>(answer)
             .ok()
             .and_then(|v| v.get("rejected").and_then(Value::as_array).map(Vec::len))
             .unwrap_or(0);
         if rejected > 0 {
-            warn!("demo: the server rejected {rejected} positions: {body}");
+            warn!("demo: the server rejected {rejected} positions: {answer}");
         }
         Ok(())
     }
@@ -586,6 +603,7 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
 
     fn distance_m(a: &Value, b: &Value) -> f64 {
@@ -715,7 +733,11 @@ mod tests {
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
                     let len: usize = head
                         .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
                         .unwrap()
                         .parse()
                         .unwrap();
@@ -731,7 +753,8 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         for request in &requests {
             assert!(request.starts_with("POST /ingest HTTP/1.1\r\n"), "{request}");
-            assert!(request.contains("\r\nAuthorization: Bearer s3cret\r\n"));
+            // Header names are case-insensitive (ureq sends them lower-case).
+            assert!(request.to_ascii_lowercase().contains("\r\nauthorization: bearer s3cret\r\n"));
             let body: Value =
                 serde_json::from_str(request.split_once("\r\n\r\n").unwrap().1).unwrap();
             let ids: Vec<_> =

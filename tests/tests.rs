@@ -13,6 +13,7 @@ mod auth; // SPEC §5: tokens mode, Origin check, GET /auth/check
 mod broadcast; // SPEC §3-§4: snapshots, order, handover, back-pressure (§2.5)
 mod client; // SPEC §1: the client library /livecast.js, /livecast.d.ts
 mod debug; // SPEC §7: GET /debug/connections
+mod demo; // livecast --demo: the simulator posts through POST /ingest
 mod device_map; // SPEC §6: device→event map
 mod directus; // SPEC §5-§6: mode directus (fake Directus), 4401 revalidation, map from Directus
 mod heartbeat; // SPEC §2.3: frame-level pings, dead peers

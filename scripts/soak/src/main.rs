@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,12 +57,21 @@ struct Opts {
 }
 
 fn parse_opts() -> Result<Opts, String> {
+    // Every option takes a value: collected by lexopt, typed below.
     let mut given = BTreeMap::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(name) = args.next() {
-        let key = name.strip_prefix("--").ok_or_else(|| format!("unexpected argument {name}"))?;
-        let value = args.next().ok_or_else(|| format!("{name} needs a value"))?;
-        given.insert(key.to_owned(), value);
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        const KNOWN: &[&str] = &[
+            "ws", "http", "pid", "seconds", "clients", "events", "devices", "rate", "churn",
+            "sample", "warmup", "out", "csv", "server",
+        ];
+        let key = match arg {
+            lexopt::Arg::Long(key) if KNOWN.contains(&key) => key.to_owned(),
+            other => return Err(other.unexpected().to_string()),
+        };
+        let value = parser.value().map_err(|e| e.to_string())?;
+        let value = value.into_string().map_err(|v| format!("--{key}: not UTF-8: {v:?}"))?;
+        given.insert(key, value);
     }
     fn get<T: std::str::FromStr>(
         given: &BTreeMap<String, String>,
@@ -302,71 +311,38 @@ fn subscriber(ws_addr: SocketAddr, shared: &Shared, event: usize) -> SubResult {
 
 // ---------------------------------------------------------------- HTTP
 
-struct HttpConn {
-    reader: BufReader<TcpStream>,
+/// The driver's HTTP client (ureq): keep-alive, statuses as values, every
+/// phase bounded so that a stalled server fails a request instead of
+/// hanging the run. Not a whole-call timeout: with one, ureq resolves the
+/// address on a thread of its own for every request.
+fn http_agent() -> ureq::Agent {
+    let phase = Some(Duration::from_secs(10));
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_send_request(phase)
+        .timeout_send_body(phase)
+        .timeout_recv_response(phase)
+        .timeout_recv_body(phase)
+        .build()
+        .new_agent()
 }
 
-impl HttpConn {
-    fn open(addr: SocketAddr) -> io::Result<HttpConn> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let _ = stream.set_nodelay(true);
-        Ok(HttpConn { reader: BufReader::new(stream) })
-    }
-
-    fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-        close: bool,
-    ) -> io::Result<(u16, Vec<u8>)> {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        if !body.is_empty() {
-            head.push_str("Content-Type: application/json\r\n");
-        }
-        if close {
-            head.push_str("Connection: close\r\n");
-        }
-        head.push_str("\r\n");
-        let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("bad status line"))?;
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(bad("eof in headers"));
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().map_err(|_| bad("bad content-length"))?;
-            }
-        }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body)?;
-        Ok((status, body))
-    }
+/// Status and body of a request's answer; a transport failure as an error.
+fn answer(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> io::Result<(u16, Vec<u8>)> {
+    let mut response = result.map_err(io::Error::other)?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().map_err(io::Error::other)?;
+    Ok((status, body))
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> io::Result<Vec<u8>> {
-    let (status, body) = HttpConn::open(addr)?.request("GET", path, b"", true)?;
+fn http_get(agent: &ureq::Agent, base: &str, path: &str) -> io::Result<Vec<u8>> {
+    // `Connection: close`: the sampler's connection must not linger as an
+    // open fd of the server when the driver checks the idle counts.
+    let (status, body) =
+        answer(agent.get(format!("{base}{path}")).header("Connection", "close").call())?;
     if status != 200 {
         return Err(io::Error::other(format!("GET {path}: {status}")));
     }
@@ -380,7 +356,8 @@ fn poster(opts: &Opts, shared: &Shared) -> Vec<String> {
     let tick = Duration::from_millis(100);
     let per_tick = (opts.rate / 10).max(1) as usize;
     let mut seqs = vec![0u64; opts.events];
-    let mut conn: Option<HttpConn> = None;
+    let agent = http_agent();
+    let url = format!("http://{}/ingest", opts.http);
     let mut k = 0usize;
     let mut next = Instant::now();
     while shared.posting.load(Ordering::SeqCst) {
@@ -403,13 +380,8 @@ fn poster(opts: &Opts, shared: &Shared) -> Vec<String> {
             }));
         }
         let body = Value::Array(items).to_string();
-        let result = match conn.as_mut() {
-            Some(c) => c.request("POST", "/ingest", body.as_bytes(), false),
-            None => HttpConn::open(opts.http).and_then(|c| {
-                let c = conn.insert(c);
-                c.request("POST", "/ingest", body.as_bytes(), false)
-            }),
-        };
+        let result =
+            answer(agent.post(&url).header("Content-Type", "application/json").send(&body));
         shared.post_requests.fetch_add(1, Ordering::SeqCst);
         match result {
             Ok((202, answer)) => {
@@ -432,7 +404,6 @@ fn poster(opts: &Opts, shared: &Shared) -> Vec<String> {
                 // The positions may or may not have gone in: a failure either way.
                 shared.post_errors.fetch_add(1, Ordering::SeqCst);
                 errors.push(format!("ingest: {e}"));
-                conn = None;
             }
         }
         next += tick;
@@ -572,7 +543,11 @@ fn sample(opts: &Opts, started: Instant) -> Result<Sample, String> {
         let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         s.cpu_ticks = field(11) + field(12); // utime + stime
     }
-    let debug = http_get(opts.http, "/debug/connections").map_err(|e| e.to_string())?;
+    // A fresh agent per sample, as before one connection per GET: the
+    // samples are seconds apart.
+    let agent = http_agent();
+    let base = format!("http://{}", opts.http);
+    let debug = http_get(&agent, &base, "/debug/connections").map_err(|e| e.to_string())?;
     let conns: Value = serde_json::from_slice(&debug).map_err(|e| e.to_string())?;
     for c in conns.as_array().into_iter().flatten() {
         let queued = c["queuedMessages"].as_u64().unwrap_or(0);
@@ -582,7 +557,7 @@ fn sample(opts: &Opts, started: Instant) -> Result<Sample, String> {
         s.queued_bytes_max = s.queued_bytes_max.max(c["queuedBytes"].as_u64().unwrap_or(0));
         s.staleness_max_ms = s.staleness_max_ms.max(c["stalenessMs"].as_i64().unwrap_or(0));
     }
-    let metrics = http_get(opts.http, "/metrics").map_err(|e| e.to_string())?;
+    let metrics = http_get(&agent, &base, "/metrics").map_err(|e| e.to_string())?;
     for line in String::from_utf8_lossy(&metrics).lines() {
         if line.starts_with('#') {
             continue;

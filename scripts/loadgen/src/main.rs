@@ -10,26 +10,20 @@
 //!
 //! Threads: a few `lg-worker-N` threads each drive hundreds or thousands of
 //! non-blocking clients on one epoll instance (one per CPU the load
-//! generator may run on), `lg-poster` posts, `lg-probe` measures subscribe
+//! generator may run on), `lg-poster-N` post (`--posters`), `lg-probe` measures subscribe
 //! answer times under load; the main thread coordinates and watches the
 //! clients that never read. The load generator reports its own CPU use, so
 //! that a run where it was the bottleneck shows as such.
 //!
 //! Output: a human table on stderr, one JSON object on stdout.
 
-#[path = "loadgen/hist.rs"]
 mod hist;
-#[path = "loadgen/poster.rs"]
 mod poster;
-#[path = "loadgen/probe.rs"]
 mod probe;
-#[path = "loadgen/procfs.rs"]
 mod procfs;
-#[path = "loadgen/slow.rs"]
+mod report;
 mod slow;
-#[path = "loadgen/wire.rs"]
 mod wire;
-#[path = "loadgen/worker.rs"]
 mod worker;
 
 use std::net::ToSocketAddrs;
@@ -39,9 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::hist::Histogram;
 use crate::poster::{PosterConfig, PosterProgress, PosterReport};
 use crate::worker::{ClientSpec, Shared, Target, WorkerConfig, WorkerReport};
 
@@ -70,6 +63,10 @@ Load:
   --duration S           seconds of posting (or of holding, with --idle) [10]
   --posts-per-s N        POSTs per second: each carries R/N positions [50]
   --batch B              positions per POST, instead of --posts-per-s
+  --posters N            posting threads, each with its own keep-alive
+                         connection and its own share of the devices and
+                         of the rate, so that one connection's answer time
+                         does not limit the POST rate [1]
   --slow-clients N       extra clients that stop reading once subscribed;
                          reports when the server closes them [0]
   --slow-rcvbuf BYTES    SO_RCVBUF of those clients; 0 = the default [4096]
@@ -116,6 +113,7 @@ struct Args {
     duration: Duration,
     batch: usize,
     posts_per_s: f64,
+    posters: usize,
     slow_clients: usize,
     slow_rcvbuf: usize,
     slow_ballast: u64,
@@ -144,6 +142,7 @@ impl Default for Args {
             duration: Duration::from_secs(10),
             batch: 0,
             posts_per_s: 50.0,
+            posters: 1,
             slow_clients: 0,
             slow_rcvbuf: 4096,
             slow_ballast: 0,
@@ -161,94 +160,60 @@ impl Default for Args {
     }
 }
 
-/// The options that take a value.
-const VALUE_FLAGS: &[&str] = &[
-    "--ws",
-    "--http",
-    "--server-pid",
-    "--clients",
-    "--events",
-    "--devices",
-    "--rate",
-    "--duration",
-    "--batch",
-    "--posts-per-s",
-    "--slow-clients",
-    "--slow-rcvbuf",
-    "--slow-ballast",
-    "--probes",
-    "--threads",
-    "--connect-timeout",
-    "--drain",
-    "--p99-limit-ms",
-    "--event-prefix",
-    "--scenario",
-    "--server-name",
-];
+/// `Ok(None)`: help was asked for. Errors name the option and the value.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
+    use lexopt::prelude::*;
 
-/// `Ok(None)`: help was asked for.
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-        v.parse().map_err(|_| format!("{flag}: not a valid number: {v:?}"))
+    /// The next value, parsed; the error names the option.
+    fn value<T: std::str::FromStr>(p: &mut lexopt::Parser, flag: &str) -> Result<T, String> {
+        let raw = p.value().map_err(|e| e.to_string())?;
+        let text = raw.to_string_lossy();
+        text.parse().map_err(|_| format!("--{flag}: not a valid number: {text:?}"))
     }
-    fn secs(flag: &str, v: &str) -> Result<Duration, String> {
-        let s: f64 = num(flag, v)?;
-        Duration::try_from_secs_f64(s).map_err(|_| format!("{flag}: not a duration: {v:?}"))
+    fn text(p: &mut lexopt::Parser) -> Result<String, String> {
+        p.value().map_err(|e| e.to_string())?.into_string().map_err(|v| format!("not UTF-8: {v:?}"))
+    }
+    fn secs(p: &mut lexopt::Parser, flag: &str) -> Result<Duration, String> {
+        let s: f64 = value(p, flag)?;
+        Duration::try_from_secs_f64(s).map_err(|_| format!("--{flag}: not a duration: {s}"))
     }
     let mut a = Args::default();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--idle" | "--connect-only" => {
-                a.idle = true;
-                continue;
-            }
-            "--quiet" => {
-                a.quiet = true;
-                continue;
-            }
-            _ => {}
-        }
-        if !VALUE_FLAGS.contains(&flag.as_str()) {
-            return Err(format!("unknown option {flag}"));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => it.next().ok_or_else(|| format!("{flag} needs a value"))?,
-        };
-        let f = flag.as_str();
-        let v = value.as_str();
-        match f {
-            "--ws" => a.ws = value,
-            "--http" => a.http = value,
-            "--server-pid" => a.server_pid = Some(num(f, v)?),
-            "--clients" => a.clients = num(f, v)?,
-            "--events" => a.events = num(f, v)?,
-            "--devices" => a.devices = num(f, v)?,
-            "--rate" => a.rate = num(f, v)?,
-            "--duration" => a.duration = secs(f, v)?,
-            "--batch" => a.batch = num(f, v)?,
-            "--posts-per-s" => a.posts_per_s = num(f, v)?,
-            "--slow-clients" => a.slow_clients = num(f, v)?,
-            "--slow-rcvbuf" => a.slow_rcvbuf = num(f, v)?,
-            "--slow-ballast" => a.slow_ballast = num(f, v)?,
-            "--probes" => a.probes = num(f, v)?,
-            "--threads" => a.threads = num(f, v)?,
-            "--connect-timeout" => a.connect_timeout = secs(f, v)?,
-            "--drain" => a.drain = secs(f, v)?,
-            "--p99-limit-ms" => a.p99_limit_ms = num(f, v)?,
-            "--event-prefix" => a.event_prefix = Some(value),
-            "--scenario" => a.scenario = value,
-            "--server-name" => a.server_name = value,
-            _ => return Err(format!("unknown option {flag}")),
+    let mut p = lexopt::Parser::from_iter(args);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("idle" | "connect-only") => a.idle = true,
+            Long("quiet") => a.quiet = true,
+            Long("ws") => a.ws = text(&mut p)?,
+            Long("http") => a.http = text(&mut p)?,
+            Long("server-pid") => a.server_pid = Some(value(&mut p, "server-pid")?),
+            Long("clients") => a.clients = value(&mut p, "clients")?,
+            Long("events") => a.events = value(&mut p, "events")?,
+            Long("devices") => a.devices = value(&mut p, "devices")?,
+            Long("rate") => a.rate = value(&mut p, "rate")?,
+            Long("duration") => a.duration = secs(&mut p, "duration")?,
+            Long("batch") => a.batch = value(&mut p, "batch")?,
+            Long("posts-per-s") => a.posts_per_s = value(&mut p, "posts-per-s")?,
+            Long("posters") => a.posters = value(&mut p, "posters")?,
+            Long("slow-clients") => a.slow_clients = value(&mut p, "slow-clients")?,
+            Long("slow-rcvbuf") => a.slow_rcvbuf = value(&mut p, "slow-rcvbuf")?,
+            Long("slow-ballast") => a.slow_ballast = value(&mut p, "slow-ballast")?,
+            Long("probes") => a.probes = value(&mut p, "probes")?,
+            Long("threads") => a.threads = value(&mut p, "threads")?,
+            Long("connect-timeout") => a.connect_timeout = secs(&mut p, "connect-timeout")?,
+            Long("drain") => a.drain = secs(&mut p, "drain")?,
+            Long("p99-limit-ms") => a.p99_limit_ms = value(&mut p, "p99-limit-ms")?,
+            Long("event-prefix") => a.event_prefix = Some(text(&mut p)?),
+            Long("scenario") => a.scenario = text(&mut p)?,
+            Long("server-name") => a.server_name = text(&mut p)?,
+            other => return Err(other.unexpected().to_string()),
         }
     }
     if a.events == 0 || a.devices == 0 {
         return Err("--events and --devices must be at least 1".to_owned());
+    }
+    if a.posters == 0 || a.posters > a.devices {
+        return Err("--posters must be between 1 and --devices (each owns devices)".to_owned());
     }
     if !a.idle && (a.rate.is_nan() || a.rate <= 0.0 || a.rate.is_infinite()) {
         return Err("--rate must be a positive number".to_owned());
@@ -300,14 +265,6 @@ pub(crate) fn u2f(v: u64) -> f64 {
     v as f64
 }
 
-fn ms(us: u64) -> f64 {
-    (u2f(us) / 1000.0 * 1000.0).round() / 1000.0
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
 fn spawn<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
@@ -320,7 +277,7 @@ fn spawn<T: Send + 'static>(
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let args = match parse_args(std::env::args()) {
         Ok(Some(args)) => args,
         Ok(None) => {
             print!("{HELP}");
@@ -469,29 +426,37 @@ fn run(args: &Args) -> Result<(), String> {
     if args.idle {
         std::thread::sleep(args.duration);
     } else {
-        let pcfg = PosterConfig {
-            addr: http.addr,
-            host: http.host.clone(),
-            path: format!("{}/ingest", http.path.trim_end_matches('/')),
-            rate: args.rate,
-            duration: args.duration,
-            batch,
-            devices: args.devices,
-            events: args.events,
-            event_prefix: prefix.clone(),
-            ballast_bytes_per_s: if ballast { args.slow_ballast } else { 0 },
-        };
-        let prog = progress.clone();
-        let poster = spawn("lg-poster", move || poster::run(&pcfg, &prog))?;
+        let mut posters = Vec::with_capacity(args.posters);
+        for index in 0..args.posters {
+            let pcfg = PosterConfig {
+                addr: http.addr,
+                host: http.host.clone(),
+                path: format!("{}/ingest", http.path.trim_end_matches('/')),
+                rate: args.rate,
+                duration: args.duration,
+                batch,
+                devices: args.devices,
+                events: args.events,
+                event_prefix: prefix.clone(),
+                index,
+                posters: args.posters,
+                ballast_bytes_per_s: if ballast { args.slow_ballast } else { 0 },
+            };
+            let prog = progress.clone();
+            posters.push(spawn(&format!("lg-poster-{index}"), move || poster::run(&pcfg, &prog))?);
+        }
         probe_go.store(true, Ordering::Relaxed);
         let watch = !monitor.all_closed();
-        while !poster.is_finished() {
+        while !posters.iter().all(JoinHandle::is_finished) {
             std::thread::sleep(Duration::from_millis(if watch { 50 } else { 10 }));
             if watch {
                 monitor.poll();
             }
         }
-        poster_report = poster.join().map_err(|_| "the poster thread panicked".to_owned())?;
+        for poster in posters {
+            let r = poster.join().map_err(|_| "a poster thread panicked".to_owned())?;
+            poster_report.merge(r);
+        }
         probe_stop.store(true, Ordering::Relaxed);
         // Drain: wait for the stragglers while they keep coming.
         let expected: u64 = progress
@@ -542,9 +507,10 @@ fn run(args: &Args) -> Result<(), String> {
     let after = sample(args.server_pid);
     let self_cpu_end = procfs::cpu_seconds(None).unwrap_or(0.0);
 
-    let summary = Summary {
+    let summary = report::Summary {
         args,
         threads,
+        posters: args.posters,
         batch,
         prefix: &prefix,
         total_clients,
@@ -565,11 +531,13 @@ fn run(args: &Args) -> Result<(), String> {
         slow: &slow_report,
         probes: probes.as_ref(),
     };
-    let report = summary.to_json();
+    let report = summary.report();
     if !args.quiet {
-        eprint!("{}", summary.table(&report));
+        eprint!("{}", report.table());
     }
-    println!("{report}");
+    let line =
+        serde_json::to_string(&report).map_err(|e| format!("cannot write the report: {e}"))?;
+    println!("{line}");
     Ok(())
 }
 
@@ -606,375 +574,12 @@ fn merge(into: &mut WorkerReport, r: WorkerReport) {
     into.open_at_end += r.open_at_end;
 }
 
-struct Summary<'a> {
-    args: &'a Args,
-    threads: usize,
-    batch: usize,
-    prefix: &'a str,
-    total_clients: usize,
-    subscribed: usize,
-    all_subscribed: bool,
-    storm_us: u64,
-    listen_overflows: Option<u64>,
-    before: ServerSample,
-    connected: ServerSample,
-    window_start: ServerSample,
-    window_end: ServerSample,
-    after: ServerSample,
-    window_us: u64,
-    self_cpu_window: f64,
-    self_cpu_total: f64,
-    poster: &'a PosterReport,
-    workers: &'a WorkerReport,
-    slow: &'a slow::SlowReport,
-    probes: Option<&'a probe::ProbeReport>,
-}
-
-fn quantiles_ms(h: &Histogram) -> Value {
-    json!({
-        "count": h.count(),
-        "p50": ms(h.quantile(0.50)),
-        "p99": ms(h.quantile(0.99)),
-        "p999": ms(h.quantile(0.999)),
-        "max": ms(h.max()),
-    })
-}
-
-fn opt_round(v: Option<f64>) -> Value {
-    v.map_or(Value::Null, |v| json!(round3(v)))
-}
-
-impl Summary<'_> {
-    fn to_json(&self) -> Value {
-        let a = self.args;
-        let w = self.workers;
-        let p = self.poster;
-        let window_s = u2f(self.window_us) / 1e6;
-        // Deliveries per second over the span from the first POST to the
-        // last delivery: what the server actually sustained.
-        let delivery_span_us = w.last_delivery_us.saturating_sub(p.started_us);
-        let deliveries_per_s = if delivery_span_us > 0 {
-            u2f(w.deliveries) / (u2f(delivery_span_us) / 1e6)
-        } else {
-            0.0
-        };
-        let server_cpu = match (self.window_start.cpu_s, self.window_end.cpu_s) {
-            (Some(a), Some(b)) => Some(b - a),
-            _ => None,
-        };
-        let cpu_us_per_delivery =
-            server_cpu.filter(|_| w.deliveries > 0).map(|cpu| cpu * 1e6 / u2f(w.deliveries));
-        let cpu_pct = server_cpu.filter(|_| window_s > 0.0).map(|cpu| cpu / window_s * 100.0);
-        let rss = |s: &ServerSample| s.mem.map(|m| m.rss_kib);
-        let rss_per_conn = match (self.before.mem, self.window_end.mem) {
-            (Some(b), Some(e)) if self.subscribed > 0 => {
-                Some(u2f(e.rss_kib.saturating_sub(b.rss_kib)) / u2f(self.subscribed as u64))
-            }
-            _ => None,
-        };
-        let server_closed: u64 = w.close_codes.values().sum();
-        let failed: u64 = w.failures.values().sum();
-        let p99_ms = ms(w.latency_us.quantile(0.99));
-        let clean = failed == 0
-            && server_closed == 0
-            && w.lost == 0
-            && w.duplicates == 0
-            && w.reordered == 0
-            && w.foreign == 0
-            && p.errors.is_empty()
-            && p.rejected == 0
-            && (a.idle || p99_ms <= a.p99_limit_ms)
-            // Latency counts from when a position was posted: a server that
-            // takes POSTs too slowly for the schedule would hide its delay
-            // there, and deliver less than the offered rate. Judged by the
-            // last POST, not the worst: one slow answer the poster caught up
-            // on is a latency outlier, already counted as such.
-            && (a.idle || ms(p.end_lag_us) <= a.p99_limit_ms);
-        let slow = if self.slow.watched > 0 {
-            let max = |v: &[u64]| v.iter().max().map(|&us| round3(u2f(us) / 1e6));
-            json!({
-                "clients": self.slow.watched,
-                "closed": self.slow.closed,
-                "closed_after_start_s_max": max(&self.slow.closed_after_start_us),
-                "closed_after_stall_s_max": max(&self.slow.closed_after_stall_us),
-                "close_codes": self.slow.close_codes,
-                "max_server_queue_kib": self.slow.max_server_queue / 1024,
-            })
-        } else {
-            Value::Null
-        };
-        let probes = self.probes.map_or(Value::Null, |r| {
-            json!({
-                "first_byte_ms": quantiles_ms(&r.first_byte_us),
-                "complete_ms": quantiles_ms(&r.complete_us),
-                "failures": r.failures,
-            })
-        });
-        let loadgen_cpu_pct = if window_s > 0.0 {
-            self.self_cpu_window / window_s * 100.0 / u2f(self.threads as u64)
-        } else {
-            0.0
-        };
-        json!({
-            "scenario": a.scenario,
-            "server_name": a.server_name,
-            "mode": if a.idle { "idle" } else { "load" },
-            "clean": clean,
-            "params": {
-                "clients": a.clients, "events": a.events, "devices": a.devices,
-                "rate": a.rate, "batch": self.batch,
-                // What was posted: --batch overrides --posts-per-s.
-                "posts_per_s": a.rate / u2f(self.batch as u64), "duration_s": a.duration.as_secs_f64(),
-                "slow_clients": a.slow_clients, "slow_ballast_bytes_per_s": a.slow_ballast,
-                "probes": a.probes,
-                "threads": self.threads, "event_prefix": self.prefix,
-                "ws": a.ws, "http": a.http,
-            },
-            "connect": {
-                "clients": self.total_clients,
-                "subscribed": self.subscribed,
-                "all_subscribed": self.all_subscribed,
-                "storm_s": round3(u2f(self.storm_us) / 1e6),
-                // Machine-wide: other processes' listen queues count too.
-                "listen_overflows": self.listen_overflows,
-                "failures": w.failures,
-                "subscribe_first_byte_ms": quantiles_ms(&w.subscribe_first_byte_us),
-                "subscribe_complete_ms": quantiles_ms(&w.subscribe_complete_us),
-                "ready_ms": quantiles_ms(&w.ready_us),
-            },
-            "window_s": round3(window_s),
-            "posts": {
-                "posts": p.posts, "positions": p.positions, "accepted": p.accepted,
-                "rejected": p.rejected, "errors": p.errors,
-                "post_latency_ms": quantiles_ms(&p.post_latency_us),
-                "max_lag_ms": ms(p.max_lag_us),
-                "end_lag_ms": ms(p.end_lag_us),
-            },
-            "deliveries": w.deliveries,
-            "deliveries_per_s": deliveries_per_s.round(),
-            "expected": w.expected,
-            "lost": w.lost,
-            "duplicates": w.duplicates,
-            "reordered": w.reordered,
-            "foreign": w.foreign,
-            "untimed": w.untimed,
-            "unparsed": w.unparsed,
-            "server_errors": w.server_errors,
-            "latency_ms": quantiles_ms(&w.latency_us),
-            "server_closed": { "total": server_closed, "codes": w.close_codes },
-            "open_at_end": w.open_at_end,
-            "slow": slow,
-            "probes": probes,
-            "server": {
-                "name": a.server_name,
-                "pid": a.server_pid,
-                "cpu_s": opt_round(server_cpu),
-                "cpu_pct": opt_round(cpu_pct),
-                "cpu_us_per_delivery": opt_round(cpu_us_per_delivery),
-                "rss_before_kib": rss(&self.before),
-                "rss_connected_kib": rss(&self.connected),
-                "rss_end_kib": rss(&self.window_end),
-                "rss_after_kib": rss(&self.after),
-                "hwm_kib": self.after.mem.map(|m| m.hwm_kib),
-                "rss_per_conn_kib": opt_round(rss_per_conn),
-            },
-            "loadgen": {
-                "threads": self.threads,
-                "cpu_s_window": round3(self.self_cpu_window),
-                "cpu_s_total": round3(self.self_cpu_total),
-                "cpu_pct_per_thread": round3(loadgen_cpu_pct),
-                "saturated": loadgen_cpu_pct > 90.0,
-            },
-        })
-    }
-
-    fn table(&self, j: &Value) -> String {
-        use std::fmt::Write as _;
-        let g = |path: &str| -> String {
-            let v = path.split('.').fold(j, |v, k| v.get(k).unwrap_or(&Value::Null));
-            match v {
-                Value::Null => "-".to_owned(),
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }
-        };
-        let mut t = String::new();
-        let mut row = |k: &str, v: String| {
-            let _ = writeln!(t, "  {k:<34} {v}");
-        };
-        row(
-            "run",
-            format!(
-                "{} / {} ({}), clean: {}",
-                g("scenario"),
-                self.args.server_name,
-                g("mode"),
-                g("clean")
-            ),
-        );
-        row(
-            "clients / events / devices",
-            format!(
-                "{} (+{} slow) / {} / {}",
-                g("params.clients"),
-                g("params.slow_clients"),
-                g("params.events"),
-                g("params.devices")
-            ),
-        );
-        row(
-            "connect: subscribed / failures",
-            format!(
-                "{} of {} / {}",
-                g("connect.subscribed"),
-                g("connect.clients"),
-                g("connect.failures")
-            ),
-        );
-        row(
-            "connect storm: all snapshots in",
-            format!(
-                "{} s (per client p50 {} / p99 {} ms; listen-queue overflows {})",
-                g("connect.storm_s"),
-                g("connect.ready_ms.p50"),
-                g("connect.ready_ms.p99"),
-                g("connect.listen_overflows")
-            ),
-        );
-        row(
-            "subscribe answer p50/p99/max",
-            format!(
-                "{} / {} / {} ms (first byte)",
-                g("connect.subscribe_first_byte_ms.p50"),
-                g("connect.subscribe_first_byte_ms.p99"),
-                g("connect.subscribe_first_byte_ms.max")
-            ),
-        );
-        if !self.args.idle {
-            row(
-                "posted: rate x duration, batch",
-                format!(
-                    "{}/s x {} s, {} per POST ({} POSTs, lag max {} ms, at the end {} ms)",
-                    g("params.rate"),
-                    g("params.duration_s"),
-                    g("params.batch"),
-                    g("posts.posts"),
-                    g("posts.max_lag_ms"),
-                    g("posts.end_lag_ms")
-                ),
-            );
-            row(
-                "accepted / rejected / errors",
-                format!(
-                    "{} / {} / {}",
-                    g("posts.accepted"),
-                    g("posts.rejected"),
-                    g("posts.errors")
-                ),
-            );
-            row(
-                "deliveries (deliveries/s)",
-                format!("{} ({})", g("deliveries"), g("deliveries_per_s")),
-            );
-            row(
-                "latency p50/p99/p99.9/max",
-                format!(
-                    "{} / {} / {} / {} ms",
-                    g("latency_ms.p50"),
-                    g("latency_ms.p99"),
-                    g("latency_ms.p999"),
-                    g("latency_ms.max")
-                ),
-            );
-            row(
-                "lost / dup / reordered / foreign",
-                format!(
-                    "{} / {} / {} / {} (of {} expected)",
-                    g("lost"),
-                    g("duplicates"),
-                    g("reordered"),
-                    g("foreign"),
-                    g("expected")
-                ),
-            );
-        }
-        row(
-            "server-closed (codes)",
-            format!("{} {}", g("server_closed.total"), g("server_closed.codes")),
-        );
-        if self.slow.watched > 0 {
-            row(
-                "slow clients closed",
-                format!(
-                    "{} of {}, {} s after start, {} s after the server socket \
-                     stopped growing ({} KiB), codes {}",
-                    g("slow.closed"),
-                    g("slow.clients"),
-                    g("slow.closed_after_start_s_max"),
-                    g("slow.closed_after_stall_s_max"),
-                    g("slow.max_server_queue_kib"),
-                    g("slow.close_codes")
-                ),
-            );
-        }
-        if self.probes.is_some() {
-            row(
-                "probe subscribe p50/p99/max",
-                format!(
-                    "{} / {} / {} ms first byte, {} ms p99 whole",
-                    g("probes.first_byte_ms.p50"),
-                    g("probes.first_byte_ms.p99"),
-                    g("probes.first_byte_ms.max"),
-                    g("probes.complete_ms.p99")
-                ),
-            );
-        }
-        row(
-            "server CPU (window)",
-            format!(
-                "{} s, {} % of a core over {} s",
-                g("server.cpu_s"),
-                g("server.cpu_pct"),
-                g("window_s")
-            ),
-        );
-        row("server CPU-us per delivery", g("server.cpu_us_per_delivery"));
-        row(
-            "server RSS before/connected/end/peak",
-            format!(
-                "{} / {} / {} / {} KiB",
-                g("server.rss_before_kib"),
-                g("server.rss_connected_kib"),
-                g("server.rss_end_kib"),
-                g("server.hwm_kib")
-            ),
-        );
-        row("server RSS per connection", format!("{} KiB", g("server.rss_per_conn_kib")));
-        row(
-            "loadgen CPU (window/total)",
-            format!(
-                "{} / {} s, {} % per thread ({} threads){}",
-                g("loadgen.cpu_s_window"),
-                g("loadgen.cpu_s_total"),
-                g("loadgen.cpu_pct_per_thread"),
-                g("loadgen.threads"),
-                if j.pointer("/loadgen/saturated") == Some(&Value::Bool(true)) {
-                    "  WARNING: the load generator was saturated"
-                } else {
-                    ""
-                }
-            ),
-        );
-        format!("loadgen report\n{t}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn args(list: &[&str]) -> Result<Option<Args>, String> {
-        parse_args(list.iter().map(|s| (*s).to_owned()))
+        parse_args(std::iter::once("loadgen").chain(list.iter().copied()).map(str::to_owned))
     }
 
     #[test]
@@ -985,9 +590,17 @@ mod tests {
         assert_eq!((a.clients, a.rate, a.idle), (5, 2.5, true));
         assert_eq!(a.duration, Duration::from_millis(500));
         assert!(args(&["--help"]).unwrap().is_none());
-        assert_eq!(args(&["--bogus"]).unwrap_err(), "unknown option --bogus");
-        assert!(args(&["--clients"]).is_err());
+        assert!(args(&["-h"]).unwrap().is_none());
+        assert!(args(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(args(&["stray"]).is_err());
+        assert!(args(&["--clients"]).unwrap_err().contains("--clients"));
+        assert_eq!(args(&["--clients", "x"]).unwrap_err(), "--clients: not a valid number: \"x\"");
+        assert!(args(&["--idle=yes"]).is_err());
         assert!(args(&["--rate", "0"]).is_err());
+        assert_eq!(args(&["--posters", "4"]).unwrap().unwrap().posters, 4);
+        assert!(args(&["--posters", "0"]).is_err());
+        assert!(args(&["--posters", "3", "--devices", "2"]).is_err());
+        assert!(args(&["--duration", "-1"]).unwrap_err().contains("--duration"));
     }
 
     #[test]
