@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     let demo = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => false,
         ["-h" | "--help"] => {
-            print!("{}\n{}", livecast::Config::help(), livecast::demo::HELP);
+            print!("{}", livecast::Config::help());
             return ExitCode::SUCCESS;
         }
         ["--demo"] => true,
