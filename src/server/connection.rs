@@ -731,7 +731,9 @@ mod tests {
                 Identity { user: "anonymous".to_owned(), credentials: Credentials::default() };
             let conn =
                 Connection::new(shared, Arc::clone(&handle), rx, ws, identity, sleeper, test_now);
-            let peer = WebSocket::from_raw_socket(client, Role::Client, None);
+            // No size limit at the peer: a test may send or expect big frames.
+            let unlimited = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+            let peer = WebSocket::from_raw_socket(client, Role::Client, Some(unlimited));
             Harness { conn, handle, peer }
         }
 
@@ -825,6 +827,41 @@ mod tests {
         assert_eq!(h.handle.queued_bytes(), 0);
         assert_eq!(h.receive(), Message::text("{\"n\":1}"));
         assert_eq!(h.receive(), Message::text("{\"n\":2}"));
+    }
+
+    #[test]
+    fn a_full_socket_leaves_the_queue_alone_until_it_drains() {
+        let shared = shared(|config| config.ping_interval = Duration::from_secs(60));
+        let mut h = Harness::open(&shared);
+        // More than any socket buffer holds, and nobody reads yet.
+        let big = "x".repeat(32 << 20);
+        let big_entry = Arc::new(Outbound::single(Kind::Position, &big));
+        h.handle.offer(&big_entry, usize::MAX).expect("the first entry always fits");
+        assert_eq!(h.step_at(0), Ok(()));
+        assert!(h.conn.write_blocked(), "32 MiB cannot all be written at once");
+        let small = Arc::new(Outbound::single(Kind::Position, "{\"n\":1}"));
+        h.handle.offer(&small, usize::MAX).expect("room");
+        assert_eq!(h.step_at(10), Ok(()));
+        assert_eq!(h.handle.queued_messages(), 1, "not taken while unsent bytes remain");
+
+        let Harness { mut conn, handle, mut peer } = h;
+        let reader = crate::thread::spawn_named("test-peer".to_owned(), None, move || {
+            let first = peer.read().expect("the big message");
+            let second = peer.read().expect("the small one");
+            (first, second)
+        })
+        .expect("spawn");
+        let deadline = Instant::now() + PATIENCE * 4;
+        while conn.write_blocked() || handle.queued_messages() > 0 {
+            assert!(Instant::now() < deadline, "the queue was never drained");
+            let socket = conn.ws.get_ref().socket();
+            let mut fds = [PollFd::new(socket, PollFlags::OUT)];
+            poll(&mut fds, Some(&Timespec { tv_sec: 1, tv_nsec: 0 })).expect("poll");
+            assert_eq!(conn.step(), Ok(()));
+        }
+        let (first, second) = reader.join().expect("reader");
+        assert_eq!(first, Message::text(big));
+        assert_eq!(second, Message::text("{\"n\":1}"));
     }
 
     #[test]
