@@ -1247,6 +1247,30 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_table_shows_the_same_defaults() {
+        // The README's table is the one copy of the defaults outside this
+        // file: each of its rows must agree with the entry it names.
+        let readme = include_str!("../README.md");
+        let start = readme.find("\n## Configuration\n").expect("README section");
+        let section = &readme[start + 1..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        let mut rows = 0;
+        for line in section.lines().filter(|line| line.starts_with("| `")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let name = cells[0].trim_start_matches("| ").trim_matches('`');
+            let var = find_var(name).unwrap_or_else(|| panic!("README names {name}"));
+            let shown = cells[1];
+            match var.default {
+                Is(value) => assert_eq!(shown, format!("`{value}`"), "{name}"),
+                Unset => assert_eq!(shown, "unset", "{name}"),
+                Computed(_) => assert!(!shown.starts_with('`'), "{name}: {shown}"),
+            }
+            rows += 1;
+        }
+        assert!(rows > 40, "only {rows} rows found in the README's table");
+    }
+
+    #[test]
     fn table_names_are_unique_and_well_formed() {
         let table: BTreeSet<&str> = all_vars().map(|var| var.name).collect();
         assert_eq!(table.len(), all_vars().count(), "a name appears twice in the table");
