@@ -1,5 +1,6 @@
 //! The `livecast` binary: configuration from the environment, logging,
-//! start, wait for SIGTERM/SIGINT, graceful stop, exit code.
+//! start, wait for SIGTERM/SIGINT, graceful stop, exit code, all on the
+//! process's main thread.
 //!
 //! `livecast --demo` also starts the demo feed ([`livecast::demo`]) against
 //! this server's own `POST /ingest`, and prints the dashboard URL.
