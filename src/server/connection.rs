@@ -658,7 +658,7 @@ mod tests {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
     use super::*;
-    use crate::auth::{Credentials, NoAuth};
+    use crate::auth::{Authenticator, Credentials, NoAuth};
     use crate::config::Config;
     use crate::metrics::Metrics;
     use crate::outbound::{Kind, OfferError};
@@ -690,11 +690,33 @@ mod tests {
     /// What every connection of a test shares: echo service (the loop
     /// without the live protocol), mode `none`.
     fn shared(configure: impl FnOnce(&mut Config)) -> Shared {
+        shared_with(Box::new(NoAuth), configure)
+    }
+
+    /// As [`shared`], with `auth` as the authority.
+    fn shared_with(auth: Box<dyn Authenticator>, configure: impl FnOnce(&mut Config)) -> Shared {
         let mut config = Config { ping_interval: Duration::from_secs(1), ..Config::default() };
         configure(&mut config);
         let (commands, _) = crossbeam_channel::unbounded();
         let metrics = Metrics::new().expect("metrics");
-        Shared::new(config, metrics, Service::Echo, commands, Box::new(NoAuth), None, None)
+        Shared::new(config, metrics, Service::Echo, commands, auth, None, None)
+    }
+
+    /// An authority whose every answer to `authenticate` is set by the test.
+    #[derive(Debug)]
+    struct Scripted(Arc<parking_lot::Mutex<Result<(), AuthError>>>);
+
+    impl Authenticator for Scripted {
+        fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError> {
+            self.0
+                .lock()
+                .clone()
+                .map(|()| Identity { user: "u".to_owned(), credentials: credentials.clone() })
+        }
+
+        fn authorize(&self, _who: &Identity, _event: &str) -> Result<(), AuthzError> {
+            Ok(())
+        }
     }
 
     /// A connection in state `Open` at clock 0 ms, and its peer.
@@ -999,6 +1021,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn revalidation_closes_4401_a_revoked_session_but_not_on_an_outage() {
+        let answer = Arc::new(parking_lot::Mutex::new(Err(AuthError::Unavailable("down".into()))));
+        let shared = shared_with(Box::new(Scripted(Arc::clone(&answer))), |config| {
+            config.auth_mode = AuthMode::Tokens;
+            config.auth_revalidate = Duration::from_secs(5);
+            config.ping_interval = Duration::from_secs(60);
+        });
+        let mut h = Harness::open(&shared);
+        assert_eq!(h.conn.next_deadline(), at(5000), "wakes for the revalidation");
+        assert_eq!(h.step_at(5000), Ok(()));
+        assert_eq!(h.conn.state, State::Open, "an outage closes nobody");
+        assert_eq!(h.conn.next_deadline(), at(10_000), "asks again one period later");
+        *answer.lock() = Err(AuthError::Denied);
+        assert_eq!(h.step_at(9999), Ok(()));
+        assert_eq!(h.conn.state, State::Open, "not asked before its time");
+        assert_eq!(h.step_at(10_000), Ok(()));
+        let reason = CloseReason::Revoked;
+        assert_eq!(h.conn.state, State::Closing { reason, deadline: at(11_000) });
+        assert_eq!(h.receive_close().0, 4401);
     }
 
     #[test]
