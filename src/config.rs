@@ -6,10 +6,13 @@
 //! the thin wrapper that feeds it the process environment. `Config::default()`
 //! is the embedded mode: HTTP ingest, no Redis, auth `none`, loopback only.
 //!
-//! One table, `GROUPS`, holds every variable's name, default, meaning and
-//! parser. Parsing and `livecast --help` ([`Config::help`]) both walk it, so
-//! a variable cannot be parsed without being documented; unit tests check the
-//! table against the field docs below and its defaults against `Default`.
+//! One table (the `config_table!` invocation below) holds one entry per
+//! variable: its field, type, name, default, parser, field doc and help
+//! line. The macro expands it into the [`Config`] struct, its `Default` and
+//! `GROUPS`, which parsing and `livecast --help` ([`Config::help`]) both
+//! walk; so a variable cannot be parsed without being documented, and its
+//! default is written once: `Default` parses the very text that help shows.
+//! The demo's variables (`LIVE_DEMO_*`) are in the table too.
 //!
 //! Only `main` calls into this module, once, before any thread is spawned.
 
@@ -63,208 +66,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// The whole configuration. Each field names its variable and default.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Config {
-    /// `LIVE_WS_HOST` (127.0.0.1): address of the WebSocket listener.
-    pub ws_host: IpAddr,
-    /// `LIVE_WS_PORT` (8080); 0 picks a free port (tests).
-    pub ws_port: u16,
-    /// `HTTP_HOST` (127.0.0.1): address of the metrics/ingest listener.
-    pub http_host: IpAddr,
-    /// `HTTP_PORT` (9090); 0 picks a free port (tests).
-    pub http_port: u16,
-    /// `LIVE_WS_MAX_CONNECTIONS` (10000): WebSocket connections, handshaking
-    /// ones included; past it an upgrade gets 503.
-    pub max_connections: usize,
-    /// `LIVE_WS_MAX_CONNECTIONS_PER_IP` (0 = unlimited): past it, 503.
-    pub max_connections_per_ip: usize,
-    /// `LIVE_WS_HANDSHAKE_TIMEOUT_MS` (5000): a client that has not sent its
-    /// whole upgrade request by then is dropped (slowloris).
-    pub handshake_timeout: Duration,
-    /// `LIVE_WS_PING_INTERVAL_MS` (30000): frame-level ping period; a peer
-    /// silent for more than two of these is terminated.
-    pub ping_interval: Duration,
-    /// `LIVE_WS_MAX_INBOUND_PER_SEC` (20): sustained inbound frames per
-    /// second past which a client is closed with 1008.
-    pub max_inbound_per_sec: u32,
-    /// `LIVE_WS_MAX_MESSAGE_BYTES` (4096): larger inbound frames close 1009.
-    pub max_message_bytes: usize,
-    /// `LIVE_WS_QUEUE_CAPACITY` (64): entries in a client's outbound queue.
-    pub queue_capacity: usize,
-    /// `LIVE_WS_BACKPRESSURE_THRESHOLD_BYTES` (1048576): queued-unsent bytes
-    /// past which a client is closed with 1008.
-    pub backpressure_threshold_bytes: usize,
-    /// `LIVE_WS_DRAIN_TIMEOUT_MS` (5000): how long a stop waits for clients
-    /// to answer the 1001 close before terminating them.
-    pub drain_timeout: Duration,
-    /// `LIVE_WS_RECONNECT_SPREAD_MS` (10000): the `retry-after-ms` values
-    /// handed out at shutdown are spread evenly over this window.
-    pub reconnect_spread: Duration,
-    /// `LIVE_WS_MAX_SUBSCRIPTIONS` (32): subscriptions per connection.
-    pub max_subscriptions: usize,
-    /// `LIVE_WS_THREAD_STACK_BYTES` (262144): stack of connection threads; at
-    /// least 65536, as a smaller stack overflows and aborts the process.
-    pub thread_stack_bytes: usize,
-    /// `LIVE_WS_ALLOWED_ORIGINS` (unset): comma list of allowed `Origin`s,
-    /// each `scheme://host[:port]`, stored lowercased as browsers send them.
-    pub allowed_origins: Vec<String>,
-    /// `LIVE_AUTH_MODE` (`none`).
-    pub auth_mode: AuthMode,
-    /// `LIVE_AUTH_ALLOW_INSECURE` (0): allow mode `none` on a non-loopback
-    /// `LIVE_WS_HOST`.
-    pub auth_allow_insecure: bool,
-    /// `LIVE_TOKENS_FILE`: required in mode `tokens`.
-    pub tokens_file: Option<PathBuf>,
-    /// `INGEST_MAX_BODY_BYTES` (8388608): larger ingest bodies get 413.
-    pub ingest_max_body_bytes: usize,
-    /// `INGEST_TOKEN` (unset): bearer token required by `POST /ingest`.
-    pub ingest_token: Option<Secret>,
-    /// `INGEST_ALLOW_ANONYMOUS` (0): allow `POST /ingest` without
-    /// `INGEST_TOKEN` on a non-loopback `HTTP_HOST`.
-    pub ingest_allow_anonymous: bool,
-    /// `INGEST_MAX_ITEMS` (10000): positions in one ingest body; more get 413.
-    pub ingest_max_items: usize,
-    /// `DEBUG_TOKEN` (unset): bearer token required by `GET /debug/*`; when
-    /// unset, `/debug/*` is refused off loopback.
-    pub debug_token: Option<Secret>,
-    /// `HTTP_MAX_CONNECTIONS_PER_IP` (32): HTTP connections per client IP
-    /// (IPv6 by /64); past it 503.
-    pub http_max_connections_per_ip: usize,
-    /// `HTTP_HEAD_TIMEOUT_MS` (10000): time a client has to send a whole
-    /// request head on the HTTP port.
-    pub http_head_timeout: Duration,
-    /// `LIVE_WS_MAX_PENDING_PER_IP` (8): connections per client IP still in
-    /// the WebSocket handshake; past it 503 at once.
-    pub max_pending_per_ip: usize,
-    /// `LIVE_TRUSTED_PROXIES` (unset): comma list of addresses or CIDRs of
-    /// reverse proxies whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: TrustedProxies,
-    /// `LIVE_MAX_POSITION_BYTES` (16384): larger positions are rejected.
-    pub max_position_bytes: usize,
-    /// `LIVE_CACHE_MAX_DEVICES` (100000): devices in the latest-position
-    /// cache; past it the stalest is evicted.
-    pub cache_max_devices: usize,
-    /// `LIVE_BROADCAST_MAX_DELAY_MS` (20): longest an event's positions may
-    /// wait for their flush, once its fan-out is costly.
-    pub broadcast_max_delay: Duration,
-    /// `LIVE_TRAIL_LENGTH` (30): recent positions kept per device for the
-    /// `trail` of a subscribe; 0 turns trails off.
-    pub trail_length: usize,
-    /// `REDIS_URL` (unset): Redis Stream source.
-    pub redis_url: Option<Secret>,
-    /// `LIVE_STREAM_KEY` (`positions`).
-    pub stream_key: String,
-    /// `LIVE_BROADCAST_GROUP_PREFIX` (`livecast:`).
-    pub group_prefix: String,
-    /// `INSTANCE_ID` (hostname plus a random suffix).
-    pub instance_id: String,
-    /// Whether `INSTANCE_ID` was set (a random one's group is destroyed on
-    /// graceful shutdown).
-    pub instance_id_configured: bool,
-    /// `LIVE_BROADCAST_BATCH_SIZE` (500): `XREADGROUP COUNT`.
-    pub batch_size: usize,
-    /// `LIVE_BROADCAST_BATCH_BLOCK_MS` (1000): `XREADGROUP BLOCK`.
-    pub batch_block: Duration,
-    /// `LIVE_STREAM_WARM_COUNT` (10000): entries read from the stream's tail
-    /// at start, so snapshots are right after a restart; 0 skips it.
-    pub warm_count: usize,
-    /// `LIVE_STREAM_MAXLEN` (0 = unlimited): `XADD MAXLEN ~` for ingest.
-    pub stream_maxlen: usize,
-    /// `DIRECTUS_BASE_URL`: required in mode `directus`.
-    pub directus_base_url: Option<String>,
-    /// `DIRECTUS_AUTH_TIMEOUT_MS` (3000).
-    pub directus_auth_timeout: Duration,
-    /// `DIRECTUS_AUTHZ_TIMEOUT_MS` (3000).
-    pub directus_authz_timeout: Duration,
-    /// `DIRECTUS_EVENTS_COLLECTION` (`events`).
-    pub directus_events_collection: String,
-    /// `DIRECTUS_DEVICES_COLLECTION` (`devices`).
-    pub directus_devices_collection: String,
-    /// `DIRECTUS_TOKEN` (unset): static token for the device→event map.
-    pub directus_token: Option<Secret>,
-    /// `LIVE_AUTH_CACHE_TTL_MS` (30000): how long auth decisions are cached
-    /// (denials at most 5 s); 0 keeps none (every check asks Directus:
-    /// strict, though checks of one credential made at the same moment
-    /// still share one request).
-    pub auth_cache_ttl: Duration,
-    /// `LIVE_AUTH_REVALIDATE_MS` (300000): how often each open connection
-    /// checks its credential again (modes `tokens` and `directus`); one
-    /// that no longer validates is closed with 4401.
-    pub auth_revalidate: Duration,
-    /// `LIVE_DEVICE_EVENT_FILE` (unset): JSON `{"device":"event"}` map.
-    pub device_event_file: Option<PathBuf>,
-    /// `LIVE_DEVICE_EVENT_REFRESH_MS` (30000).
-    pub device_event_refresh: Duration,
-    /// `LOG_LEVEL` (`info`).
-    pub log_level: log::LevelFilter,
-    /// `LOG_FORMAT` (`text`).
-    pub log_format: LogFormat,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        Config {
-            ws_host: loopback,
-            ws_port: 8080,
-            http_host: loopback,
-            http_port: 9090,
-            max_connections: 10_000,
-            max_connections_per_ip: 0,
-            handshake_timeout: Duration::from_millis(5000),
-            ping_interval: Duration::from_millis(30_000),
-            max_inbound_per_sec: 20,
-            max_message_bytes: 4096,
-            queue_capacity: 64,
-            backpressure_threshold_bytes: 1_048_576,
-            drain_timeout: Duration::from_millis(5000),
-            reconnect_spread: Duration::from_millis(10_000),
-            max_subscriptions: 32,
-            thread_stack_bytes: 262_144,
-            allowed_origins: Vec::new(),
-            auth_mode: AuthMode::None,
-            auth_allow_insecure: false,
-            tokens_file: None,
-            ingest_max_body_bytes: 8 * 1024 * 1024,
-            ingest_token: None,
-            ingest_allow_anonymous: false,
-            ingest_max_items: 10_000,
-            debug_token: None,
-            http_max_connections_per_ip: 32,
-            http_head_timeout: Duration::from_millis(10_000),
-            max_pending_per_ip: 8,
-            trusted_proxies: TrustedProxies::default(),
-            max_position_bytes: 16_384,
-            cache_max_devices: 100_000,
-            broadcast_max_delay: Duration::from_millis(20),
-            trail_length: 30,
-            redis_url: None,
-            stream_key: "positions".to_owned(),
-            group_prefix: "livecast:".to_owned(),
-            instance_id: default_instance_id(),
-            instance_id_configured: false,
-            batch_size: 500,
-            batch_block: Duration::from_millis(1000),
-            warm_count: 10_000,
-            stream_maxlen: 0,
-            directus_base_url: None,
-            directus_auth_timeout: Duration::from_millis(3000),
-            directus_authz_timeout: Duration::from_millis(3000),
-            directus_events_collection: "events".to_owned(),
-            directus_devices_collection: "devices".to_owned(),
-            directus_token: None,
-            auth_cache_ttl: Duration::from_millis(30_000),
-            auth_revalidate: Duration::from_millis(300_000),
-            device_event_file: None,
-            device_event_refresh: Duration::from_millis(30_000),
-            log_level: log::LevelFilter::Info,
-            log_format: LogFormat::Text,
-        }
-    }
 }
 
 impl Config {
@@ -361,6 +162,9 @@ impl Config {
             out.push('\n');
             out.push_str(group.title);
             out.push_str(":\n");
+            for line in group.intro.iter().flat_map(|intro| intro.lines()) {
+                out.push_str(&format!("  {line}\n"));
+            }
             for var in group.vars {
                 let default = match var.default {
                     HelpDefault::Is(value) => format!("={value}"),
@@ -597,7 +401,439 @@ fn check_combinations(config: &Config, problems: &mut Vec<Problem>) {
 }
 
 // ---------------------------------------------------------------------------
-// The table.
+// The table: one entry per variable.
+// ---------------------------------------------------------------------------
+
+/// Expands the table below into the [`Config`] struct (one documented field
+/// per variable), `impl Default for Config` and [`GROUPS`], so that each
+/// variable's name, type, default, parser, field doc and help line are
+/// written once, in one entry:
+///
+/// ```text
+/// /// Rustdoc of the field (its first line, naming the variable and the
+/// /// default, is generated).
+/// field: Type, "VARIABLE", [default], "Help line.", parser;
+/// ```
+///
+/// `[default]` is `[Is "text"]` (the help shows `text`, and `Default`
+/// parses `text` with the entry's own parser, so the two cannot differ),
+/// `[Unset]` (`Default::default()`: `None`, empty), `[Secret]` (unset, and
+/// the value is never shown), or `[Computed "how", expression]`. The parser
+/// is a `fn(&str) -> Result<Type, String>`; an optional `then` closure runs
+/// on the config after a value was stored. `derived` lists the fields that
+/// no variable sets directly.
+macro_rules! config_table {
+    (
+        $(
+            group $title:literal $(intro $intro:literal)? {
+                $(
+                    $(#[doc = $doc:literal])*
+                    $field:ident: $ty:ty, $var:literal, $default:tt, $help:literal,
+                    $parse:expr $(, then $then:expr)?;
+                )*
+            }
+        )*
+        derived {
+            $( $(#[doc = $ddoc:literal])* $dfield:ident: $dty:ty = $dvalue:expr; )*
+        }
+    ) => {
+        /// The whole configuration. Each field names its variable and
+        /// default; `livecast --help` gives the same defaults, as both come
+        /// from one table.
+        #[derive(Debug, Clone)]
+        #[non_exhaustive]
+        pub struct Config {
+            $($(
+                #[doc = concat!("`", $var, "` ", default_doc!($default), ":")]
+                $(#[doc = $doc])*
+                pub $field: $ty,
+            )*)*
+            $(
+                $(#[doc = $ddoc])*
+                pub $dfield: $dty,
+            )*
+        }
+
+        impl Default for Config {
+            fn default() -> Config {
+                Config {
+                    $($( $field: default_value!($var, $default, $parse), )*)*
+                    $( $dfield: $dvalue, )*
+                }
+            }
+        }
+
+        /// Every variable livecast reads, grouped as `livecast --help`
+        /// prints them.
+        const GROUPS: &[Group] = &[
+            $(
+                Group {
+                    title: $title,
+                    intro: intro_text!($($intro)?),
+                    vars: &[
+                        $(
+                            Var {
+                                name: $var,
+                                default: help_default!($default),
+                                meaning: $help,
+                                secret: is_secret!($default),
+                                apply: |config, value| {
+                                    config.$field = ($parse)(value)?;
+                                    $( ($then)(config); )?
+                                    Ok(())
+                                },
+                            },
+                        )*
+                    ],
+                },
+            )*
+        ];
+    };
+}
+
+/// The default as a field's doc shows it.
+macro_rules! default_doc {
+    ([Is $text:literal]) => {
+        concat!("(default `", $text, "`)")
+    };
+    ([Unset]) => {
+        "(unset)"
+    };
+    ([Secret]) => {
+        "(unset; a secret, never logged)"
+    };
+    ([Computed $how:literal, $value:expr]) => {
+        concat!("(default: `", $how, "`)")
+    };
+}
+
+/// The value `Config::default()` gives a field.
+macro_rules! default_value {
+    ($var:literal, [Is $text:literal], $parse:expr) => {
+        documented_default($var, $text, ($parse)($text))
+    };
+    ($var:literal, [Unset], $parse:expr) => {
+        Default::default()
+    };
+    ($var:literal, [Secret], $parse:expr) => {
+        Default::default()
+    };
+    ($var:literal, [Computed $how:literal, $value:expr], $parse:expr) => {
+        $value
+    };
+}
+
+/// The default as `livecast --help` shows it.
+macro_rules! help_default {
+    ([Is $text:literal]) => {
+        HelpDefault::Is($text)
+    };
+    ([Unset]) => {
+        HelpDefault::Unset
+    };
+    ([Secret]) => {
+        HelpDefault::Unset
+    };
+    ([Computed $how:literal, $value:expr]) => {
+        HelpDefault::Computed($how)
+    };
+}
+
+/// Whether the value must never be shown.
+macro_rules! is_secret {
+    ([Secret]) => {
+        true
+    };
+    ($other:tt) => {
+        false
+    };
+}
+
+/// A group's optional introduction.
+macro_rules! intro_text {
+    () => {
+        None
+    };
+    ($intro:literal) => {
+        Some($intro)
+    };
+}
+
+config_table! {
+    group "WebSocket listener" {
+        /// Address of the WebSocket listener.
+        ws_host: IpAddr, "LIVE_WS_HOST", [Is "127.0.0.1"],
+            "Address of the WebSocket listener: an IP address or localhost.",
+            host;
+        /// Port of the WebSocket listener; 0 picks a free port (tests).
+        ws_port: u16, "LIVE_WS_PORT", [Is "8080"],
+            "Port of the WebSocket listener; 0 picks a free port.",
+            port;
+        /// WebSocket connections, handshaking ones included; past it an
+        /// upgrade gets 503.
+        max_connections: usize, "LIVE_WS_MAX_CONNECTIONS", [Is "10000"],
+            "Connections, handshaking ones included; past it an upgrade gets 503.",
+            |v| count(v, 1);
+        /// Connections per client IP, past it 503; 0 means unlimited.
+        max_connections_per_ip: usize, "LIVE_WS_MAX_CONNECTIONS_PER_IP", [Is "0"],
+            "Connections per client IP, past it 503; 0 means unlimited.",
+            |v| count(v, 0);
+        /// Connections per client IP still in the WebSocket handshake; past
+        /// it 503 at once.
+        max_pending_per_ip: usize, "LIVE_WS_MAX_PENDING_PER_IP", [Is "8"],
+            "Connections per client IP still in the handshake; past it 503 at once.",
+            |v| count(v, 1);
+        /// A client that has not sent its whole upgrade request by then is
+        /// dropped (slowloris).
+        handshake_timeout: Duration, "LIVE_WS_HANDSHAKE_TIMEOUT_MS", [Is "5000"],
+            "Time a client has to send its whole upgrade request (slowloris).",
+            |v| millis(v, 1);
+        /// Frame-level ping period; a peer silent for more than two of these
+        /// is terminated.
+        ping_interval: Duration, "LIVE_WS_PING_INTERVAL_MS", [Is "30000"],
+            "Ping period; a peer silent for two periods is dropped.",
+            |v| millis(v, 1);
+        /// Sustained inbound frames per second past which a client is closed
+        /// with 1008.
+        max_inbound_per_sec: u32, "LIVE_WS_MAX_INBOUND_PER_SEC", [Is "20"],
+            "Sustained inbound messages per second past which a client gets 1008.",
+            |v| count(v, 1);
+        /// Larger inbound frames close the connection with 1009.
+        max_message_bytes: usize, "LIVE_WS_MAX_MESSAGE_BYTES", [Is "4096"],
+            "Largest inbound frame; a larger one closes the connection with 1009.",
+            |v| count(v, 1);
+        /// Entries in a client's outbound queue.
+        queue_capacity: usize, "LIVE_WS_QUEUE_CAPACITY", [Is "64"],
+            "Entries in a client's outbound queue; when full the client gets 1008.",
+            queue_capacity;
+        /// Queued-unsent bytes past which a client is closed with 1008.
+        backpressure_threshold_bytes: usize, "LIVE_WS_BACKPRESSURE_THRESHOLD_BYTES",
+            [Is "1048576"],
+            "Queued unsent bytes past which a client is closed with 1008.",
+            |v| count(v, 1);
+        /// Subscriptions per connection.
+        max_subscriptions: usize, "LIVE_WS_MAX_SUBSCRIPTIONS", [Is "32"],
+            "Subscriptions per connection.",
+            |v| count(v, 1);
+        /// How long a stop waits for clients to answer the 1001 close before
+        /// terminating them.
+        drain_timeout: Duration, "LIVE_WS_DRAIN_TIMEOUT_MS", [Is "5000"],
+            "At stop, how long clients have to answer the 1001 close; 0 = none.",
+            |v| millis(v, 0);
+        /// The `retry-after-ms` values handed out at shutdown are spread
+        /// evenly over this window.
+        reconnect_spread: Duration, "LIVE_WS_RECONNECT_SPREAD_MS", [Is "10000"],
+            "At stop, clients are told to come back spread over this window.",
+            |v| millis(v, 0);
+        /// Stack of connection threads; at least 65536, as a smaller stack
+        /// overflows and aborts the process.
+        thread_stack_bytes: usize, "LIVE_WS_THREAD_STACK_BYTES", [Is "262144"],
+            "Stack of each connection thread; at least 65536.",
+            thread_stack;
+    }
+    group "HTTP listener and ingest" {
+        /// Address of the metrics/ingest listener.
+        http_host: IpAddr, "HTTP_HOST", [Is "127.0.0.1"],
+            "Address of the metrics/health/ingest/dashboard listener.",
+            host;
+        /// Port of the metrics/ingest listener; 0 picks a free port (tests).
+        http_port: u16, "HTTP_PORT", [Is "9090"],
+            "Port of that listener; 0 picks a free port.",
+            port;
+        /// Larger ingest bodies get 413.
+        ingest_max_body_bytes: usize, "INGEST_MAX_BODY_BYTES", [Is "8388608"],
+            "Largest POST /ingest body; a larger one gets 413.",
+            |v| count(v, 1);
+        /// Positions in one ingest body; more get 413.
+        ingest_max_items: usize, "INGEST_MAX_ITEMS", [Is "10000"],
+            "Most positions in one POST /ingest body; more get 413.",
+            |v| count(v, 1);
+        /// Bearer token required by `POST /ingest`.
+        ingest_token: Option<Secret>, "INGEST_TOKEN", [Secret],
+            "When set, POST /ingest requires Authorization: Bearer <token>.",
+            secret;
+        /// Allow `POST /ingest` without `INGEST_TOKEN` on a non-loopback
+        /// `HTTP_HOST`.
+        ingest_allow_anonymous: bool, "INGEST_ALLOW_ANONYMOUS", [Is "0"],
+            "1 allows POST /ingest without INGEST_TOKEN on a non-loopback HTTP_HOST.",
+            boolean;
+        /// Bearer token required by `GET /debug/*`; when unset, `/debug/*`
+        /// is refused off loopback.
+        debug_token: Option<Secret>, "DEBUG_TOKEN", [Secret],
+            "Bearer token for GET /debug/*; unset: /debug/* is refused off loopback.",
+            secret;
+        /// HTTP connections per client IP (IPv6 by /64); past it 503.
+        http_max_connections_per_ip: usize, "HTTP_MAX_CONNECTIONS_PER_IP", [Is "32"],
+            "HTTP connections per client IP (IPv6: per /64); past it 503.",
+            |v| count(v, 1);
+        /// Time a client has to send a whole request head on the HTTP port.
+        http_head_timeout: Duration, "HTTP_HEAD_TIMEOUT_MS", [Is "10000"],
+            "Time an HTTP client has to send a whole request head.",
+            |v| millis(v, 1);
+        /// Comma list of addresses or CIDRs of reverse proxies whose
+        /// `X-Forwarded-For` names the client.
+        trusted_proxies: TrustedProxies, "LIVE_TRUSTED_PROXIES", [Unset],
+            "Proxies (addresses/CIDRs) whose X-Forwarded-For names the client.",
+            TrustedProxies::parse;
+    }
+    group "Authentication" {
+        /// How upgrades are authenticated and subscribes authorized.
+        auth_mode: AuthMode, "LIVE_AUTH_MODE", [Is "none"],
+            "none (anonymous), tokens (LIVE_TOKENS_FILE) or directus.",
+            auth_mode;
+        /// Allow mode `none` on a non-loopback `LIVE_WS_HOST`.
+        auth_allow_insecure: bool, "LIVE_AUTH_ALLOW_INSECURE", [Is "0"],
+            "1 allows mode none on a non-loopback LIVE_WS_HOST.",
+            boolean;
+        /// The JSON token file; required in mode `tokens`.
+        tokens_file: Option<PathBuf>, "LIVE_TOKENS_FILE", [Unset],
+            "JSON {\"<token>\":{\"user\":..,\"events\":[..]}}; required in mode tokens.",
+            path;
+        /// Comma list of allowed `Origin`s, each `scheme://host[:port]`,
+        /// stored lowercased as browsers send them.
+        allowed_origins: Vec<String>, "LIVE_WS_ALLOWED_ORIGINS", [Unset],
+            "Comma list of scheme://host[:port]; other Origins get 403.",
+            origins;
+    }
+    group "Redis source" {
+        /// Redis Stream source.
+        redis_url: Option<Secret>, "REDIS_URL", [Secret],
+            "Position stream: redis://, rediss:// or unix:// URL; unset = no Redis.",
+            redis_url;
+        /// The stream holding the positions.
+        stream_key: String, "LIVE_STREAM_KEY", [Is "positions"],
+            "Stream holding the positions (field data).",
+            text;
+        /// Consumer group name prefix.
+        group_prefix: String, "LIVE_BROADCAST_GROUP_PREFIX", [Is "livecast:"],
+            "Consumer group name prefix; the group is prefix + INSTANCE_ID.",
+            text;
+        /// Names this instance's consumer group.
+        instance_id: String, "INSTANCE_ID",
+            [Computed "hostname-<8 random hex digits>", default_instance_id()],
+            "Names this instance's consumer group; a random one's is deleted at stop.",
+            text, then |config: &mut Config| config.instance_id_configured = true;
+        /// `XREADGROUP COUNT`.
+        batch_size: usize, "LIVE_BROADCAST_BATCH_SIZE", [Is "500"],
+            "XREADGROUP COUNT: positions read per batch.",
+            |v| count(v, 1);
+        /// `XREADGROUP BLOCK`.
+        batch_block: Duration, "LIVE_BROADCAST_BATCH_BLOCK_MS", [Is "1000"],
+            "XREADGROUP BLOCK: longest wait for new positions (0 would block forever).",
+            |v| millis(v, 1);
+        /// Entries read from the stream's tail at start, so snapshots are
+        /// right after a restart; 0 skips it.
+        warm_count: usize, "LIVE_STREAM_WARM_COUNT", [Is "10000"],
+            "Stream entries read from the tail at start to warm snapshots (0: none).",
+            |v| count(v, 0);
+        /// `XADD MAXLEN ~` for ingest; 0 means unlimited.
+        stream_maxlen: usize, "LIVE_STREAM_MAXLEN", [Is "0"],
+            "XADD MAXLEN ~ for ingested positions (0: the stream is not trimmed).",
+            |v| count(v, 0);
+    }
+    group "Directus (LIVE_AUTH_MODE=directus)" {
+        /// Required in mode `directus`.
+        directus_base_url: Option<String>, "DIRECTUS_BASE_URL", [Unset],
+            "http:// or https:// URL of Directus; required in mode directus.",
+            http_url;
+        /// Timeout of `GET /users/me` at upgrade.
+        directus_auth_timeout: Duration, "DIRECTUS_AUTH_TIMEOUT_MS", [Is "3000"],
+            "Timeout of GET /users/me at upgrade; on expiry the upgrade gets 503.",
+            |v| millis(v, 1);
+        /// Timeout of the event check at subscribe.
+        directus_authz_timeout: Duration, "DIRECTUS_AUTHZ_TIMEOUT_MS", [Is "3000"],
+            "Timeout of the event check at subscribe (error authz-unavailable).",
+            |v| millis(v, 1);
+        /// Collection whose items are the events a user may subscribe to.
+        directus_events_collection: String, "DIRECTUS_EVENTS_COLLECTION", [Is "events"],
+            "Collection whose items are the events a user may subscribe to.",
+            collection;
+        /// How long auth decisions are cached (denials at most 5 s); 0 keeps
+        /// none (every check asks Directus: strict, though checks of one
+        /// credential made at the same moment still share one request).
+        auth_cache_ttl: Duration, "LIVE_AUTH_CACHE_TTL_MS", [Is "30000"],
+            "How long auth decisions are cached; 0 disables the cache.",
+            |v| millis(v, 0);
+        /// How often each open connection checks its credential again (modes
+        /// `tokens` and `directus`); one that no longer validates is closed
+        /// with 4401.
+        auth_revalidate: Duration, "LIVE_AUTH_REVALIDATE_MS", [Is "300000"],
+            "How often open sessions are re-checked; an invalid one gets 4401.",
+            |v| millis(v, 1);
+    }
+    group "Device->event map (for positions without eventId)" {
+        /// JSON `{"device":"event"}` map.
+        device_event_file: Option<PathBuf>, "LIVE_DEVICE_EVENT_FILE", [Unset],
+            "JSON file {\"<deviceId>\":\"<eventId>\"}.",
+            path;
+        /// How often the map is reloaded.
+        device_event_refresh: Duration, "LIVE_DEVICE_EVENT_REFRESH_MS", [Is "30000"],
+            "How often the map is reloaded; a failed reload keeps the old map.",
+            |v| millis(v, 1);
+        /// Directus collection with fields `id` and `event`.
+        directus_devices_collection: String, "DIRECTUS_DEVICES_COLLECTION", [Is "devices"],
+            "Directus collection with fields id and event, read for the map.",
+            collection;
+        /// Static token for the device→event map.
+        directus_token: Option<Secret>, "DIRECTUS_TOKEN", [Secret],
+            "Static Directus token; in mode directus, loads the map from Directus.",
+            secret;
+    }
+    group "Positions and fan-out" {
+        /// Larger positions are rejected.
+        max_position_bytes: usize, "LIVE_MAX_POSITION_BYTES", [Is "16384"],
+            "Largest position (its JSON); a larger one is rejected.",
+            |v| count(v, 64);
+        /// Devices in the latest-position cache; past it the stalest is
+        /// evicted.
+        cache_max_devices: usize, "LIVE_CACHE_MAX_DEVICES", [Is "100000"],
+            "Devices kept for snapshots; past it the stalest device is evicted.",
+            |v| count(v, 1);
+        /// Longest an event's positions may wait for their flush, once its
+        /// fan-out is costly.
+        broadcast_max_delay: Duration, "LIVE_BROADCAST_MAX_DELAY_MS", [Is "20"],
+            "Longest wait of an event's positions for their flush (costly fan-outs).",
+            |v| millis(v, 0);
+        /// Recent positions kept per device for the `trail` of a subscribe;
+        /// 0 turns trails off.
+        trail_length: usize, "LIVE_TRAIL_LENGTH", [Is "30"],
+            "Recent positions kept per device for trails; 0 turns trails off.",
+            trail_length;
+    }
+    group "Logging" {
+        /// Most verbose level logged.
+        log_level: log::LevelFilter, "LOG_LEVEL", [Is "info"],
+            "Most verbose level logged: off, error, warn, info, debug or trace.",
+            log_level;
+        /// Log line format.
+        log_format: LogFormat, "LOG_FORMAT", [Is "text"],
+            "text, or json for one JSON object per line.",
+            log_format;
+    }
+    group "Demo (livecast --demo)"
+        intro "Starts the server and a simulator that moves devices in three events\n\
+               (demo-marathon, demo-regatta, demo-rally) and posts their positions to\n\
+               this server's POST /ingest over HTTP, then prints the dashboard URL."
+    {
+        /// Simulated devices in all (`livecast --demo` only).
+        demo_devices: usize, "LIVE_DEMO_DEVICES", [Is "12"],
+            "Simulated devices in all, dealt in turn to the three events (1-1000).",
+            |v| within(v, 1, 1000);
+        /// Time between two reports of every simulated device (only with
+        /// `livecast --demo`).
+        demo_interval: Duration, "LIVE_DEMO_INTERVAL_MS", [Is "1000"],
+            "Time between two reports of every device (100-60000).",
+            |v| within(v, 100, 60_000).map(Duration::from_millis);
+    }
+    derived {
+        /// Whether `INSTANCE_ID` was set (a random one's group is destroyed
+        /// on graceful shutdown).
+        instance_id_configured: bool = false;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The types the table expands into.
 // ---------------------------------------------------------------------------
 
 /// A heading of `livecast --help` and its variables.
@@ -605,18 +841,20 @@ fn check_combinations(config: &Config, problems: &mut Vec<Problem>) {
 struct Group {
     /// The heading.
     title: &'static str,
+    /// Lines printed under the heading, before the variables.
+    intro: Option<&'static str>,
     /// The variables under it, in help order.
     vars: &'static [Var],
 }
 
-/// One environment variable: the single place that knows its name, default,
-/// meaning and how to parse it.
+/// One environment variable, as its table entry made it: its name,
+/// default, meaning and how to parse it.
 #[derive(Debug)]
 struct Var {
     /// Exact name, case-sensitive as the environment is.
     name: &'static str,
-    /// The default, as help shows it. A unit test checks that the `Is`
-    /// values parse to `Config::default()`.
+    /// The default, as help shows it. `Config::default()` parses the `Is`
+    /// values with `apply`'s parser, so they cannot differ.
     default: HelpDefault,
     /// One line for help: what it does and when to change it.
     meaning: &'static str,
@@ -642,388 +880,6 @@ enum HelpDefault {
     Computed(&'static str),
 }
 
-impl Var {
-    /// A variable whose value may be quoted in messages.
-    const fn new(
-        name: &'static str,
-        default: HelpDefault,
-        meaning: &'static str,
-        apply: Apply,
-    ) -> Var {
-        Var { name, default, meaning, secret: false, apply }
-    }
-
-    /// A secret: unset by default, its value never quoted.
-    const fn secret(name: &'static str, meaning: &'static str, apply: Apply) -> Var {
-        Var { name, default: HelpDefault::Unset, meaning, secret: true, apply }
-    }
-}
-
-// Short names for the table's `default` column.
-use HelpDefault::{Computed, Is, Unset};
-
-/// Every variable livecast reads, grouped as `livecast --help` prints them.
-const GROUPS: &[Group] = &[
-    Group {
-        title: "WebSocket listener",
-        vars: &[
-            Var::new(
-                "LIVE_WS_HOST",
-                Is("127.0.0.1"),
-                "Address of the WebSocket listener: an IP address or localhost.",
-                |c, v| set(&mut c.ws_host, host(v)),
-            ),
-            Var::new(
-                "LIVE_WS_PORT",
-                Is("8080"),
-                "Port of the WebSocket listener; 0 picks a free port.",
-                |c, v| set(&mut c.ws_port, port(v)),
-            ),
-            Var::new(
-                "LIVE_WS_MAX_CONNECTIONS",
-                Is("10000"),
-                "Connections, handshaking ones included; past it an upgrade gets 503.",
-                |c, v| set(&mut c.max_connections, count(v, 1)),
-            ),
-            Var::new(
-                "LIVE_WS_MAX_CONNECTIONS_PER_IP",
-                Is("0"),
-                "Connections per client IP, past it 503; 0 means unlimited.",
-                |c, v| set(&mut c.max_connections_per_ip, count(v, 0)),
-            ),
-            Var::new(
-                "LIVE_WS_MAX_PENDING_PER_IP",
-                Is("8"),
-                "Connections per client IP still in the handshake; past it 503 at once.",
-                |c, v| set(&mut c.max_pending_per_ip, count(v, 1)),
-            ),
-            Var::new(
-                "LIVE_WS_HANDSHAKE_TIMEOUT_MS",
-                Is("5000"),
-                "Time a client has to send its whole upgrade request (slowloris).",
-                |c, v| set(&mut c.handshake_timeout, millis(v, 1)),
-            ),
-            Var::new(
-                "LIVE_WS_PING_INTERVAL_MS",
-                Is("30000"),
-                "Ping period; a peer silent for two periods is dropped.",
-                |c, v| set(&mut c.ping_interval, millis(v, 1)),
-            ),
-            Var::new(
-                "LIVE_WS_MAX_INBOUND_PER_SEC",
-                Is("20"),
-                "Sustained inbound messages per second past which a client gets 1008.",
-                |c, v| set(&mut c.max_inbound_per_sec, count(v, 1)),
-            ),
-            Var::new(
-                "LIVE_WS_MAX_MESSAGE_BYTES",
-                Is("4096"),
-                "Largest inbound frame; a larger one closes the connection with 1009.",
-                |c, v| set(&mut c.max_message_bytes, count(v, 1)),
-            ),
-            Var::new(
-                "LIVE_WS_QUEUE_CAPACITY",
-                Is("64"),
-                "Entries in a client's outbound queue; when full the client gets 1008.",
-                |c, v| set(&mut c.queue_capacity, queue_capacity(v)),
-            ),
-            Var::new(
-                "LIVE_WS_BACKPRESSURE_THRESHOLD_BYTES",
-                Is("1048576"),
-                "Queued unsent bytes past which a client is closed with 1008.",
-                |c, v| set(&mut c.backpressure_threshold_bytes, count(v, 1)),
-            ),
-            Var::new(
-                "LIVE_WS_MAX_SUBSCRIPTIONS",
-                Is("32"),
-                "Subscriptions per connection.",
-                |c, v| set(&mut c.max_subscriptions, count(v, 1)),
-            ),
-            Var::new(
-                "LIVE_WS_DRAIN_TIMEOUT_MS",
-                Is("5000"),
-                "At stop, how long clients have to answer the 1001 close; 0 = none.",
-                |c, v| set(&mut c.drain_timeout, millis(v, 0)),
-            ),
-            Var::new(
-                "LIVE_WS_RECONNECT_SPREAD_MS",
-                Is("10000"),
-                "At stop, clients are told to come back spread over this window.",
-                |c, v| set(&mut c.reconnect_spread, millis(v, 0)),
-            ),
-            Var::new(
-                "LIVE_WS_THREAD_STACK_BYTES",
-                Is("262144"),
-                "Stack of each connection thread; at least 65536.",
-                |c, v| set(&mut c.thread_stack_bytes, thread_stack(v)),
-            ),
-        ],
-    },
-    Group {
-        title: "HTTP listener and ingest",
-        vars: &[
-            Var::new(
-                "HTTP_HOST",
-                Is("127.0.0.1"),
-                "Address of the metrics/health/ingest/dashboard listener.",
-                |c, v| set(&mut c.http_host, host(v)),
-            ),
-            Var::new(
-                "HTTP_PORT",
-                Is("9090"),
-                "Port of that listener; 0 picks a free port.",
-                |c, v| set(&mut c.http_port, port(v)),
-            ),
-            Var::new(
-                "INGEST_MAX_BODY_BYTES",
-                Is("8388608"),
-                "Largest POST /ingest body; a larger one gets 413.",
-                |c, v| set(&mut c.ingest_max_body_bytes, count(v, 1)),
-            ),
-            Var::new(
-                "INGEST_MAX_ITEMS",
-                Is("10000"),
-                "Most positions in one POST /ingest body; more get 413.",
-                |c, v| set(&mut c.ingest_max_items, count(v, 1)),
-            ),
-            Var::secret(
-                "INGEST_TOKEN",
-                "When set, POST /ingest requires Authorization: Bearer <token>.",
-                |c, v| set(&mut c.ingest_token, Ok(Some(Secret::new(v)))),
-            ),
-            Var::new(
-                "INGEST_ALLOW_ANONYMOUS",
-                Is("0"),
-                "1 allows POST /ingest without INGEST_TOKEN on a non-loopback HTTP_HOST.",
-                |c, v| set(&mut c.ingest_allow_anonymous, boolean(v)),
-            ),
-            Var::secret(
-                "DEBUG_TOKEN",
-                "Bearer token for GET /debug/*; unset: /debug/* is refused off loopback.",
-                |c, v| set(&mut c.debug_token, Ok(Some(Secret::new(v)))),
-            ),
-            Var::new(
-                "HTTP_MAX_CONNECTIONS_PER_IP",
-                Is("32"),
-                "HTTP connections per client IP (IPv6: per /64); past it 503.",
-                |c, v| set(&mut c.http_max_connections_per_ip, count(v, 1)),
-            ),
-            Var::new(
-                "HTTP_HEAD_TIMEOUT_MS",
-                Is("10000"),
-                "Time an HTTP client has to send a whole request head.",
-                |c, v| set(&mut c.http_head_timeout, millis(v, 1)),
-            ),
-            Var::new(
-                "LIVE_TRUSTED_PROXIES",
-                Unset,
-                "Proxies (addresses/CIDRs) whose X-Forwarded-For names the client.",
-                |c, v| set(&mut c.trusted_proxies, TrustedProxies::parse(v)),
-            ),
-        ],
-    },
-    Group {
-        title: "Authentication",
-        vars: &[
-            Var::new(
-                "LIVE_AUTH_MODE",
-                Is("none"),
-                "none (anonymous), tokens (LIVE_TOKENS_FILE) or directus.",
-                |c, v| set(&mut c.auth_mode, auth_mode(v)),
-            ),
-            Var::new(
-                "LIVE_AUTH_ALLOW_INSECURE",
-                Is("0"),
-                "1 allows mode none on a non-loopback LIVE_WS_HOST.",
-                |c, v| set(&mut c.auth_allow_insecure, boolean(v)),
-            ),
-            Var::new(
-                "LIVE_TOKENS_FILE",
-                Unset,
-                "JSON {\"<token>\":{\"user\":..,\"events\":[..]}}; required in mode tokens.",
-                |c, v| set(&mut c.tokens_file, Ok(Some(PathBuf::from(v)))),
-            ),
-            Var::new(
-                "LIVE_WS_ALLOWED_ORIGINS",
-                Unset,
-                "Comma list of scheme://host[:port]; other Origins get 403.",
-                |c, v| set(&mut c.allowed_origins, origins(v)),
-            ),
-        ],
-    },
-    Group {
-        title: "Redis source",
-        vars: &[
-            Var::secret(
-                "REDIS_URL",
-                "Position stream: redis://, rediss:// or unix:// URL; unset = no Redis.",
-                |c, v| set(&mut c.redis_url, redis_url(v)),
-            ),
-            Var::new(
-                "LIVE_STREAM_KEY",
-                Is("positions"),
-                "Stream holding the positions (field data).",
-                |c, v| set(&mut c.stream_key, Ok(v.to_owned())),
-            ),
-            Var::new(
-                "LIVE_BROADCAST_GROUP_PREFIX",
-                Is("livecast:"),
-                "Consumer group name prefix; the group is prefix + INSTANCE_ID.",
-                |c, v| set(&mut c.group_prefix, Ok(v.to_owned())),
-            ),
-            Var::new(
-                "INSTANCE_ID",
-                Computed("hostname-<8 random hex digits>"),
-                "Names this instance's consumer group; a random one's is deleted at stop.",
-                |c, v| {
-                    c.instance_id = v.to_owned();
-                    c.instance_id_configured = true;
-                    Ok(())
-                },
-            ),
-            Var::new(
-                "LIVE_BROADCAST_BATCH_SIZE",
-                Is("500"),
-                "XREADGROUP COUNT: positions read per batch.",
-                |c, v| set(&mut c.batch_size, count(v, 1)),
-            ),
-            Var::new(
-                "LIVE_BROADCAST_BATCH_BLOCK_MS",
-                Is("1000"),
-                "XREADGROUP BLOCK: longest wait for new positions (0 would block forever).",
-                |c, v| set(&mut c.batch_block, millis(v, 1)),
-            ),
-            Var::new(
-                "LIVE_STREAM_WARM_COUNT",
-                Is("10000"),
-                "Stream entries read from the tail at start to warm snapshots (0: none).",
-                |c, v| set(&mut c.warm_count, count(v, 0)),
-            ),
-            Var::new(
-                "LIVE_STREAM_MAXLEN",
-                Is("0"),
-                "XADD MAXLEN ~ for ingested positions (0: the stream is not trimmed).",
-                |c, v| set(&mut c.stream_maxlen, count(v, 0)),
-            ),
-        ],
-    },
-    Group {
-        title: "Directus (LIVE_AUTH_MODE=directus)",
-        vars: &[
-            Var::new(
-                "DIRECTUS_BASE_URL",
-                Unset,
-                "http:// or https:// URL of Directus; required in mode directus.",
-                |c, v| set(&mut c.directus_base_url, http_url(v)),
-            ),
-            Var::new(
-                "DIRECTUS_AUTH_TIMEOUT_MS",
-                Is("3000"),
-                "Timeout of GET /users/me at upgrade; on expiry the upgrade gets 503.",
-                |c, v| set(&mut c.directus_auth_timeout, millis(v, 1)),
-            ),
-            Var::new(
-                "DIRECTUS_AUTHZ_TIMEOUT_MS",
-                Is("3000"),
-                "Timeout of the event check at subscribe (error authz-unavailable).",
-                |c, v| set(&mut c.directus_authz_timeout, millis(v, 1)),
-            ),
-            Var::new(
-                "DIRECTUS_EVENTS_COLLECTION",
-                Is("events"),
-                "Collection whose items are the events a user may subscribe to.",
-                |c, v| set(&mut c.directus_events_collection, collection(v)),
-            ),
-            Var::new(
-                "LIVE_AUTH_CACHE_TTL_MS",
-                Is("30000"),
-                "How long auth decisions are cached; 0 disables the cache.",
-                |c, v| set(&mut c.auth_cache_ttl, millis(v, 0)),
-            ),
-            Var::new(
-                "LIVE_AUTH_REVALIDATE_MS",
-                Is("300000"),
-                "How often open sessions are re-checked; an invalid one gets 4401.",
-                |c, v| set(&mut c.auth_revalidate, millis(v, 1)),
-            ),
-        ],
-    },
-    Group {
-        title: "Device->event map (for positions without eventId)",
-        vars: &[
-            Var::new(
-                "LIVE_DEVICE_EVENT_FILE",
-                Unset,
-                "JSON file {\"<deviceId>\":\"<eventId>\"}.",
-                |c, v| set(&mut c.device_event_file, Ok(Some(PathBuf::from(v)))),
-            ),
-            Var::new(
-                "LIVE_DEVICE_EVENT_REFRESH_MS",
-                Is("30000"),
-                "How often the map is reloaded; a failed reload keeps the old map.",
-                |c, v| set(&mut c.device_event_refresh, millis(v, 1)),
-            ),
-            Var::new(
-                "DIRECTUS_DEVICES_COLLECTION",
-                Is("devices"),
-                "Directus collection with fields id and event, read for the map.",
-                |c, v| set(&mut c.directus_devices_collection, collection(v)),
-            ),
-            Var::secret(
-                "DIRECTUS_TOKEN",
-                "Static Directus token; in mode directus, loads the map from Directus.",
-                |c, v| set(&mut c.directus_token, Ok(Some(Secret::new(v)))),
-            ),
-        ],
-    },
-    Group {
-        title: "Positions and fan-out",
-        vars: &[
-            Var::new(
-                "LIVE_MAX_POSITION_BYTES",
-                Is("16384"),
-                "Largest position (its JSON); a larger one is rejected.",
-                |c, v| set(&mut c.max_position_bytes, count(v, 64)),
-            ),
-            Var::new(
-                "LIVE_CACHE_MAX_DEVICES",
-                Is("100000"),
-                "Devices kept for snapshots; past it the stalest device is evicted.",
-                |c, v| set(&mut c.cache_max_devices, count(v, 1)),
-            ),
-            Var::new(
-                "LIVE_BROADCAST_MAX_DELAY_MS",
-                Is("20"),
-                "Longest wait of an event's positions for their flush (costly fan-outs).",
-                |c, v| set(&mut c.broadcast_max_delay, millis(v, 0)),
-            ),
-            Var::new(
-                "LIVE_TRAIL_LENGTH",
-                Is("30"),
-                "Recent positions kept per device for trails; 0 turns trails off.",
-                |c, v| set(&mut c.trail_length, trail_length(v)),
-            ),
-        ],
-    },
-    Group {
-        title: "Logging",
-        vars: &[
-            Var::new(
-                "LOG_LEVEL",
-                Is("info"),
-                "Most verbose level logged: off, error, warn, info, debug or trace.",
-                |c, v| set(&mut c.log_level, log_level(v)),
-            ),
-            Var::new(
-                "LOG_FORMAT",
-                Is("text"),
-                "text, or json for one JSON object per line.",
-                |c, v| set(&mut c.log_format, log_format(v)),
-            ),
-        ],
-    },
-];
-
 /// Every variable of the table, in help order.
 fn all_vars() -> impl Iterator<Item = &'static Var> {
     GROUPS.iter().flat_map(|group| group.vars)
@@ -1039,10 +895,36 @@ fn find_var(name: &str) -> Option<&'static Var> {
 // what was expected without repeating the value (secrets go through these).
 // ---------------------------------------------------------------------------
 
-/// Stores a parsed value in its field, keeping the default on error.
-fn set<T>(field: &mut T, parsed: Result<T, String>) -> Result<(), String> {
-    *field = parsed?;
-    Ok(())
+/// A default of the table, parsed by its own parser.
+///
+/// # Panics
+/// When the table's default text does not parse: a mistake in the table,
+/// never in input, caught by every test that builds a `Config` (and by
+/// `every_documented_default_parses`), before any release.
+#[allow(clippy::panic)] // The defaults are literals of the table, see above.
+fn documented_default<T>(name: &str, text: &str, parsed: Result<T, String>) -> T {
+    match parsed {
+        Ok(value) => value,
+        Err(reason) => panic!("the table's default {name}={text} does not parse: {reason}"),
+    }
+}
+
+/// Text, as given (already trimmed and non-empty).
+#[allow(clippy::unnecessary_wraps)] // The table wants every parser fallible.
+fn text(value: &str) -> Result<String, String> {
+    Ok(value.to_owned())
+}
+
+/// A path, as given; its owner reads the file at start.
+#[allow(clippy::unnecessary_wraps)] // The table wants every parser fallible.
+fn path(value: &str) -> Result<Option<PathBuf>, String> {
+    Ok(Some(PathBuf::from(value)))
+}
+
+/// A secret, as given.
+#[allow(clippy::unnecessary_wraps)] // The table wants every parser fallible.
+fn secret(value: &str) -> Result<Option<Secret>, String> {
+    Ok(Some(Secret::new(value)))
 }
 
 /// An IP address (v6 with or without brackets) or `localhost`.
@@ -1071,6 +953,16 @@ fn count<T: TryFrom<u64>>(value: &str, min: u64) -> Result<T, String> {
         return Err(format!("must be at least {min}"));
     }
     T::try_from(n).map_err(|_| "number too large".to_owned())
+}
+
+/// A whole number from `min` to `max`, in the field's integer type.
+fn within<T: TryFrom<u64>>(value: &str, min: u64, max: u64) -> Result<T, String> {
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => {
+            T::try_from(n).map_err(|_| "number too large".to_owned())
+        }
+        _ => Err(format!("expected a whole number {min}-{max}")),
+    }
 }
 
 /// Largest `LIVE_WS_QUEUE_CAPACITY`: crossbeam's bounded channel allocates
@@ -1292,6 +1184,7 @@ fn default_instance_id() -> String {
 mod tests {
     use std::collections::BTreeSet;
 
+    use super::HelpDefault::{Computed, Is, Unset};
     use super::*;
 
     fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -1345,20 +1238,48 @@ mod tests {
     }
 
     #[test]
-    fn table_matches_the_field_docs() {
-        // Every field doc of `Config` opens with its variable in backticks.
-        let source = include_str!("config.rs");
-        let start = source.find("pub struct Config {").expect("struct in source");
-        let end = start + source[start..].find("\nimpl Default for Config").expect("impl");
-        let documented: BTreeSet<&str> = source[start..end]
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("/// `")?.split_once('`'))
-            .map(|(name, _)| name)
-            .filter(|name| name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
-            .collect();
+    fn every_documented_default_parses() {
+        // `Config::default()` parses each `Is` text with its own parser and
+        // panics on a table mistake: this names the culprit instead.
+        for var in all_vars() {
+            if let Is(value) = var.default {
+                let mut config = Config::default();
+                assert_eq!((var.apply)(&mut config, value), Ok(()), "{}", var.name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_readme_table_shows_the_same_defaults() {
+        // The README's table is the one copy of the defaults outside this
+        // file: each of its rows must agree with the entry it names.
+        let readme = include_str!("../README.md");
+        let start = readme.find("\n## Configuration\n").expect("README section");
+        let section = &readme[start + 1..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        let mut rows = 0;
+        for line in section.lines().filter(|line| line.starts_with("| `")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let name = cells[0].trim_start_matches("| ").trim_matches('`');
+            let var = find_var(name).unwrap_or_else(|| panic!("README names {name}"));
+            let shown = cells[1];
+            match var.default {
+                Is(value) => assert_eq!(shown, format!("`{value}`"), "{name}"),
+                Unset => assert_eq!(shown, "unset", "{name}"),
+                Computed(_) => assert!(!shown.starts_with('`'), "{name}: {shown}"),
+            }
+            rows += 1;
+        }
+        assert!(rows > 40, "only {rows} rows found in the README's table");
+    }
+
+    #[test]
+    fn table_names_are_unique_and_well_formed() {
         let table: BTreeSet<&str> = all_vars().map(|var| var.name).collect();
-        assert_eq!(documented, table);
         assert_eq!(table.len(), all_vars().count(), "a name appears twice in the table");
+        for name in table {
+            assert!(name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'), "{name}");
+        }
     }
 
     #[test]
@@ -1402,8 +1323,12 @@ mod tests {
             ("LIVE_TOKENS_FILE", "/etc/livecast/tokens.json"),
             ("LOG_LEVEL", "DEBUG"),
             ("LOG_FORMAT", "json"),
+            ("LIVE_DEMO_DEVICES", "1000"),
+            ("LIVE_DEMO_INTERVAL_MS", "100"),
         ])
         .expect("all valid");
+        assert_eq!(config.demo_devices, 1000);
+        assert_eq!(config.demo_interval, Duration::from_millis(100));
         assert_eq!(config.ws_host, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(config.http_host, "::1".parse::<IpAddr>().expect("literal"));
         assert_eq!((config.ws_port, config.http_port), (0, 0));
@@ -1529,6 +1454,10 @@ mod tests {
             ("DIRECTUS_DEVICES_COLLECTION", "my devices", "may not contain"),
             ("LOG_LEVEL", "verbose", "expected off, error, warn, info, debug or trace"),
             ("LOG_FORMAT", "xml", "expected text or json"),
+            ("LIVE_DEMO_DEVICES", "0", "expected a whole number 1-1000"),
+            ("LIVE_DEMO_DEVICES", "1001", "expected a whole number 1-1000"),
+            ("LIVE_DEMO_INTERVAL_MS", "99", "expected a whole number 100-60000"),
+            ("LIVE_DEMO_INTERVAL_MS", "1s", "expected a whole number 100-60000"),
         ];
         for (name, value, expected) in cases {
             let err = rejected(&[(name, value)]);

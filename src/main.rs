@@ -1,5 +1,6 @@
 //! The `livecast` binary: configuration from the environment, logging,
-//! start, wait for SIGTERM/SIGINT, graceful stop, exit code.
+//! start, wait for SIGTERM/SIGINT, graceful stop, exit code, all on the
+//! process's main thread.
 //!
 //! `livecast --demo` also starts the demo feed ([`livecast::demo`]) against
 //! this server's own `POST /ingest`, and prints the dashboard URL.
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
     let demo = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [] => false,
         ["-h" | "--help"] => {
-            print!("{}\n{}", livecast::Config::help(), livecast::demo::HELP);
+            print!("{}", livecast::Config::help());
             return ExitCode::SUCCESS;
         }
         ["--demo"] => true,
@@ -30,21 +31,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let config = livecast::Config::from_env();
-    let demo_config = demo.then(livecast::demo::DemoConfig::from_env);
-    // Every configuration error at once, before any port is bound.
-    let (config, demo_config) = match (config, demo_config.transpose()) {
-        (Ok(config), Ok(demo_config)) => (config, demo_config),
-        (config, demo_config) => {
-            if let Err(e) = config {
-                eprintln!("livecast: {e}");
-            }
-            if let Err(e) = demo_config {
-                eprintln!("livecast: {e}");
-            }
+    // Every configuration error at once (the demo's variables included),
+    // before any port is bound.
+    let config = match livecast::Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("livecast: {e}");
             return ExitCode::from(2);
         }
     };
+    let demo_config = demo.then(|| livecast::demo::DemoConfig {
+        devices: config.demo_devices,
+        interval: config.demo_interval,
+        ..livecast::demo::DemoConfig::default()
+    });
     if let Err(e) = livecast::logging::init(config.log_level, config.log_format) {
         eprintln!("livecast: cannot set up logging: {e}");
         return ExitCode::from(1);

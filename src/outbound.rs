@@ -373,7 +373,93 @@ pub(crate) fn thread_name(id: Uuid) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
     use super::*;
+
+    fn handle(capacity: usize) -> (Arc<ClientHandle>, Receiver<Arc<Outbound>>) {
+        let remote = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1);
+        ClientHandle::new(Uuid::new_v4(), remote, "anonymous".to_owned(), capacity)
+            .expect("eventfd")
+    }
+
+    fn entry() -> Arc<Outbound> {
+        Arc::new(Outbound::single(Kind::Position, "{}"))
+    }
+
+    /// How many times the eventfd was written since the last call (0: not
+    /// at all). Reading resets the counter.
+    fn wakes(handle: &ClientHandle) -> u64 {
+        let mut counter = [0u8; 8];
+        match rustix::io::read(handle.wake_fd(), &mut counter) {
+            Ok(_) => u64::from_ne_bytes(counter),
+            Err(rustix::io::Errno::AGAIN) => 0,
+            Err(e) => panic!("eventfd read: {e}"),
+        }
+    }
+
+    #[test]
+    fn offer_wakes_only_a_thread_that_announced_its_sleep() {
+        let (handle, rx) = handle(8);
+        assert_eq!(handle.offer(&entry(), usize::MAX), Ok(false), "awake: not woken");
+        assert_eq!(wakes(&handle), 0);
+        handle.taken(&rx.try_recv().expect("queued"));
+
+        assert!(handle.prepare_sleep(true), "nothing to do: may sleep");
+        assert_eq!(handle.offer(&entry(), usize::MAX), Ok(true), "asleep: woken");
+        assert_eq!(handle.offer(&entry(), usize::MAX), Ok(false), "one wake-up per sleep");
+        assert_eq!(wakes(&handle), 1);
+        handle.woke();
+        assert_eq!(handle.offer(&entry(), usize::MAX), Ok(false));
+        assert_eq!(wakes(&handle), 0);
+        assert_eq!(handle.queued_messages(), 3);
+    }
+
+    #[test]
+    fn prepare_sleep_refuses_when_work_is_waiting() {
+        let (handle, rx) = handle(8);
+        handle.offer(&entry(), usize::MAX).expect("room");
+        assert!(!handle.prepare_sleep(true), "a queued entry: stay awake");
+        assert_eq!(handle.offer(&entry(), usize::MAX), Ok(false), "the announcement is withdrawn");
+        // A thread whose socket is full does not take from the queue, so a
+        // queued entry is no reason to stay awake; a close request is.
+        assert!(handle.prepare_sleep(false));
+        handle.woke();
+        while let Ok(taken) = rx.try_recv() {
+            handle.taken(&taken);
+        }
+        assert_eq!(handle.queued_bytes(), 0);
+        handle.request_close(CloseReason::BackPressure);
+        assert!(!handle.prepare_sleep(false), "a close request: stay awake");
+        assert_eq!(handle.take_close_request(), Some(CloseReason::BackPressure));
+        assert!(handle.prepare_sleep(true));
+        handle.woke();
+        handle.terminate();
+        assert!(!handle.prepare_sleep(false), "terminated: stay awake");
+    }
+
+    #[test]
+    fn close_requests_and_termination_always_wake() {
+        let (handle, _rx) = handle(8);
+        handle.request_close(CloseReason::BackPressure);
+        handle.request_close(CloseReason::InboundFlood);
+        assert_eq!(wakes(&handle), 2);
+        assert_eq!(handle.take_close_request(), Some(CloseReason::BackPressure), "first wins");
+        handle.terminate();
+        assert_eq!(wakes(&handle), 1);
+        assert!(handle.terminated());
+    }
+
+    #[test]
+    fn the_byte_budget_overflows_but_the_first_entry_always_fits() {
+        let (handle, rx) = handle(8);
+        let big = entry();
+        let limit = big.bytes() - 1;
+        assert_eq!(handle.offer(&big, limit), Ok(false), "an empty queue takes anything");
+        assert_eq!(handle.offer(&big, limit), Err(OfferError::Overflow));
+        drop(rx);
+        assert_eq!(handle.offer(&big, usize::MAX), Err(OfferError::Gone));
+    }
 
     #[test]
     fn a_drain_is_done_when_all_but_a_few_stragglers_took_it() {

@@ -75,14 +75,7 @@ pub(super) fn run(
         warn!("{remote}: {e}");
         return;
     }
-    let max = shared.config.max_message_bytes;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        // Hand every frame to the wire queue at once; the wire decides
-        // when to write (one writev per wake-up).
-        .write_buffer_size(0)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    let ws_config = ws_config(shared.config.max_message_bytes);
     let sleeper = match Sleeper::new(stream.as_fd(), handle.wake_fd().as_fd()) {
         Ok(sleeper) => sleeper,
         Err(e) => {
@@ -104,7 +97,8 @@ pub(super) fn run(
     }
     debug!("{} {remote} open, user {}", handle.thread_name, identity.user);
 
-    let mut conn = Connection::new(shared, Arc::clone(&handle), rx, ws, identity, sleeper);
+    let mut conn =
+        Connection::new(shared, Arc::clone(&handle), rx, ws, identity, sleeper, Instant::now);
     let reason = conn.serve();
 
     let _ = shared.commands.send(Command::Disconnect { id });
@@ -113,6 +107,23 @@ pub(super) fn run(
     metrics.connections_closed.with_label_values(&[reason.label()]).inc();
     debug!("{} {remote} closed: {}", handle.thread_name, reason.label());
 }
+
+/// tungstenite's settings for one connection: frames and messages of at
+/// most `max` bytes (`LIVE_WS_MAX_MESSAGE_BYTES`).
+fn ws_config(max: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Hand every frame to the wire queue at once; the wire decides
+        // when to write (one writev per wake-up).
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// Where the connection loop reads the time: `Instant::now` in the server;
+/// unit tests pass a clock they move by hand, to reach a deadline without
+/// waiting for it.
+type Clock = fn() -> Instant;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,9 +153,9 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn new(per_sec: u32) -> RateLimit {
+    fn new(per_sec: u32, now: Instant) -> RateLimit {
         let rate = f64::from(per_sec);
-        RateLimit { tokens: rate, rate, last: Instant::now() }
+        RateLimit { tokens: rate, rate, last: now }
     }
 
     fn allow(&mut self, now: Instant) -> bool {
@@ -178,6 +189,8 @@ struct Connection<'a> {
     /// `None` in mode `none`, where there is no session.
     next_revalidate: Option<Instant>,
     rate: RateLimit,
+    /// The time, wherever a deadline is set or checked.
+    clock: Clock,
 }
 
 /// The end of a connection, with the reason that ends it.
@@ -191,8 +204,9 @@ impl<'a> Connection<'a> {
         ws: WebSocket<Wire<TcpStream>>,
         identity: Identity,
         sleeper: Sleeper,
+        clock: Clock,
     ) -> Connection<'a> {
-        let now = Instant::now();
+        let now = clock();
         Connection {
             shared,
             handle,
@@ -207,7 +221,8 @@ impl<'a> Connection<'a> {
             next_ping: now + shared.config.ping_interval,
             next_revalidate: (shared.config.auth_mode != AuthMode::None)
                 .then(|| now + shared.config.auth_revalidate),
-            rate: RateLimit::new(shared.config.max_inbound_per_sec),
+            rate: RateLimit::new(shared.config.max_inbound_per_sec, now),
+            clock,
         }
     }
 
@@ -366,7 +381,7 @@ impl<'a> Connection<'a> {
     }
 
     fn on_message(&mut self, message: Message) -> Ended {
-        let now = Instant::now();
+        let now = (self.clock)();
         self.last_seen = now;
         self.handle.last_seen_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         let inbound = &self.shared.metrics.inbound_messages;
@@ -511,7 +526,7 @@ impl<'a> Connection<'a> {
             CloseReason::Shutdown { .. } => self.shared.config.drain_timeout + CLOSE_GRACE,
             _ => CLOSE_GRACE,
         };
-        let deadline = Instant::now() + grace;
+        let deadline = (self.clock)() + grace;
         self.state = if fatal {
             State::Lingering { reason, deadline }
         } else {
@@ -543,7 +558,7 @@ impl<'a> Connection<'a> {
 
     /// Heartbeat, revalidation and close deadlines, by elapsed time.
     fn timers(&mut self) -> Ended {
-        let now = Instant::now();
+        let now = (self.clock)();
         match self.state {
             State::Closing { reason, deadline } | State::Lingering { reason, deadline } => {
                 if now >= deadline { Err(reason) } else { Ok(()) }
@@ -593,7 +608,7 @@ impl<'a> Connection<'a> {
         }
         // From the end of the check, so that a slow authority is not asked
         // again at once.
-        self.next_revalidate = Some(Instant::now() + shared.config.auth_revalidate);
+        self.next_revalidate = Some((self.clock)() + shared.config.auth_revalidate);
     }
 
     /// The next instant something is due without any I/O.
@@ -622,7 +637,7 @@ impl<'a> Connection<'a> {
             self.readable = true;
             return Ok(());
         }
-        let timeout = self.next_deadline().saturating_duration_since(Instant::now());
+        let timeout = self.next_deadline().saturating_duration_since((self.clock)());
         let socket = self.ws.get_ref().socket().as_fd();
         let result = self.sleeper.wait(socket, write_blocked, timeout);
         self.handle.woke();
@@ -630,5 +645,422 @@ impl<'a> Connection<'a> {
         // that would block is one syscall per delivery saved.
         self.readable = *result.as_ref().unwrap_or(&true);
         result.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The state machine driven step by step, as the loop in `serve` does
+    //! between two sleeps, with a clock the test moves by hand.
+    //!
+    //! The double under the connection is a real loopback TCP pair, not an
+    //! in-memory stream: the loop needs a descriptor (its epoll set, the
+    //! `shutdown` of a lingering close), and a real socket keeps the types
+    //! the server runs with. The far end is a tungstenite client, so frames
+    //! are masked and close handshakes answered as a browser would.
+
+    use std::cell::Cell;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::OnceLock;
+
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+
+    use super::*;
+    use crate::auth::{Authenticator, Credentials, NoAuth};
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::outbound::{Kind, OfferError};
+
+    /// How long the test waits for bytes that are on their way.
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// The instant the test clock reads as 0 ms.
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    thread_local! {
+        /// The test clock, past [`epoch`]; each test runs on its own thread.
+        static ELAPSED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    }
+
+    /// The [`Clock`] given to the connection under test.
+    fn test_now() -> Instant {
+        epoch() + ELAPSED.get()
+    }
+
+    /// The test clock's reading at `ms`.
+    fn at(ms: u64) -> Instant {
+        epoch() + Duration::from_millis(ms)
+    }
+
+    /// What every connection of a test shares: echo service (the loop
+    /// without the live protocol), mode `none`.
+    fn shared(configure: impl FnOnce(&mut Config)) -> Shared {
+        shared_with(Box::new(NoAuth), configure)
+    }
+
+    /// As [`shared`], with `auth` as the authority.
+    fn shared_with(auth: Box<dyn Authenticator>, configure: impl FnOnce(&mut Config)) -> Shared {
+        let mut config = Config { ping_interval: Duration::from_secs(1), ..Config::default() };
+        configure(&mut config);
+        let (commands, _) = crossbeam_channel::unbounded();
+        let metrics = Metrics::new().expect("metrics");
+        Shared::new(config, metrics, Service::Echo, commands, auth, None, None)
+    }
+
+    /// An authority whose every answer to `authenticate` is set by the test.
+    #[derive(Debug)]
+    struct Scripted(Arc<parking_lot::Mutex<Result<(), AuthError>>>);
+
+    impl Authenticator for Scripted {
+        fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError> {
+            self.0
+                .lock()
+                .clone()
+                .map(|()| Identity { user: "u".to_owned(), credentials: credentials.clone() })
+        }
+
+        fn authorize(&self, _who: &Identity, _event: &str) -> Result<(), AuthzError> {
+            Ok(())
+        }
+    }
+
+    /// A connection in state `Open` at clock 0 ms, and its peer.
+    struct Harness<'a> {
+        conn: Connection<'a>,
+        handle: Arc<ClientHandle>,
+        peer: WebSocket<TcpStream>,
+    }
+
+    impl Harness<'_> {
+        fn open(shared: &Shared) -> Harness<'_> {
+            ELAPSED.set(Duration::ZERO);
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            let (server, remote) = listener.accept().expect("accept");
+            server.set_nonblocking(true).expect("non-blocking");
+            client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+            let (handle, rx) = ClientHandle::new(
+                Uuid::new_v4(),
+                remote,
+                "anonymous".to_owned(),
+                shared.config.queue_capacity,
+            )
+            .expect("handle");
+            let sleeper = Sleeper::new(server.as_fd(), handle.wake_fd().as_fd()).expect("epoll");
+            let config = ws_config(shared.config.max_message_bytes);
+            let ws = WebSocket::from_partially_read(
+                Wire::new(server),
+                Vec::new(),
+                Role::Server,
+                Some(config),
+            );
+            let identity =
+                Identity { user: "anonymous".to_owned(), credentials: Credentials::default() };
+            let conn =
+                Connection::new(shared, Arc::clone(&handle), rx, ws, identity, sleeper, test_now);
+            // No size limit at the peer: a test may send or expect big frames.
+            let unlimited = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+            let peer = WebSocket::from_raw_socket(client, Role::Client, Some(unlimited));
+            Harness { conn, handle, peer }
+        }
+
+        /// One wake-up at clock `ms`, as after an epoll that saw input.
+        fn step_at(&mut self, ms: u64) -> Ended {
+            ELAPSED.set(Duration::from_millis(ms));
+            self.conn.readable = true;
+            self.conn.step()
+        }
+
+        /// The peer sends `message`; returns once the connection's socket
+        /// has input, so that the next step reads it.
+        fn send(&mut self, message: Message) {
+            self.send_together(vec![message]);
+        }
+
+        /// The peer sends `messages` in one write, so that they arrive
+        /// together and one step reads them all.
+        fn send_together(&mut self, messages: Vec<Message>) {
+            for message in messages {
+                self.peer.write(message).expect("peer write");
+            }
+            self.peer.flush().expect("peer flush");
+            self.wait_for_input();
+        }
+
+        /// Returns once the connection's socket has input.
+        fn wait_for_input(&self) {
+            wait_for_input(&self.conn);
+        }
+
+        /// The next message the peer receives.
+        fn receive(&mut self) -> Message {
+            self.peer.read().expect("the peer receives a message in time")
+        }
+
+        /// The close frame the peer receives next, as (code, reason).
+        fn receive_close(&mut self) -> (u16, String) {
+            match self.receive() {
+                Message::Close(Some(frame)) => (frame.code.into(), frame.reason.to_string()),
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Returns once `conn`'s socket has input (or hung up).
+    fn wait_for_input(conn: &Connection<'_>) {
+        let socket = conn.ws.get_ref().socket();
+        let mut fds = [PollFd::new(socket, PollFlags::IN)];
+        let timeout = Timespec { tv_sec: 5, tv_nsec: 0 };
+        let ready = poll(&mut fds, Some(&timeout)).expect("poll");
+        assert_eq!(ready, 1, "the peer's bytes did not arrive in time");
+    }
+
+    #[test]
+    fn rate_limit_allows_a_burst_of_one_seconds_allowance_then_the_rate() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(10, t0);
+        for i in 0..10 {
+            assert!(rate.allow(t0), "burst frame {i}");
+        }
+        assert!(!rate.allow(t0), "the 11th frame of the same instant");
+        // Sustained: one frame per 100 ms goes through for ever.
+        for i in 1..=100 {
+            assert!(rate.allow(t0 + Duration::from_millis(100 * i)), "sustained frame {i}");
+        }
+        // Faster than the rate: one in two is refused.
+        let t1 = t0 + Duration::from_millis(10_000);
+        let verdicts: Vec<bool> =
+            (1..=6).map(|i| rate.allow(t1 + Duration::from_millis(50 * i))).collect();
+        assert_eq!(verdicts, [false, true, false, true, false, true]);
+    }
+
+    #[test]
+    fn rate_limit_saves_up_one_second_at_most() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(3, t0);
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!((0..10).filter(|_| rate.allow(later)).count(), 3, "an hour idle is no credit");
+    }
+
+    #[test]
+    fn queued_entries_go_out_at_the_next_step_in_order() {
+        let shared = shared(|_| {});
+        let mut h = Harness::open(&shared);
+        for text in ["{\"n\":1}", "{\"n\":2}"] {
+            let entry = Arc::new(Outbound::single(Kind::Position, text));
+            assert_eq!(h.handle.offer(&entry, usize::MAX), Ok(false), "awake: no wake-up");
+        }
+        assert_eq!(h.step_at(10), Ok(()));
+        assert_eq!(h.handle.queued_bytes(), 0);
+        assert_eq!(h.receive(), Message::text("{\"n\":1}"));
+        assert_eq!(h.receive(), Message::text("{\"n\":2}"));
+    }
+
+    #[test]
+    fn a_full_socket_leaves_the_queue_alone_until_it_drains() {
+        let shared = shared(|config| config.ping_interval = Duration::from_secs(60));
+        let mut h = Harness::open(&shared);
+        // More than any socket buffer holds, and nobody reads yet.
+        let big = "x".repeat(32 << 20);
+        let big_entry = Arc::new(Outbound::single(Kind::Position, &big));
+        h.handle.offer(&big_entry, usize::MAX).expect("the first entry always fits");
+        assert_eq!(h.step_at(0), Ok(()));
+        assert!(h.conn.write_blocked(), "32 MiB cannot all be written at once");
+        let small = Arc::new(Outbound::single(Kind::Position, "{\"n\":1}"));
+        h.handle.offer(&small, usize::MAX).expect("room");
+        assert_eq!(h.step_at(10), Ok(()));
+        assert_eq!(h.handle.queued_messages(), 1, "not taken while unsent bytes remain");
+
+        let Harness { mut conn, handle, mut peer } = h;
+        let reader = crate::thread::spawn_named("test-peer".to_owned(), None, move || {
+            let first = peer.read().expect("the big message");
+            let second = peer.read().expect("the small one");
+            (first, second)
+        })
+        .expect("spawn");
+        let deadline = Instant::now() + PATIENCE * 4;
+        while conn.write_blocked() || handle.queued_messages() > 0 {
+            assert!(Instant::now() < deadline, "the queue was never drained");
+            let socket = conn.ws.get_ref().socket();
+            let mut fds = [PollFd::new(socket, PollFlags::OUT)];
+            poll(&mut fds, Some(&Timespec { tv_sec: 1, tv_nsec: 0 })).expect("poll");
+            assert_eq!(conn.step(), Ok(()));
+        }
+        let (first, second) = reader.join().expect("reader");
+        assert_eq!(first, Message::text(big));
+        assert_eq!(second, Message::text("{\"n\":1}"));
+    }
+
+    #[test]
+    fn pings_once_per_interval_and_not_before() {
+        let shared = shared(|_| {});
+        let mut h = Harness::open(&shared);
+        assert_eq!(h.conn.next_deadline(), at(1000), "sleeps until the first ping");
+        // Markers echoed before and after each step tell when the ping left.
+        h.send(Message::text("a"));
+        assert_eq!(h.step_at(999), Ok(()));
+        h.send(Message::text("b"));
+        assert_eq!(h.step_at(1000), Ok(()));
+        h.send(Message::text("c"));
+        assert_eq!(h.step_at(1999), Ok(()));
+        assert_eq!(h.conn.next_deadline(), at(2000));
+        let order: Vec<Message> = (0..4).map(|_| h.receive()).collect();
+        assert_eq!(
+            order,
+            [
+                Message::text("a"),
+                Message::text("b"),
+                Message::Ping(Vec::new().into()),
+                Message::text("c")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_silent_peer_is_dropped_after_two_intervals() {
+        let shared = shared(|_| {});
+        let mut h = Harness::open(&shared);
+        assert_eq!(h.step_at(1000), Ok(()));
+        assert_eq!(h.step_at(2000), Ok(()), "two intervals of silence are allowed");
+        assert_eq!(h.conn.next_deadline(), at(2001), "wakes just past the limit");
+        assert_eq!(h.step_at(2001), Err(CloseReason::HeartbeatTimeout));
+    }
+
+    #[test]
+    fn a_peer_that_answers_pings_stays() {
+        let shared = shared(|_| {});
+        let mut h = Harness::open(&shared);
+        assert_eq!(h.step_at(1000), Ok(()));
+        assert_eq!(h.receive(), Message::Ping(Vec::new().into()));
+        // tungstenite queued the pong when it read the ping.
+        h.peer.flush().expect("pong");
+        h.wait_for_input();
+        assert_eq!(h.step_at(1500), Ok(()), "reads the pong");
+        assert_eq!(h.step_at(3500), Ok(()), "silent for two intervals since the pong");
+        assert_eq!(h.step_at(3501), Err(CloseReason::HeartbeatTimeout));
+    }
+
+    #[test]
+    fn a_close_request_sends_its_close_frame_and_ends_at_the_peers_reply() {
+        let shared = shared(|config| config.drain_timeout = Duration::from_secs(5));
+        let mut h = Harness::open(&shared);
+        h.handle.request_close(CloseReason::Shutdown { retry_after_ms: 700 });
+        assert_eq!(h.step_at(100), Ok(()));
+        let reason = CloseReason::Shutdown { retry_after_ms: 700 };
+        // A shutdown close waits for the stopper's drain deadline.
+        assert_eq!(h.conn.state, State::Closing { reason, deadline: at(100 + 5000 + 1000) });
+        let (code, text) = h.receive_close();
+        assert_eq!(code, 1001);
+        assert_eq!(text, reason.to_string());
+        // The peer's tungstenite answers the close; the answer ends it.
+        h.peer.flush().expect("close reply");
+        h.wait_for_input();
+        assert_eq!(h.step_at(200), Err(reason));
+    }
+
+    #[test]
+    fn back_pressure_closes_1008_without_sending_the_backlog() {
+        let shared = shared(|config| config.queue_capacity = 2);
+        let mut h = Harness::open(&shared);
+        let entry = Arc::new(Outbound::single(Kind::Position, "{\"n\":1}"));
+        assert_eq!(h.handle.offer(&entry, usize::MAX), Ok(false));
+        assert_eq!(h.handle.offer(&entry, usize::MAX), Ok(false));
+        assert_eq!(h.handle.offer(&entry, usize::MAX), Err(OfferError::Overflow));
+        // What the broadcaster does on an overflow.
+        h.handle.request_close(CloseReason::BackPressure);
+        assert_eq!(h.step_at(0), Ok(()));
+        let reason = CloseReason::BackPressure;
+        assert_eq!(h.conn.state, State::Closing { reason, deadline: at(1000) });
+        assert_eq!(h.receive_close().0, 1008, "the close comes first, the backlog never");
+        // The peer never answers: the grace period ends it.
+        assert_eq!(h.step_at(999), Ok(()));
+        assert_eq!(h.conn.next_deadline(), at(1000));
+        assert_eq!(h.step_at(1000), Err(reason));
+    }
+
+    #[test]
+    fn an_inbound_flood_closes_1008_but_the_sustained_rate_does_not() {
+        let shared = shared(|config| {
+            config.max_inbound_per_sec = 5;
+            config.ping_interval = Duration::from_secs(60);
+        });
+        let mut h = Harness::open(&shared);
+        for second in 0..3 {
+            h.send_together(vec![Message::text("x"); 5]);
+            assert_eq!(h.step_at(second * 1000), Ok(()));
+            assert_eq!(h.conn.state, State::Open, "5 a second at second {second}");
+        }
+        h.send(Message::text("one too many"));
+        assert_eq!(h.step_at(2000), Ok(()));
+        let reason = CloseReason::InboundFlood;
+        assert_eq!(h.conn.state, State::Closing { reason, deadline: at(3000) });
+        for _ in 0..15 {
+            assert_eq!(h.receive(), Message::text("x"));
+        }
+        assert_eq!(h.receive_close().0, 1008, "the extra frame is not echoed");
+    }
+
+    #[test]
+    fn a_too_big_frame_closes_1009_then_lingers_until_the_peer_hangs_up() {
+        let shared = shared(|config| config.max_message_bytes = 100);
+        let mut h = Harness::open(&shared);
+        h.send(Message::text("x".repeat(101)));
+        assert_eq!(h.step_at(10), Ok(()));
+        let reason = CloseReason::MessageTooBig;
+        assert_eq!(h.conn.state, State::Lingering { reason, deadline: at(1010) });
+        assert_eq!(h.receive_close().0, 1009);
+        // Our side is shut down after the close frame: the peer reads EOF.
+        assert!(h.peer.read().is_err(), "nothing after the close frame");
+        let Harness { mut conn, peer, .. } = h;
+        drop(peer);
+        // The rest of the big frame, then EOF, however the bytes arrive.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            wait_for_input(&conn);
+            conn.readable = true;
+            match conn.step() {
+                Ok(()) => assert!(Instant::now() < deadline, "no EOF"),
+                Err(ended) => {
+                    assert_eq!(ended, reason);
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn revalidation_closes_4401_a_revoked_session_but_not_on_an_outage() {
+        let answer = Arc::new(parking_lot::Mutex::new(Err(AuthError::Unavailable("down".into()))));
+        let shared = shared_with(Box::new(Scripted(Arc::clone(&answer))), |config| {
+            config.auth_mode = AuthMode::Tokens;
+            config.auth_revalidate = Duration::from_secs(5);
+            config.ping_interval = Duration::from_secs(60);
+        });
+        let mut h = Harness::open(&shared);
+        assert_eq!(h.conn.next_deadline(), at(5000), "wakes for the revalidation");
+        assert_eq!(h.step_at(5000), Ok(()));
+        assert_eq!(h.conn.state, State::Open, "an outage closes nobody");
+        assert_eq!(h.conn.next_deadline(), at(10_000), "asks again one period later");
+        *answer.lock() = Err(AuthError::Denied);
+        assert_eq!(h.step_at(9999), Ok(()));
+        assert_eq!(h.conn.state, State::Open, "not asked before its time");
+        assert_eq!(h.step_at(10_000), Ok(()));
+        let reason = CloseReason::Revoked;
+        assert_eq!(h.conn.state, State::Closing { reason, deadline: at(11_000) });
+        assert_eq!(h.receive_close().0, 4401);
+    }
+
+    #[test]
+    fn lingering_ends_at_its_deadline_if_the_peer_stays() {
+        let shared = shared(|config| config.max_message_bytes = 100);
+        let mut h = Harness::open(&shared);
+        h.send(Message::text("x".repeat(101)));
+        assert_eq!(h.step_at(0), Ok(()));
+        assert_eq!(h.receive_close().0, 1009);
+        assert_eq!(h.step_at(999), Ok(()), "the peer holds its end open");
+        assert_eq!(h.step_at(1000), Err(CloseReason::MessageTooBig));
     }
 }

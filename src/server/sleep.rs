@@ -1,5 +1,5 @@
-//! How a connection thread sleeps: one small epoll instance per connection,
-//! watching its socket and its wake eventfd.
+//! How a connection (`ws-xxxxxxxx`) thread sleeps: one small epoll
+//! instance per connection, watching its socket and its wake eventfd.
 //!
 //! Measured on the 2-core machine (1,000 clients, one event, 50 broadcaster
 //! cycles a second), each wake-up of a connection thread cost four system
@@ -99,6 +99,80 @@ mod tests {
     use rustix::event::{EventfdFlags, eventfd};
 
     use super::*;
+
+    /// The sleep/wake protocol between a broadcaster (this thread, offering
+    /// entries) and a connection thread (draining them and sleeping in its
+    /// epoll set exactly as the connection loop does). A lost wake-up leaves
+    /// the connection asleep with work queued; the sleep's timeout, far
+    /// longer than any wake-up takes, catches it.
+    #[test]
+    fn no_wake_up_is_lost_between_the_broadcaster_and_a_sleeping_thread() {
+        use std::net::SocketAddr;
+        use std::os::unix::net::UnixStream;
+        use std::sync::Arc;
+        use std::time::Instant;
+
+        use crate::outbound::{ClientHandle, Kind, Outbound};
+
+        const ENTRIES: usize = 100_000;
+        const LOST: Duration = Duration::from_secs(10);
+        let remote = SocketAddr::from(([127, 0, 0, 1], 1));
+        let (handle, rx) =
+            ClientHandle::new(uuid::Uuid::new_v4(), remote, "anonymous".to_owned(), 4).unwrap();
+        let consumer = {
+            let handle = Arc::clone(&handle);
+            crate::thread::spawn_named("test-consumer".to_owned(), None, move || {
+                // A socket that never has input: only the eventfd wakes.
+                let (socket, _other) = UnixStream::pair().unwrap();
+                let mut sleeper = Sleeper::new(socket.as_fd(), handle.wake_fd().as_fd()).unwrap();
+                // Announced sleeps (each worth at most one wake-up), and
+                // sleeps taken.
+                let (mut taken, mut announced, mut sleeps) = (0, 0, 0);
+                while taken < ENTRIES {
+                    while let Ok(entry) = rx.try_recv() {
+                        handle.taken(&entry);
+                        taken += 1;
+                    }
+                    if taken == ENTRIES {
+                        break;
+                    }
+                    announced += 1;
+                    if handle.prepare_sleep(true) {
+                        let started = Instant::now();
+                        sleeper.wait(socket.as_fd(), false, LOST).unwrap();
+                        handle.woke();
+                        if started.elapsed() >= LOST && !rx.is_empty() {
+                            return Err(format!("lost wake-up after {taken} entries"));
+                        }
+                        sleeps += 1;
+                    }
+                }
+                Ok((announced, sleeps))
+            })
+            .unwrap()
+        };
+        // One entry at a time, each offered as soon as the previous one is
+        // taken: that is when the consumer is about to decide to sleep, and
+        // every entry is the last one, which nothing else would wake for.
+        let entry = Arc::new(Outbound::single(Kind::Position, "{}"));
+        let mut woken = 0;
+        for n in 0..ENTRIES {
+            let deadline = Instant::now() + LOST;
+            while handle.queued_messages() > 0 {
+                assert!(Instant::now() < deadline, "entry {n} was never taken: a lost wake-up");
+                std::thread::yield_now();
+            }
+            match handle.offer(&entry, usize::MAX) {
+                Ok(was_asleep) => woken += usize::from(was_asleep),
+                Err(e) => panic!("offer {n}: {e:?}"),
+            }
+        }
+        let (announced, sleeps) = consumer.join().unwrap().unwrap();
+        assert!(sleeps > 0 && woken > 0, "the consumer never slept: the test proves nothing");
+        // A wake-up may be spurious (the announcement withdrawn because work
+        // came), never more than one per announcement.
+        assert!(woken <= announced, "{woken} wake-ups for {announced} announced sleeps");
+    }
 
     #[test]
     fn wakes_on_input_and_on_every_eventfd_write_without_reading_it() {
