@@ -72,71 +72,11 @@ impl fmt::Debug for DemoConfig {
 impl Default for DemoConfig {
     fn default() -> DemoConfig {
         DemoConfig {
-            devices: 12,
-            interval: Duration::from_millis(1000),
+            devices: crate::Config::default().demo_devices,
+            interval: crate::Config::default().demo_interval,
             ingest_token: None,
             seed: 0x5eed_1ace,
         }
-    }
-}
-
-/// The demo's variables, for `livecast --help`.
-pub const HELP: &str = "\
-Demo (livecast --demo):
-  Starts the server and a simulator that moves devices in three events
-  (demo-marathon, demo-regatta, demo-rally) and posts their positions to
-  this server's POST /ingest over HTTP, then prints the dashboard URL.
-  LIVE_DEMO_DEVICES=12
-      Simulated devices in all, dealt in turn to the three events (1-1000).
-  LIVE_DEMO_INTERVAL_MS=1000
-      Time between two reports of every device (100-60000).
-";
-
-impl DemoConfig {
-    /// Reads `LIVE_DEMO_DEVICES` and `LIVE_DEMO_INTERVAL_MS` through
-    /// `lookup` (e.g. `|name| std::env::var(name).ok()`); unset or empty
-    /// variables keep their defaults.
-    ///
-    /// # Errors
-    /// One line per bad variable, `NAME="value": what was expected`, so that
-    /// every mistake shows at once, as for the server's own variables.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<DemoConfig, String> {
-        let mut config = DemoConfig::default();
-        let mut problems = Vec::new();
-        let mut read = |name: &str, min: u64, max: u64| -> Option<u64> {
-            let raw = lookup(name)?;
-            let value = raw.trim();
-            if value.is_empty() {
-                return None;
-            }
-            match value.parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => Some(n),
-                _ => {
-                    problems
-                        .push(format!("  {name}={value:?}: expected a whole number {min}-{max}"));
-                    None
-                }
-            }
-        };
-        if let Some(n) = read("LIVE_DEMO_DEVICES", 1, 1000) {
-            config.devices = usize::try_from(n).unwrap_or(1000);
-        }
-        if let Some(ms) = read("LIVE_DEMO_INTERVAL_MS", 100, 60_000) {
-            config.interval = Duration::from_millis(ms);
-        }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(format!("invalid demo configuration:\n{}", problems.join("\n")))
-        }
-    }
-
-    /// [`DemoConfig::from_lookup`] on the process environment.
-    ///
-    /// # Errors
-    /// As [`DemoConfig::from_lookup`].
-    pub fn from_env() -> Result<DemoConfig, String> {
-        DemoConfig::from_lookup(|name| std::env::var(name).ok())
     }
 }
 
@@ -670,28 +610,6 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
-    }
-
-    #[test]
-    fn reads_its_variables_and_reports_every_bad_one() {
-        let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
-        };
-        let config = DemoConfig::from_lookup(vars(&[])).unwrap();
-        assert_eq!((config.devices, config.interval), (12, Duration::from_secs(1)));
-        let config = DemoConfig::from_lookup(vars(&[
-            ("LIVE_DEMO_DEVICES", " 3 "),
-            ("LIVE_DEMO_INTERVAL_MS", ""),
-        ]))
-        .unwrap();
-        assert_eq!((config.devices, config.interval), (3, Duration::from_secs(1)));
-        let err = DemoConfig::from_lookup(vars(&[
-            ("LIVE_DEMO_DEVICES", "0"),
-            ("LIVE_DEMO_INTERVAL_MS", "fast"),
-        ]))
-        .unwrap_err();
-        assert!(err.contains("LIVE_DEMO_DEVICES=\"0\""), "{err}");
-        assert!(err.contains("LIVE_DEMO_INTERVAL_MS=\"fast\""), "{err}");
     }
 
     #[test]
