@@ -42,6 +42,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod http_codec;
 pub mod logging;
 mod metrics;
 mod outbound;

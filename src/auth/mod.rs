@@ -19,7 +19,7 @@ use std::fmt;
 use std::time::Instant;
 
 use crate::config::{AuthMode, Config, Secret};
-use crate::http::server::RequestHead;
+use crate::http_codec::RequestHead;
 use crate::metrics::Metrics;
 
 pub(crate) use none::NoAuth;

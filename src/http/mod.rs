@@ -1,9 +1,8 @@
 //! The ops port (`HTTP_HOST:HTTP_PORT`): metrics, health, ingest, debug.
 //!
 //! - `server.rs`: a small blocking HTTP/1.1 server (`http` accept thread,
-//!   one `http-N` thread per connection), also used to read the WebSocket
-//!   port's upgrade requests;
-//! - this file: the routes.
+//!   one `http-N` thread per connection) over [`crate::http_codec`];
+//! - this file: the routes, run on the `http-N` threads.
 
 pub(crate) mod server;
 
@@ -16,9 +15,10 @@ use serde_json::{Value, json};
 use crate::auth;
 use crate::broadcast::Command;
 use crate::config::Secret;
+use crate::http_codec::{Request, RequestHead, Response};
 use crate::server::Shared;
 use crate::source::ingest;
-use server::{Handler, Request, RequestHead, Response};
+use server::Handler;
 
 /// The routes of the ops port.
 #[derive(Debug)]

@@ -20,7 +20,7 @@ use tungstenite::handshake::derive_accept_key;
 use crate::accept::Slot;
 use crate::auth::{self, AuthError, Credentials, Identity};
 use crate::config::AuthMode;
-use crate::http::server::{HeadError, RequestHead, Response, read_head, write_response};
+use crate::http_codec::{HeadError, RequestHead, Response, read_head, write_response};
 use crate::server::Shared;
 
 /// Largest upgrade request head accepted.
