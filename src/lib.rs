@@ -67,7 +67,7 @@ pub use proxy::TrustedProxies;
 
 use accept::Acceptor;
 use broadcast::{Broadcaster, Command};
-use http::server::{HttpServer, Limits};
+use http::runtime::{HttpServer, Limits};
 use protocol::CloseReason;
 pub use server::Service;
 use server::{Shared, WsPort};

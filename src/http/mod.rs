@@ -1,10 +1,10 @@
 //! The ops port (`HTTP_HOST:HTTP_PORT`): metrics, health, ingest, debug.
 //!
-//! - `server.rs`: a small blocking HTTP/1.1 server (`http` accept thread,
+//! - `runtime.rs`: a small blocking HTTP/1.1 server (`http` accept thread,
 //!   one `http-N` thread per connection) over [`crate::http_codec`];
 //! - this file: the routes, run on the `http-N` threads.
 
-pub(crate) mod server;
+pub(crate) mod runtime;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::config::Secret;
 use crate::http_codec::{Request, RequestHead, Response};
 use crate::server::Shared;
 use crate::source::ingest;
-use server::Handler;
+use runtime::Handler;
 
 /// The routes of the ops port.
 #[derive(Debug)]
