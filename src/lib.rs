@@ -39,6 +39,7 @@ mod auth;
 mod broadcast;
 mod config;
 pub mod demo;
+mod directus;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;

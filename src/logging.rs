@@ -45,6 +45,19 @@ pub fn init(level: log::LevelFilter, format: LogFormat) -> Result<(), log::SetLo
     dispatch.chain(std::io::stderr()).apply()
 }
 
+/// A JSON error as its kind and place only (`invalid JSON at line 3 column
+/// 7`), never serde's message, which quotes the value it choked on: in a
+/// secrets file that value may be a token.
+pub(crate) fn json_error_at(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Eof => "JSON cut short",
+        serde_json::error::Category::Data => "unexpected JSON shape",
+        serde_json::error::Category::Io => "read error",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
 /// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 fn rfc3339_now() -> String {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

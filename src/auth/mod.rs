@@ -2,7 +2,8 @@
 //!
 //! - `none.rs`: everyone is `anonymous`;
 //! - `tokens.rs`: bearer tokens from a JSON file, re-read when it changes;
-//! - `directus.rs`: Directus's `/users/me` and item permissions, over HTTP;
+//! - `directus.rs`: Directus's `/users/me` and item permissions, through
+//!   [`crate::directus::Client`];
 //! - `cache.rs`: the bounded decision cache with one lookup in flight per
 //!   credential, which keeps a reconnect storm from becoming a Directus
 //!   storm.
@@ -11,14 +12,15 @@
 //! read, a network call): a slow authority stalls that client only.
 
 mod cache;
-pub(crate) mod directus;
+mod directus;
 mod none;
-pub(crate) mod tokens;
+mod tokens;
 
 use std::fmt;
 use std::time::Instant;
 
 use crate::config::{AuthMode, Config, Secret};
+use crate::directus::SESSION_COOKIE;
 use crate::http_codec::RequestHead;
 use crate::metrics::Metrics;
 
@@ -35,9 +37,6 @@ pub(crate) struct Credentials {
     /// The session cookie.
     pub(crate) cookie: Option<Secret>,
 }
-
-/// Name of the Directus session cookie.
-pub(crate) const SESSION_COOKIE: &str = "directus_session_token";
 
 impl Credentials {
     pub(crate) fn from_head(head: &RequestHead) -> Credentials {
