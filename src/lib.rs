@@ -68,7 +68,7 @@ pub use proxy::TrustedProxies;
 
 use accept::Acceptor;
 use broadcast::{Broadcaster, Command};
-use http::runtime::{HttpServer, Limits};
+use http::runtime::{HttpServer, PortLimits};
 use protocol::CloseReason;
 pub use server::Service;
 use server::{Shared, WsPort};
@@ -188,7 +188,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         None => None,
     };
 
-    let limits = Limits {
+    let limits = PortLimits {
         max_body_bytes: config.ingest_max_body_bytes,
         max_head_bytes: 16 * 1024,
         max_connections: 256,

@@ -1,6 +1,7 @@
 //! Log output through `fern`: `text` lines or one JSON object per line.
 //!
-//! Only `main` calls [`init`]; the library only uses `log` macros. Log lines
+//! Only `main` calls [`init`], on its own thread; the library only uses `log`
+//! macros, and each line is formatted on the thread that logs it. Log lines
 //! never carry tokens or cookies: no code logs a header value or a query.
 
 use std::time::{SystemTime, UNIX_EPOCH};

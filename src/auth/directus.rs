@@ -11,9 +11,9 @@
 //!   403 both for an item the user may not read and for one that does not
 //!   exist); anything else is `authz-unavailable`.
 //!
-//! Both run in the asking connection's own thread, blocking for at most
-//! `DIRECTUS_AUTH_TIMEOUT_MS` / `DIRECTUS_AUTHZ_TIMEOUT_MS`, so a slow
-//! Directus stalls only the clients waiting on it. Decisions go through a
+//! Both run on the asking connection's own `ws-xxxxxxxx` thread, blocking
+//! for at most `DIRECTUS_AUTH_TIMEOUT_MS` / `DIRECTUS_AUTHZ_TIMEOUT_MS`, so
+//! a slow Directus stalls only the clients waiting on it. Decisions go through a
 //! [`DecisionCache`] keyed by a keyed hash of the credential, so that a
 //! reconnect storm with one session makes one request.
 //!

@@ -8,8 +8,9 @@
 //!   credential, which keeps a reconnect storm from becoming a Directus
 //!   storm.
 //!
-//! Both calls run in the connection's own thread and may block (a file
-//! read, a network call): a slow authority stalls that client only.
+//! Both calls run on the connection's own `ws-xxxxxxxx` thread and may
+//! block (a file read, a network call): a slow authority stalls that client
+//! only.
 
 mod cache;
 mod directus;

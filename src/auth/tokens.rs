@@ -1,11 +1,12 @@
 //! Mode `tokens`: `{"<token>":{"user":"alice","events":["e-42","*"]}}`.
 //!
 //! The file is re-read when its modification time or length changes, checked
-//! on every authentication and authorization (one `stat`), so that adding or
-//! revoking a token needs no restart. A file that becomes unreadable or
-//! invalid keeps the previous tokens and is logged, by line and column only:
-//! serde's own message quotes the offending value, which may be a token
-//! (SPEC §9, "Logs").
+//! on every authentication and authorization (one `stat`, on the asking
+//! connection's `ws-xxxxxxxx` thread), so that adding or revoking a token
+//! needs no restart. A file that becomes unreadable or invalid keeps the
+//! previous tokens and is logged, by line and column only: serde's own
+//! message quotes the offending value, which may be a token (SPEC §9,
+//! "Logs").
 
 use std::collections::HashMap;
 use std::path::PathBuf;

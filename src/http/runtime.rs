@@ -5,7 +5,7 @@
 //! Threads:
 //! - `http`, the accept thread ([`crate::accept::Acceptor`], shared with the
 //!   WebSocket port), blocks in `accept()`. It enforces
-//!   [`Limits::max_connections`] and [`Limits::max_connections_per_ip`]
+//!   [`PortLimits::max_connections`] and [`PortLimits::max_connections_per_ip`]
 //!   itself: past them it writes a `503` without blocking and closes, so a
 //!   flood never costs a thread. Otherwise it spawns the connection's
 //!   thread, whose [`Slot`] registers the socket for the stop.
@@ -18,8 +18,8 @@
 //!   remaining sockets down and joins the threads.
 //!
 //! Every blocking read carries a deadline: a request head or body must arrive
-//! within [`Limits::read_timeout`], and a keep-alive connection may stay quiet
-//! for [`Limits::idle_timeout`]. Before each read the socket timeout is set to
+//! within [`PortLimits::read_timeout`], and a keep-alive connection may stay quiet
+//! for [`PortLimits::idle_timeout`]. Before each read the socket timeout is set to
 //! the time *left*, so a peer trickling one byte at a time (slowloris) is cut
 //! at the deadline instead of resetting it with every byte.
 //!
@@ -95,7 +95,7 @@ where
 /// Resource limits of one [`HttpServer`]. Every field bounds what one peer
 /// can cost us.
 #[derive(Debug, Clone)]
-pub(crate) struct Limits {
+pub(crate) struct PortLimits {
     /// Largest request body, declared or chunked; more gets `413` and the
     /// connection closed before the body is read. Default 8 MiB (SPEC §4
     /// `INGEST_MAX_BODY_BYTES`).
@@ -134,7 +134,7 @@ pub(crate) struct Limits {
     pub(crate) idle_timeout: Duration,
 }
 
-impl Limits {
+impl PortLimits {
     /// The bounds of one request body.
     fn body(&self) -> BodyLimits {
         BodyLimits {
@@ -145,9 +145,9 @@ impl Limits {
     }
 }
 
-impl Default for Limits {
+impl Default for PortLimits {
     fn default() -> Self {
-        Limits {
+        PortLimits {
             max_body_bytes: 8 * 1024 * 1024,
             max_head_bytes: 16 * 1024,
             max_connections: 256,
@@ -167,7 +167,7 @@ pub(crate) struct HttpServer {
     /// The address the listener is bound to (the real port when bound to 0).
     local_addr: SocketAddr,
     /// State shared with the accept and connection threads.
-    shared: Arc<Shared>,
+    shared: Arc<PortState>,
     /// The `http` accept thread.
     acceptor: Acceptor,
     /// False once stopped.
@@ -197,7 +197,7 @@ impl HttpServer {
     /// be spawned, or a timeout in `limits` is zero (`InvalidInput`).
     pub(crate) fn start(
         listener: TcpListener,
-        limits: Limits,
+        limits: PortLimits,
         handler: Arc<dyn Handler>,
         refused: Option<IntCounterVec>,
     ) -> io::Result<HttpServer> {
@@ -217,7 +217,7 @@ impl HttpServer {
             trusted: limits.trusted_proxies.clone(),
         };
         let admission = Admission::new("http", rules, refused);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(PortState {
             limits,
             handler,
             stopping: AtomicBool::new(false),
@@ -284,9 +284,9 @@ impl Drop for HttpServer {
 
 /// State shared by the server handle, the accept thread and the connection
 /// threads.
-struct Shared {
+struct PortState {
     /// The limits given to `start`.
-    limits: Limits,
+    limits: PortLimits,
     /// The application.
     handler: Arc<dyn Handler>,
     /// Set once by `stop`: no new connections, no new requests.
@@ -301,7 +301,7 @@ struct Shared {
 
 /// The ops port as the accept thread sees it.
 struct HttpPort {
-    shared: Arc<Shared>,
+    shared: Arc<PortState>,
     /// Thread names are `http-<u32>`: at most 15 bytes, wrapping after 2^32.
     counter: u32,
 }
@@ -349,7 +349,7 @@ impl Port for HttpPort {
 /// Serves requests on one connection until it closes; returns why it ended,
 /// for the log.
 fn serve_connection(
-    shared: &Shared,
+    shared: &PortState,
     slot: &mut Slot,
     stream: &mut TcpStream,
     remote: SocketAddr,
@@ -520,8 +520,8 @@ mod tests {
     use std::sync::mpsc;
 
     /// Limits small enough for tests to hit them quickly.
-    fn test_limits() -> Limits {
-        Limits {
+    fn test_limits() -> PortLimits {
+        PortLimits {
             max_body_bytes: 1024,
             max_head_bytes: 4096,
             max_connections: 8,
@@ -548,12 +548,12 @@ mod tests {
         }
     }
 
-    fn start(limits: Limits) -> HttpServer {
+    fn start(limits: PortLimits) -> HttpServer {
         start_with(limits, Arc::new(echo))
     }
 
     /// Binds 127.0.0.1:0 before starting, so the port is ready on return.
-    fn start_with(limits: Limits, handler: Arc<dyn Handler>) -> HttpServer {
+    fn start_with(limits: PortLimits, handler: Arc<dyn Handler>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         HttpServer::start(listener, limits, handler, None).expect("start")
     }
@@ -734,8 +734,10 @@ mod tests {
 
     #[test]
     fn a_head_check_answers_before_100_continue_and_any_body_byte() {
-        let server =
-            start_with(Limits { max_body_bytes: 10_000_000, ..test_limits() }, Arc::new(Guarded));
+        let server = start_with(
+            PortLimits { max_body_bytes: 10_000_000, ..test_limits() },
+            Arc::new(Guarded),
+        );
         let mut c = Client::connect(&server);
         c.send(
             b"POST /guarded HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\
@@ -758,7 +760,7 @@ mod tests {
 
     #[test]
     fn the_next_head_on_a_keep_alive_connection_is_due_within_the_head_timeout() {
-        let limits = Limits {
+        let limits = PortLimits {
             head_timeout: Duration::from_millis(400),
             idle_timeout: Duration::from_secs(30),
             ..test_limits()
@@ -833,7 +835,8 @@ mod tests {
 
     #[test]
     fn idle_keep_alive_connection_is_closed() {
-        let server = start(Limits { idle_timeout: Duration::from_millis(200), ..test_limits() });
+        let server =
+            start(PortLimits { idle_timeout: Duration::from_millis(200), ..test_limits() });
         let mut c = Client::connect(&server);
         c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
         c.reply(false);
@@ -844,7 +847,7 @@ mod tests {
 
     #[test]
     fn slowloris_head_is_cut_at_the_deadline() {
-        let server = start(Limits { head_timeout: Duration::from_secs(1), ..test_limits() });
+        let server = start(PortLimits { head_timeout: Duration::from_secs(1), ..test_limits() });
         let started = Instant::now();
         let mut c = Client::connect(&server);
         let mut writer = c.stream.try_clone().expect("clone");
@@ -871,7 +874,8 @@ mod tests {
 
     #[test]
     fn silent_connection_is_closed_without_a_response() {
-        let server = start(Limits { head_timeout: Duration::from_millis(300), ..test_limits() });
+        let server =
+            start(PortLimits { head_timeout: Duration::from_millis(300), ..test_limits() });
         let mut c = Client::connect(&server);
         assert!(c.at_eof());
     }
@@ -915,7 +919,7 @@ mod tests {
 
     #[test]
     fn connections_over_the_cap_get_503() {
-        let server = start(Limits { max_connections: 1, ..test_limits() });
+        let server = start(PortLimits { max_connections: 1, ..test_limits() });
         let mut first = Client::connect(&server);
         first.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
         assert_eq!(first.reply(false).status, 200);

@@ -1,4 +1,5 @@
-//! The HTTP upgrade (RFC 6455 §4.2), run in the new connection's thread.
+//! The HTTP upgrade (RFC 6455 §4.2), run on the new connection's own
+//! `ws-xxxxxxxx` thread, over [`crate::http_codec`].
 //!
 //! livecast reads and answers the upgrade itself rather than through
 //! tungstenite's `accept_hdr`, because the WebSocket port also answers plain
