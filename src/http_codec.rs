@@ -74,7 +74,7 @@ pub(crate) struct Request {
     pub(crate) method: String,
     /// The request target before `?`, percent-decoding NOT applied.
     pub(crate) path: String,
-    /// The raw query string after `?`, if any (see [`Request::query_param`]).
+    /// The raw query string after `?`, if any (decoded by [`RequestHead::query_param`]).
     pub(crate) query: Option<String>,
     /// Header fields in arrival order, names as sent, values trimmed.
     pub(crate) headers: Vec<(String, String)>,

@@ -28,6 +28,16 @@
 //! - **Back-pressure is bookkeeping.** A full bounded queue (or too many
 //!   queued bytes) marks the client for a 1008 close; nobody waits.
 //!
+//! # Modules
+//!
+//! No import cycle between the modules of `src/`: `server` (the WebSocket
+//! side) and `http` (the ops port) do not import each other; both, and
+//! `auth`, speak HTTP through `http_codec`, a leaf. `start` builds each
+//! side's state and hands it its parts: `server::Shared` for the
+//! connection threads, `http::OpsState` for the routes (the connection
+//! registry and the `accepting` flag are shared between the two). `auth`
+//! and `source` (the device map) reach Directus through `directus`.
+//!
 //! Use [`start`] to run a server and [`Server::stop`] to stop it.
 #![cfg_attr(
     not(test),
