@@ -417,11 +417,12 @@ pub(crate) fn wants_keep_alive(head: &RequestHead) -> bool {
 
 /// Whether any `name` header lists `token` (comma-separated, any case).
 pub(crate) fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).any(|(_, v)| lists_token(v, token))
+}
+
+/// Whether one comma-separated header value lists `token` (any case).
+pub(crate) fn lists_token(value: &str, token: &str) -> bool {
+    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Why a request body could not be read.
@@ -967,6 +968,16 @@ mod tests {
         assert!(matches!(result, Err(HeadError::Timeout)), "{result:?}");
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(290) && elapsed < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn header_token_lists() {
+        assert!(lists_token("keep-alive, Upgrade", "upgrade"));
+        assert!(!lists_token("upgraded", "upgrade"));
+        let headers =
+            vec![("Connection".to_owned(), "x".to_owned()), ("connection".into(), "Close".into())];
+        assert!(has_token(&headers, "CONNECTION", "close"));
+        assert!(!has_token(&headers, "upgrade", "close"));
     }
 
     #[test]
