@@ -1,5 +1,6 @@
 //! A bounded, time-limited cache of auth decisions with one lookup in
-//! flight per key, shared by the connection threads that ask.
+//! flight per key, shared by the connection threads (`ws-xxxxxxxx`) that
+//! ask.
 //!
 //! Why the in-flight gate: after a restart or a network blip every
 //! dashboard of an installation reconnects within a second, often with the
