@@ -28,6 +28,16 @@
 //! - **Back-pressure is bookkeeping.** A full bounded queue (or too many
 //!   queued bytes) marks the client for a 1008 close; nobody waits.
 //!
+//! # Modules
+//!
+//! No import cycle between the modules of `src/`: `server` (the WebSocket
+//! side) and `http` (the ops port) do not import each other; both, and
+//! `auth`, speak HTTP through `http_codec`, a leaf. `start` builds each
+//! side's state and hands it its parts: `server::Shared` for the
+//! connection threads, `http::OpsState` for the routes (the connection
+//! registry and the `accepting` flag are shared between the two). `auth`
+//! and `source` (the device map) reach Directus through `directus`.
+//!
 //! Use [`start`] to run a server and [`Server::stop`] to stop it.
 #![cfg_attr(
     not(test),
@@ -39,9 +49,11 @@ mod auth;
 mod broadcast;
 mod config;
 pub mod demo;
+mod directus;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod http_codec;
 pub mod logging;
 mod metrics;
 mod outbound;
@@ -66,7 +78,7 @@ pub use proxy::TrustedProxies;
 
 use accept::Acceptor;
 use broadcast::{Broadcaster, Command};
-use http::server::{HttpServer, Limits};
+use http::runtime::{HttpServer, PortLimits};
 use protocol::CloseReason;
 pub use server::Service;
 use server::{Shared, WsPort};
@@ -186,7 +198,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         None => None,
     };
 
-    let limits = Limits {
+    let limits = PortLimits {
         max_body_bytes: config.ingest_max_body_bytes,
         max_head_bytes: 16 * 1024,
         max_connections: 256,
@@ -218,8 +230,18 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
     // The dashboard needs the port clients can reach, the real one when 0
     // was asked for.
     let ws_port = ws_listener.local_addr().map_or(config.ws_port, |a| a.port());
-    let shared = Arc::new(Shared::new(config, metrics, service, commands, auth, status, sink));
-    let routes = Arc::new(http::Routes::new(Arc::clone(&shared), ws_port));
+    let settings = http::RouteSettings::from_config(&config);
+    let shared = Arc::new(Shared::new(config, metrics.clone(), service, commands.clone(), auth));
+    let ops = http::OpsState {
+        settings,
+        metrics,
+        commands,
+        sink,
+        source: status,
+        connections: Arc::clone(&shared.connections),
+        accepting: Arc::clone(&shared.accepting),
+    };
+    let routes = Arc::new(http::Routes::new(ops, ws_port));
     let refused = Some(shared.metrics.http_refused.clone());
     let http =
         HttpServer::start(http_listener, limits, routes, refused).map_err(StartError::Spawn)?;

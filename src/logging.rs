@@ -1,6 +1,7 @@
 //! Log output through `fern`: `text` lines or one JSON object per line.
 //!
-//! Only `main` calls [`init`]; the library only uses `log` macros. Log lines
+//! Only `main` calls [`init`], on its own thread; the library only uses `log`
+//! macros, and each line is formatted on the thread that logs it. Log lines
 //! never carry tokens or cookies: no code logs a header value or a query.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,6 +44,19 @@ pub fn init(level: log::LevelFilter, format: LogFormat) -> Result<(), log::SetLo
         }),
     };
     dispatch.chain(std::io::stderr()).apply()
+}
+
+/// A JSON error as its kind and place only (`invalid JSON at line 3 column
+/// 7`), never serde's message, which quotes the value it choked on: in a
+/// secrets file that value may be a token.
+pub(crate) fn json_error_at(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Syntax => "invalid JSON",
+        serde_json::error::Category::Eof => "JSON cut short",
+        serde_json::error::Category::Data => "unexpected JSON shape",
+        serde_json::error::Category::Io => "read error",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 /// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`.

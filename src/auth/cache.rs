@@ -1,5 +1,6 @@
 //! A bounded, time-limited cache of auth decisions with one lookup in
-//! flight per key, shared by the connection threads that ask.
+//! flight per key, shared by the connection threads (`ws-xxxxxxxx`) that
+//! ask.
 //!
 //! Why the in-flight gate: after a restart or a network blip every
 //! dashboard of an installation reconnects within a second, often with the
@@ -24,8 +25,8 @@ use parking_lot::{Condvar, Mutex};
 /// A cache key: a keyed 128-bit hash of what the decision depends on.
 pub(crate) type Key = u128;
 
-/// What a key maps to.
-enum Slot<V> {
+/// What a key maps to: a decision, or a lookup in flight.
+enum Entry<V> {
     /// A decision, valid until `expires`.
     Ready { value: V, expires: Instant },
     /// A lookup in progress; waiters block on it.
@@ -59,14 +60,14 @@ pub(crate) enum Served {
 /// The cache. `V` is what a lookup yields (an answer or a failure);
 /// `keep` decides how long each one is kept (zero: not at all).
 pub(crate) struct DecisionCache<V> {
-    slots: Mutex<HashMap<Key, Slot<V>>>,
+    entries: Mutex<HashMap<Key, Entry<V>>>,
     capacity: usize,
 }
 
 impl<V> fmt::Debug for DecisionCache<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DecisionCache")
-            .field("entries", &self.slots.lock().len())
+            .field("entries", &self.entries.lock().len())
             .field("capacity", &self.capacity)
             .finish()
     }
@@ -75,7 +76,7 @@ impl<V> fmt::Debug for DecisionCache<V> {
 impl<V: Clone> DecisionCache<V> {
     /// A cache holding at most about `capacity` decisions.
     pub(crate) fn new(capacity: usize) -> DecisionCache<V> {
-        DecisionCache { slots: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+        DecisionCache { entries: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
     }
 
     /// The decision for `key`: from the cache, from the lookup another
@@ -94,14 +95,14 @@ impl<V: Clone> DecisionCache<V> {
         fetch: impl FnOnce() -> V,
     ) -> (V, Served) {
         let flight = {
-            let slots = self.slots.lock();
+            let entries = self.entries.lock();
             let now = Instant::now();
-            match slots.get(&key) {
-                Some(Slot::Ready { value, expires }) if *expires > now => {
+            match entries.get(&key) {
+                Some(Entry::Ready { value, expires }) if *expires > now => {
                     return (value.clone(), Served::Shared);
                 }
-                Some(Slot::Pending(flight)) => Some(Arc::clone(flight)),
-                Some(Slot::Ready { .. }) | None => None,
+                Some(Entry::Pending(flight)) => Some(Arc::clone(flight)),
+                Some(Entry::Ready { .. }) | None => None,
             }
         };
         if let Some(flight) = flight {
@@ -115,26 +116,26 @@ impl<V: Clone> DecisionCache<V> {
         let flight =
             Arc::new(Flight { state: Mutex::new(FlightState::Running), done: Condvar::new() });
         {
-            let mut slots = self.slots.lock();
+            let mut entries = self.entries.lock();
             // Another thread may have become leader between the two locks.
-            match slots.get(&key) {
-                Some(Slot::Pending(other)) => {
+            match entries.get(&key) {
+                Some(Entry::Pending(other)) => {
                     let other = Arc::clone(other);
-                    drop(slots);
+                    drop(entries);
                     if let Some(value) = other.wait(Instant::now() + wait_limit) {
                         return (value, Served::Shared);
                     }
                     return (fetch(), Served::Fetched);
                 }
-                Some(Slot::Ready { value, expires }) if *expires > Instant::now() => {
+                Some(Entry::Ready { value, expires }) if *expires > Instant::now() => {
                     return (value.clone(), Served::Shared);
                 }
-                Some(Slot::Ready { .. }) | None => {}
+                Some(Entry::Ready { .. }) | None => {}
             }
-            if slots.len() >= self.capacity {
-                evict(&mut slots, self.capacity);
+            if entries.len() >= self.capacity {
+                evict(&mut entries, self.capacity);
             }
-            slots.insert(key, Slot::Pending(Arc::clone(&flight)));
+            entries.insert(key, Entry::Pending(Arc::clone(&flight)));
         }
         let mut lead = Lead { cache: self, key, flight, finished: false };
         let value = fetch();
@@ -145,30 +146,30 @@ impl<V: Clone> DecisionCache<V> {
     /// Number of keys held (answers and lookups in flight).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.slots.lock().len()
+        self.entries.lock().len()
     }
 }
 
 /// Makes room: drops expired answers, then, if still full, the answer
 /// closest to expiry. Lookups in flight are never dropped (their number is
 /// bounded by the connection threads).
-fn evict<V>(slots: &mut HashMap<Key, Slot<V>>, capacity: usize) {
+fn evict<V>(entries: &mut HashMap<Key, Entry<V>>, capacity: usize) {
     let now = Instant::now();
-    slots.retain(|_, slot| match slot {
-        Slot::Ready { expires, .. } => *expires > now,
-        Slot::Pending(_) => true,
+    entries.retain(|_, entry| match entry {
+        Entry::Ready { expires, .. } => *expires > now,
+        Entry::Pending(_) => true,
     });
-    while slots.len() >= capacity {
-        let oldest = slots
+    while entries.len() >= capacity {
+        let oldest = entries
             .iter()
-            .filter_map(|(k, slot)| match slot {
-                Slot::Ready { expires, .. } => Some((*k, *expires)),
-                Slot::Pending(_) => None,
+            .filter_map(|(k, entry)| match entry {
+                Entry::Ready { expires, .. } => Some((*k, *expires)),
+                Entry::Pending(_) => None,
             })
             .min_by_key(|(_, expires)| *expires);
         match oldest {
             Some((key, _)) => {
-                slots.remove(&key);
+                entries.remove(&key);
             }
             None => return,
         }
@@ -209,13 +210,13 @@ struct Lead<'a, V: Clone> {
 impl<V: Clone> Lead<'_, V> {
     fn finish(&mut self, value: &V, keep: Duration) {
         {
-            let mut slots = self.cache.slots.lock();
-            if self.is_ours(&slots) {
+            let mut entries = self.cache.entries.lock();
+            if self.is_ours(&entries) {
                 if keep.is_zero() {
-                    slots.remove(&self.key);
+                    entries.remove(&self.key);
                 } else {
                     let expires = Instant::now() + keep;
-                    slots.insert(self.key, Slot::Ready { value: value.clone(), expires });
+                    entries.insert(self.key, Entry::Ready { value: value.clone(), expires });
                 }
             }
         }
@@ -225,9 +226,9 @@ impl<V: Clone> Lead<'_, V> {
     }
 
     /// Whether the key still points at this leader's flight (an eviction
-    /// never removes a pending slot, but stay safe).
-    fn is_ours(&self, slots: &HashMap<Key, Slot<V>>) -> bool {
-        matches!(slots.get(&self.key), Some(Slot::Pending(f)) if Arc::ptr_eq(f, &self.flight))
+    /// never removes a pending entry, but stay safe).
+    fn is_ours(&self, entries: &HashMap<Key, Entry<V>>) -> bool {
+        matches!(entries.get(&self.key), Some(Entry::Pending(f)) if Arc::ptr_eq(f, &self.flight))
     }
 }
 
@@ -237,9 +238,9 @@ impl<V: Clone> Drop for Lead<'_, V> {
             return;
         }
         {
-            let mut slots = self.cache.slots.lock();
-            if self.is_ours(&slots) {
-                slots.remove(&self.key);
+            let mut entries = self.cache.entries.lock();
+            if self.is_ours(&entries) {
+                entries.remove(&self.key);
             }
         }
         *self.flight.state.lock() = FlightState::Abandoned;
@@ -323,10 +324,10 @@ mod tests {
                     })
                 })
                 .collect();
-            // Every waiter holds the flight (slot + leader + 8): release.
-            let holders = || match cache.slots.lock().get(&1) {
-                Some(Slot::Pending(f)) => Arc::strong_count(f),
-                _ => panic!("the leader's slot is pending"),
+            // Every waiter holds the flight (entry + leader + 8): release.
+            let holders = || match cache.entries.lock().get(&1) {
+                Some(Entry::Pending(f)) => Arc::strong_count(f),
+                _ => panic!("the leader's entry is pending"),
             };
             while holders() < 10 {
                 std::thread::yield_now();

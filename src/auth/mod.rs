@@ -2,24 +2,27 @@
 //!
 //! - `none.rs`: everyone is `anonymous`;
 //! - `tokens.rs`: bearer tokens from a JSON file, re-read when it changes;
-//! - `directus.rs`: Directus's `/users/me` and item permissions, over HTTP;
+//! - `directus.rs`: Directus's `/users/me` and item permissions, through
+//!   [`crate::directus::Client`];
 //! - `cache.rs`: the bounded decision cache with one lookup in flight per
 //!   credential, which keeps a reconnect storm from becoming a Directus
 //!   storm.
 //!
-//! Both calls run in the connection's own thread and may block (a file
-//! read, a network call): a slow authority stalls that client only.
+//! Both calls run on the connection's own `ws-xxxxxxxx` thread and may
+//! block (a file read, a network call): a slow authority stalls that client
+//! only.
 
 mod cache;
-pub(crate) mod directus;
+mod directus;
 mod none;
-pub(crate) mod tokens;
+mod tokens;
 
 use std::fmt;
 use std::time::Instant;
 
 use crate::config::{AuthMode, Config, Secret};
-use crate::http::server::RequestHead;
+use crate::directus::SESSION_COOKIE;
+use crate::http_codec::RequestHead;
 use crate::metrics::Metrics;
 
 pub(crate) use none::NoAuth;
@@ -35,9 +38,6 @@ pub(crate) struct Credentials {
     /// The session cookie.
     pub(crate) cookie: Option<Secret>,
 }
-
-/// Name of the Directus session cookie.
-pub(crate) const SESSION_COOKIE: &str = "directus_session_token";
 
 impl Credentials {
     pub(crate) fn from_head(head: &RequestHead) -> Credentials {

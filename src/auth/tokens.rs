@@ -1,11 +1,12 @@
 //! Mode `tokens`: `{"<token>":{"user":"alice","events":["e-42","*"]}}`.
 //!
 //! The file is re-read when its modification time or length changes, checked
-//! on every authentication and authorization (one `stat`), so that adding or
-//! revoking a token needs no restart. A file that becomes unreadable or
-//! invalid keeps the previous tokens and is logged, by line and column only:
-//! serde's own message quotes the offending value, which may be a token
-//! (SPEC §9, "Logs").
+//! on every authentication and authorization (one `stat`, on the asking
+//! connection's `ws-xxxxxxxx` thread), so that adding or revoking a token
+//! needs no restart. A file that becomes unreadable or invalid keeps the
+//! previous tokens and is logged, by line and column only: serde's own
+//! message quotes the offending value, which may be a token (SPEC §9,
+//! "Logs").
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 use super::{AuthError, Authenticator, AuthzError, Credentials, Identity};
+use crate::logging::json_error_at;
 
 #[derive(Debug, Deserialize)]
 struct Grant {
@@ -81,19 +83,6 @@ impl TokenFile {
         let loaded = self.loaded.lock();
         loaded.grants.get(token).map(|g| (g.user.clone(), g.events.clone()))
     }
-}
-
-/// A JSON error as its kind and place only (`invalid JSON at line 3 column
-/// 7`), never serde's message, which quotes the value it choked on: in a
-/// secrets file that value may be a token.
-pub(crate) fn json_error_at(e: &serde_json::Error) -> String {
-    let what = match e.classify() {
-        serde_json::error::Category::Syntax => "invalid JSON",
-        serde_json::error::Category::Eof => "JSON cut short",
-        serde_json::error::Category::Data => "unexpected JSON shape",
-        serde_json::error::Category::Io => "read error",
-    };
-    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {

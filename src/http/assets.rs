@@ -9,7 +9,7 @@
 //! copy but revalidate it (`If-None-Match` → `304`), so that pages see an
 //! upgraded livecast at once.
 
-use super::server::{Request, Response};
+use crate::http_codec::{Request, Response};
 
 /// The library. Its default WebSocket port is a placeholder that the serving
 /// server fills in (the bound port, known only at start).

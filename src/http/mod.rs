@@ -1,31 +1,89 @@
 //! The ops port (`HTTP_HOST:HTTP_PORT`): metrics, health, ingest, debug.
 //!
-//! - `server.rs`: a small blocking HTTP/1.1 server (`http` accept thread,
-//!   one `http-N` thread per connection), also used to read the WebSocket
-//!   port's upgrade requests;
+//! - `runtime.rs`: a small blocking HTTP/1.1 server (`http` accept thread,
+//!   one `http-N` thread per connection) over [`crate::http_codec`];
 //! - `assets.rs`: the client library's files (`/livecast.js`, `.d.ts`);
-//! - this file: the routes.
+//! - this file: the routes, run on the `http-N` threads.
 
 mod assets;
-pub(crate) mod server;
+pub(crate) mod runtime;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use crossbeam_channel::Sender;
+use parking_lot::RwLock;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::auth;
 use crate::broadcast::Command;
-use crate::config::Secret;
-use crate::server::Shared;
+use crate::config::{Config, Secret};
+use crate::http_codec::{Request, RequestHead, Response};
+use crate::metrics::Metrics;
+use crate::outbound::ClientHandle;
 use crate::source::ingest;
-use server::{Handler, Request, RequestHead, Response};
+use crate::source::redis::{SourceStatus, StreamSink};
+use runtime::Handler;
+
+/// What the ops routes use of the rest of the server, handed over by
+/// `start`; the connection registry and the `accepting` flag are the
+/// WebSocket side's, shared.
+#[derive(Debug)]
+pub(crate) struct OpsState {
+    /// The settings the routes read.
+    pub(crate) settings: RouteSettings,
+    pub(crate) metrics: Metrics,
+    /// The broadcaster's inbox: ingested positions go there without Redis.
+    pub(crate) commands: Sender<Command>,
+    /// Where ingested positions go when Redis is configured.
+    pub(crate) sink: Option<StreamSink>,
+    /// The Redis source's state, for `/readyz`, when Redis is configured.
+    pub(crate) source: Option<Arc<SourceStatus>>,
+    /// Open (post-upgrade) WebSocket connections, for `/debug/connections`.
+    pub(crate) connections: Arc<RwLock<HashMap<Uuid, Arc<ClientHandle>>>>,
+    /// False once a stop has begun: `/readyz` turns 503.
+    pub(crate) accepting: Arc<AtomicBool>,
+}
+
+/// The configuration the routes read, taken from [`Config`] at start.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteSettings {
+    /// `HTTP_HOST`: without `DEBUG_TOKEN`, `/debug/*` answers only on a
+    /// loopback host.
+    pub(crate) http_host: IpAddr,
+    /// `DEBUG_TOKEN`.
+    pub(crate) debug_token: Option<Secret>,
+    /// `INGEST_TOKEN`.
+    pub(crate) ingest_token: Option<Secret>,
+    /// `LIVE_WS_ALLOWED_ORIGINS`, which `POST /ingest` accepts too.
+    pub(crate) allowed_origins: Vec<String>,
+    /// `INGEST_MAX_ITEMS`.
+    pub(crate) ingest_max_items: usize,
+    /// `LIVE_MAX_POSITION_BYTES`.
+    pub(crate) max_position_bytes: usize,
+}
+
+impl RouteSettings {
+    /// The routes' part of `config`.
+    pub(crate) fn from_config(config: &Config) -> RouteSettings {
+        RouteSettings {
+            http_host: config.http_host,
+            debug_token: config.debug_token.clone(),
+            ingest_token: config.ingest_token.clone(),
+            allowed_origins: config.allowed_origins.clone(),
+            ingest_max_items: config.ingest_max_items,
+            max_position_bytes: config.max_position_bytes,
+        }
+    }
+}
 
 /// The routes of the ops port.
 #[derive(Debug)]
 pub(crate) struct Routes {
-    pub(crate) shared: Arc<Shared>,
+    state: OpsState,
     /// The dashboard page, its WebSocket port filled in once at start.
     index: Vec<u8>,
     /// `/livecast.js` and `/livecast.d.ts`, likewise.
@@ -49,10 +107,8 @@ impl Handler for Routes {
 
     fn handle(&self, req: Request) -> Response {
         match (req.method.as_str(), req.path.as_str()) {
-            ("GET" | "HEAD", "/metrics") => Response::new(200).with_body(
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.shared.metrics.render(),
-            ),
+            ("GET" | "HEAD", "/metrics") => Response::new(200)
+                .with_body("text/plain; version=0.0.4; charset=utf-8", self.state.metrics.render()),
             ("GET" | "HEAD", "/healthz") => Response::text(200, "ok\n"),
             ("GET" | "HEAD", "/readyz") => self.readyz(),
             ("GET" | "HEAD", "/livecast.js") => self.library.js(&req),
@@ -115,16 +171,16 @@ base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 impl Routes {
     /// The routes, with the dashboard pointing at WebSocket port `ws_port`
     /// (the bound one).
-    pub(crate) fn new(shared: Arc<Shared>, ws_port: u16) -> Routes {
+    pub(crate) fn new(state: OpsState, ws_port: u16) -> Routes {
         let index = DASHBOARD.replace(WS_PORT_PLACEHOLDER, &ws_port.to_string()).into_bytes();
-        Routes { shared, index, library: assets::ClientLibrary::new(ws_port) }
+        Routes { state, index, library: assets::ClientLibrary::new(ws_port) }
     }
 
     fn readyz(&self) -> Response {
-        if !self.shared.accepting.load(Ordering::SeqCst) {
+        if !self.state.accepting.load(Ordering::SeqCst) {
             return Response::json(503, &json!({"ready": false, "reason": "shutting down"}));
         }
-        match self.shared.source.as_ref().map(|s| s.check()) {
+        match self.state.source.as_ref().map(|s| s.check()) {
             Some(Err(reason)) => Response::json(503, &json!({"ready": false, "reason": reason})),
             None | Some(Ok(())) => Response::json(200, &json!({"ready": true})),
         }
@@ -135,7 +191,7 @@ impl Routes {
     /// `HTTP_HOST` (403 otherwise), as they list users, client addresses
     /// and events.
     fn debug_guard(&self, head: &RequestHead) -> Option<Response> {
-        let config = &self.shared.config;
+        let config = &self.state.settings;
         match &config.debug_token {
             Some(token) if !bearer_matches(head, token) => Some(unauthorized()),
             Some(_) => None,
@@ -150,7 +206,7 @@ impl Routes {
     /// `POST /ingest` on its head (SPEC §4, §9): token, then a cross-site
     /// `Origin`, then the `Content-Type`.
     fn ingest_guard(&self, head: &RequestHead) -> Option<Response> {
-        let config = &self.shared.config;
+        let config = &self.state.settings;
         if let Some(token) = &config.ingest_token
             && !bearer_matches(head, token)
         {
@@ -177,7 +233,7 @@ impl Routes {
     /// `POST /ingest` once [`Routes::ingest_guard`] passed its head (the
     /// server runs `check_head` before reading any body).
     fn ingest(&self, req: &Request) -> Response {
-        let config = &self.shared.config;
+        let config = &self.state.settings;
         let limits = ingest::Limits {
             max_items: config.ingest_max_items,
             max_position_bytes: config.max_position_bytes,
@@ -196,7 +252,7 @@ impl Routes {
                 return Response::json(400, &json!({"error": e.to_string()}));
             }
         };
-        let metrics = &self.shared.metrics;
+        let metrics = &self.state.metrics;
         let accepted = parsed.positions.len();
         metrics.positions_received.with_label_values(&["ingest"]).inc_by(accepted as u64);
         metrics
@@ -206,12 +262,12 @@ impl Routes {
         if accepted > 0 {
             // With Redis, the stream is the one path to every instance,
             // this one included.
-            if let Some(sink) = &self.shared.sink {
+            if let Some(sink) = &self.state.sink {
                 if let Err(e) = sink.append(&parsed.positions) {
                     return Response::json(503, &json!({"error": format!("redis: {e}")}))
                         .with_header("Retry-After", "1");
                 }
-            } else if self.shared.commands.send(Command::Positions(parsed.positions)).is_err() {
+            } else if self.state.commands.send(Command::Positions(parsed.positions)).is_err() {
                 return Response::json(503, &json!({"error": "server is stopping"}));
             }
         }
@@ -227,7 +283,7 @@ impl Routes {
 
     fn connections(&self) -> Response {
         let list: Vec<Value> = self
-            .shared
+            .state
             .connections
             .read()
             .values()

@@ -707,7 +707,7 @@ mod tests {
         configure(&mut config);
         let (commands, _) = crossbeam_channel::unbounded();
         let metrics = Metrics::new().expect("metrics");
-        Shared::new(config, metrics, Service::Echo, commands, auth, None, None)
+        Shared::new(config, metrics, Service::Echo, commands, auth)
     }
 
     /// An authority whose every answer to `authenticate` is set by the test.

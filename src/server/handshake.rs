@@ -1,4 +1,5 @@
-//! The HTTP upgrade (RFC 6455 §4.2), run in the new connection's thread.
+//! The HTTP upgrade (RFC 6455 §4.2), run on the new connection's own
+//! `ws-xxxxxxxx` thread, over [`crate::http_codec`].
 //!
 //! livecast reads and answers the upgrade itself rather than through
 //! tungstenite's `accept_hdr`, because the WebSocket port also answers plain
@@ -20,7 +21,7 @@ use tungstenite::handshake::derive_accept_key;
 use crate::accept::Slot;
 use crate::auth::{self, AuthError, Credentials, Identity};
 use crate::config::AuthMode;
-use crate::http::server::{HeadError, RequestHead, Response, read_head, write_response};
+use crate::http_codec::{HeadError, RequestHead, Response, lists_token, read_head, write_response};
 use crate::server::Shared;
 
 /// Largest upgrade request head accepted.
@@ -85,7 +86,7 @@ pub(super) fn perform(
         auth_check(shared, stream, &head);
         return None;
     }
-    let wants_upgrade = head.header("upgrade").is_some_and(|u| has_token(u, "websocket"));
+    let wants_upgrade = head.header("upgrade").is_some_and(|u| lists_token(u, "websocket"));
     if !wants_upgrade {
         reply(
             shared,
@@ -142,15 +143,10 @@ pub(super) fn perform(
 
 /// The `Sec-WebSocket-Key` of a well-formed upgrade request, or `None`.
 fn valid_upgrade(head: &RequestHead) -> Option<&str> {
-    let connection_ok = head.header("connection").is_some_and(|c| has_token(c, "upgrade"));
+    let connection_ok = head.header("connection").is_some_and(|c| lists_token(c, "upgrade"));
     let version_ok = head.header("sec-websocket-version").is_some_and(|v| v.trim() == "13");
     let key = head.header("sec-websocket-key").map(str::trim).filter(|k| k.len() == 24)?;
     (head.method == "GET" && head.version >= 1 && connection_ok && version_ok).then_some(key)
-}
-
-/// Whether a comma-separated header value holds `token` (case-insensitive).
-fn has_token(value: &str, token: &str) -> bool {
-    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// `GET /auth/check`: 204 when the credentials would open a connection,

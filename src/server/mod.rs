@@ -32,7 +32,6 @@ use crate::broadcast::Command;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbound::ClientHandle;
-use crate::source::redis::{SourceStatus, StreamSink};
 
 pub(crate) use acceptor::WsPort;
 
@@ -58,17 +57,15 @@ pub(crate) struct Shared {
     /// The broadcaster's inbox.
     pub(crate) commands: Sender<Command>,
     pub(crate) auth: Box<dyn Authenticator>,
-    /// Open (post-upgrade) connections, for the debug endpoint and the stop.
-    pub(crate) connections: RwLock<HashMap<Uuid, Arc<ClientHandle>>>,
-    /// False once a stop has begun: readiness turns 503.
-    pub(crate) accepting: AtomicBool,
+    /// Open (post-upgrade) connections, for the stop, and shared with the
+    /// ops routes for `/debug/connections`.
+    pub(crate) connections: Arc<RwLock<HashMap<Uuid, Arc<ClientHandle>>>>,
+    /// False once a stop has begun: no more upgrades; shared with the ops
+    /// routes, whose readiness turns 503.
+    pub(crate) accepting: Arc<AtomicBool>,
     /// The connection limits; a slot per connection thread alive,
     /// handshaking ones included.
     pub(crate) admission: Arc<Admission>,
-    /// The Redis source's state, when Redis is configured.
-    pub(crate) source: Option<Arc<SourceStatus>>,
-    /// Where ingested positions go when Redis is configured.
-    pub(crate) sink: Option<StreamSink>,
 }
 
 impl Shared {
@@ -78,8 +75,6 @@ impl Shared {
         service: Service,
         commands: Sender<Command>,
         auth: Box<dyn Authenticator>,
-        source: Option<Arc<SourceStatus>>,
-        sink: Option<StreamSink>,
     ) -> Shared {
         let rules = Rules {
             max_connections: config.max_connections,
@@ -94,11 +89,9 @@ impl Shared {
             service,
             commands,
             auth,
-            connections: RwLock::new(HashMap::new()),
-            accepting: AtomicBool::new(true),
+            connections: Arc::new(RwLock::new(HashMap::new())),
+            accepting: Arc::new(AtomicBool::new(true)),
             admission,
-            source,
-            sink,
         }
     }
 }

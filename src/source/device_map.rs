@@ -18,10 +18,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 use serde_json::Value;
 
-use crate::auth::directus::{Client, Credential, encode_segment};
-use crate::auth::tokens::json_error_at;
 use crate::broadcast::Command;
 use crate::config::{AuthMode, Config, Secret};
+use crate::directus::{Client, Credential, encode_segment};
+use crate::logging::json_error_at;
 use crate::metrics::Metrics;
 use crate::thread::spawn_named;
 

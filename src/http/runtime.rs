@@ -1,10 +1,11 @@
-//! A small blocking HTTP/1.1 server on `std::net` and `httparse`, for the ops
-//! port (SPEC §1, §7: metrics, health, ingest, debug, dashboard).
+//! The ops port's server (SPEC §1, §7: metrics, health, ingest, debug,
+//! dashboard): a small blocking HTTP/1.1 server on `std::net`, speaking
+//! [`crate::http_codec`].
 //!
 //! Threads:
 //! - `http`, the accept thread ([`crate::accept::Acceptor`], shared with the
 //!   WebSocket port), blocks in `accept()`. It enforces
-//!   [`Limits::max_connections`] and [`Limits::max_connections_per_ip`]
+//!   [`PortLimits::max_connections`] and [`PortLimits::max_connections_per_ip`]
 //!   itself: past them it writes a `503` without blocking and closes, so a
 //!   flood never costs a thread. Otherwise it spawns the connection's
 //!   thread, whose [`Slot`] registers the socket for the stop.
@@ -17,21 +18,17 @@
 //!   remaining sockets down and joins the threads.
 //!
 //! Every blocking read carries a deadline: a request head or body must arrive
-//! within [`Limits::read_timeout`], and a keep-alive connection may stay quiet
-//! for [`Limits::idle_timeout`]. Before each read the socket timeout is set to
+//! within [`PortLimits::read_timeout`], and a keep-alive connection may stay quiet
+//! for [`PortLimits::idle_timeout`]. Before each read the socket timeout is set to
 //! the time *left*, so a peer trickling one byte at a time (slowloris) is cut
 //! at the deadline instead of resetting it with every byte.
 //!
-//! [`read_head`], [`write_response`] and [`RequestHead`] are shared with the
-//! WebSocket port's handshake, which runs them on its own connection threads.
-//!
 //! Logging is `debug!` per connection and `warn!` when something misbehaves.
-//! Header values and query strings are never logged, and the `Debug` impls of
-//! [`Request`] and [`RequestHead`] hide them too: they may carry tokens.
+//! Header values and query strings are never logged.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -44,19 +41,14 @@ use parking_lot::Mutex;
 use prometheus::IntCounterVec;
 
 use crate::accept::{Acceptor, Admission, Port, Refusal, Rules, Slot};
+use crate::http_codec::{
+    BodyLimits, ConnectionHeader, Framing, HeadError, READ_CHUNK, ReadFail, Request, RequestHead,
+    Response, encode_response, framing, has_token, read_append, read_body, read_head_buffered,
+    read_with_deadline, wants_keep_alive, write_response,
+};
 use crate::proxy::TrustedProxies;
 use crate::thread::spawn_named;
 
-/// Most header lines accepted in one request head. More are answered like an
-/// oversized head (`431`).
-const MAX_HEADERS: usize = 100;
-/// Bytes asked of the kernel per `read` call.
-const READ_CHUNK: usize = 16 * 1024;
-/// Longest chunk-size line (size plus extensions) accepted in a chunked body.
-const MAX_CHUNK_LINE: usize = 4096;
-/// Body bytes allocated up front, whatever the declared length: a peer that
-/// declares 8 MiB and sends nothing must not make us reserve 8 MiB.
-const BODY_PREALLOC: usize = 64 * 1024;
 /// How long a closing connection keeps reading (and discarding) what the peer
 /// still sends after our last response. Closing a socket with unread input
 /// makes the kernel send RST, which can destroy the response we just wrote
@@ -67,108 +59,6 @@ const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// After the deadline, how long `stop` waits for threads whose sockets it shut
 /// down before it gives up on them (a handler stuck outside I/O).
 const STRAGGLER_GRACE: Duration = Duration::from_secs(1);
-/// The interim response that lets a client send a body it held back.
-const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-
-/// One complete request, as the [`Handler`] sees it.
-pub(crate) struct Request {
-    /// The method, as sent (`GET`, `POST`, ...). `HEAD` requests reach the
-    /// handler as `HEAD`; the server drops the body from the response.
-    pub(crate) method: String,
-    /// The request target before `?`, percent-decoding NOT applied.
-    pub(crate) path: String,
-    /// The raw query string after `?`, if any (see [`Request::query_param`]).
-    pub(crate) query: Option<String>,
-    /// Header fields in arrival order, names as sent, values trimmed.
-    pub(crate) headers: Vec<(String, String)>,
-    /// The body, chunked encoding already removed.
-    pub(crate) body: Vec<u8>,
-    /// The peer's address.
-    pub(crate) remote: SocketAddr,
-}
-
-impl Request {
-    /// The first header named `name` (ASCII case-insensitive).
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
-    }
-}
-
-impl fmt::Debug for Request {
-    /// Header values and the query string are left out: they may hold tokens.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request")
-            .field("method", &self.method)
-            .field("path", &self.path)
-            .field("query", &self.query.as_ref().map(|_| "<redacted>"))
-            .field("headers", &HeaderNames(&self.headers))
-            .field("body_len", &self.body.len())
-            .field("remote", &self.remote)
-            .finish()
-    }
-}
-
-/// A response, built by the [`Handler`].
-///
-/// `Content-Length`, `Transfer-Encoding` and `Connection` are the server's to
-/// write and are ignored here, except that `Connection: close` from the
-/// handler closes the connection after the response.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Response {
-    /// The status code; the reason phrase is the standard one.
-    pub(crate) status: u16,
-    /// Header fields, written in order.
-    pub(crate) headers: Vec<(String, String)>,
-    /// The body; not sent for `HEAD` requests, `1xx`, `204` and `304`.
-    pub(crate) body: Vec<u8>,
-}
-
-impl Response {
-    /// An empty response with `status`.
-    pub(crate) fn new(status: u16) -> Self {
-        Response { status, headers: Vec::new(), body: Vec::new() }
-    }
-
-    /// A `text/plain; charset=utf-8` response.
-    pub(crate) fn text(status: u16, body: impl Into<String>) -> Self {
-        Response::new(status).with_body("text/plain; charset=utf-8", body.into().into_bytes())
-    }
-
-    /// An `application/json` response.
-    pub(crate) fn json(status: u16, body: &serde_json::Value) -> Self {
-        match serde_json::to_vec(body) {
-            Ok(bytes) => Response::new(status).with_body("application/json", bytes),
-            // A `Value` always serialises (its map keys are strings), so this
-            // is a formality; a 500 beats a panic if it ever happens.
-            Err(e) => Response::text(500, format!("cannot encode json: {e}\n")),
-        }
-    }
-
-    /// Adds a header field (duplicates allowed, e.g. for `Set-Cookie`).
-    pub(crate) fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Sets the body and its `Content-Type`, replacing any earlier one.
-    pub(crate) fn with_body(mut self, content_type: &str, body: Vec<u8>) -> Self {
-        self.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
-        self.headers.push(("Content-Type".to_owned(), content_type.to_owned()));
-        self.body = body;
-        self
-    }
-}
-
-impl fmt::Debug for Response {
-    /// The body is summarised by its length: it can be megabytes of metrics.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Response")
-            .field("status", &self.status)
-            .field("headers", &HeaderNames(&self.headers))
-            .field("body_len", &self.body.len())
-            .finish()
-    }
-}
 
 /// The application side of the server: turns a request into a response.
 ///
@@ -205,7 +95,7 @@ where
 /// Resource limits of one [`HttpServer`]. Every field bounds what one peer
 /// can cost us.
 #[derive(Debug, Clone)]
-pub(crate) struct Limits {
+pub(crate) struct PortLimits {
     /// Largest request body, declared or chunked; more gets `413` and the
     /// connection closed before the body is read. Default 8 MiB (SPEC §4
     /// `INGEST_MAX_BODY_BYTES`).
@@ -244,9 +134,20 @@ pub(crate) struct Limits {
     pub(crate) idle_timeout: Duration,
 }
 
-impl Default for Limits {
+impl PortLimits {
+    /// The bounds of one request body.
+    fn body(&self) -> BodyLimits {
+        BodyLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_trailer_bytes: self.max_head_bytes,
+            timeout: self.read_timeout,
+        }
+    }
+}
+
+impl Default for PortLimits {
     fn default() -> Self {
-        Limits {
+        PortLimits {
             max_body_bytes: 8 * 1024 * 1024,
             max_head_bytes: 16 * 1024,
             max_connections: 256,
@@ -266,7 +167,7 @@ pub(crate) struct HttpServer {
     /// The address the listener is bound to (the real port when bound to 0).
     local_addr: SocketAddr,
     /// State shared with the accept and connection threads.
-    shared: Arc<Shared>,
+    shared: Arc<PortState>,
     /// The `http` accept thread.
     acceptor: Acceptor,
     /// False once stopped.
@@ -296,7 +197,7 @@ impl HttpServer {
     /// be spawned, or a timeout in `limits` is zero (`InvalidInput`).
     pub(crate) fn start(
         listener: TcpListener,
-        limits: Limits,
+        limits: PortLimits,
         handler: Arc<dyn Handler>,
         refused: Option<IntCounterVec>,
     ) -> io::Result<HttpServer> {
@@ -316,7 +217,7 @@ impl HttpServer {
             trusted: limits.trusted_proxies.clone(),
         };
         let admission = Admission::new("http", rules, refused);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(PortState {
             limits,
             handler,
             stopping: AtomicBool::new(false),
@@ -381,147 +282,11 @@ impl Drop for HttpServer {
     }
 }
 
-/// One request head: what [`read_head`] parsed.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct RequestHead {
-    /// The method, as sent.
-    pub(crate) method: String,
-    /// The request target before `?`, percent-decoding NOT applied.
-    pub(crate) path: String,
-    /// The raw query string after `?`, if any.
-    pub(crate) query: Option<String>,
-    /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
-    pub(crate) version: u8,
-    /// Header fields in arrival order, names as sent, values trimmed.
-    pub(crate) headers: Vec<(String, String)>,
-}
-
-impl RequestHead {
-    /// The first header named `name` (ASCII case-insensitive).
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        find_header(&self.headers, name)
-    }
-
-    /// The first query parameter named `name`, percent-decoded with `+` read
-    /// as a space.
-    pub(crate) fn query_param(&self, name: &str) -> Option<String> {
-        self.query.as_deref().and_then(|query| find_query_param(query, name))
-    }
-}
-
-impl fmt::Debug for RequestHead {
-    /// Header values and the query string are left out: they may hold tokens.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestHead")
-            .field("method", &self.method)
-            .field("path", &self.path)
-            .field("query", &self.query.as_ref().map(|_| "<redacted>"))
-            .field("version", &self.version)
-            .field("headers", &HeaderNames(&self.headers))
-            .finish()
-    }
-}
-
-/// Why [`read_head`] returned no head.
-#[derive(Debug)]
-pub(crate) enum HeadError {
-    /// The deadline passed before the head was complete (`408` if any byte
-    /// came, else just close).
-    Timeout,
-    /// The head is larger than allowed, or has too many header lines (`431`).
-    TooLarge,
-    /// Not an HTTP/1.x request head (`400`); the connection cannot be reused,
-    /// as we do not know where the next request would start.
-    Malformed(String),
-    /// The peer closed the connection before sending any byte: a normal end
-    /// of a keep-alive connection, nothing to answer.
-    Closed,
-    /// The socket failed (reset, ...): nothing can be answered.
-    Io(io::Error),
-}
-
-impl HeadError {
-    /// The status to answer with before closing, `None` when the connection
-    /// is gone.
-    pub(crate) fn status(&self) -> Option<u16> {
-        match self {
-            HeadError::Timeout => Some(408),
-            HeadError::TooLarge => Some(431),
-            HeadError::Malformed(_) => Some(400),
-            HeadError::Closed | HeadError::Io(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for HeadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HeadError::Timeout => f.write_str("request head: timed out"),
-            HeadError::TooLarge => f.write_str("request head: too large"),
-            HeadError::Malformed(detail) => write!(f, "request head: malformed: {detail}"),
-            HeadError::Closed => f.write_str("request head: connection closed before any byte"),
-            HeadError::Io(e) => write!(f, "request head: i/o error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for HeadError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            HeadError::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// Reads one request head from `stream`, up to and including its empty line.
-///
-/// Blocks until the head is complete, giving up at `deadline`: before each
-/// read the socket's read timeout is set to the time left, so a peer sending
-/// one byte per second is cut at the deadline, not reset by each byte. The
-/// socket's read timeout is left changed. A head longer than
-/// `max_head_bytes` (or with more than 100 header lines) is refused.
-///
-/// Returns the head and the bytes read past it: the start of the body, or of
-/// the next request.
-///
-/// # Errors
-///
-/// See [`HeadError`]; [`HeadError::status`] gives the status to answer with.
-pub(crate) fn read_head(
-    stream: &mut TcpStream,
-    deadline: Instant,
-    max_head_bytes: usize,
-) -> Result<(RequestHead, Vec<u8>), HeadError> {
-    let mut buf = Vec::new();
-    let head = read_head_buffered(stream, &mut buf, deadline, max_head_bytes)?;
-    Ok((head, buf))
-}
-
-/// Writes a complete response in one `write_all`: the status line with the
-/// standard reason phrase, the headers, `Content-Length`, `Connection: close`
-/// when `close` is true, and the body.
-///
-/// Header fields whose name or value contain CR or LF are dropped rather
-/// than let split the response.
-///
-/// # Errors
-///
-/// The write fails (peer gone, write timeout).
-pub(crate) fn write_response(
-    stream: &mut impl Write,
-    resp: &Response,
-    close: bool,
-) -> io::Result<()> {
-    let conn = if close { ConnectionHeader::Close } else { ConnectionHeader::Omit };
-    stream.write_all(&encode_response(resp, conn, true))
-}
-
 /// State shared by the server handle, the accept thread and the connection
 /// threads.
-struct Shared {
+struct PortState {
     /// The limits given to `start`.
-    limits: Limits,
+    limits: PortLimits,
     /// The application.
     handler: Arc<dyn Handler>,
     /// Set once by `stop`: no new connections, no new requests.
@@ -536,7 +301,7 @@ struct Shared {
 
 /// The ops port as the accept thread sees it.
 struct HttpPort {
-    shared: Arc<Shared>,
+    shared: Arc<PortState>,
     /// Thread names are `http-<u32>`: at most 15 bytes, wrapping after 2^32.
     counter: u32,
 }
@@ -584,7 +349,7 @@ impl Port for HttpPort {
 /// Serves requests on one connection until it closes; returns why it ended,
 /// for the log.
 fn serve_connection(
-    shared: &Shared,
+    shared: &PortState,
     slot: &mut Slot,
     stream: &mut TcpStream,
     remote: SocketAddr,
@@ -671,7 +436,7 @@ fn serve_connection(
                 (resp, false)
             }
             None => {
-                let body = match read_body(stream, &mut buf, &head, limits) {
+                let body = match read_body(stream, &mut buf, &head, &limits.body()) {
                     Ok(body) => body,
                     Err(e) => {
                         if let Some(status) = e.status() {
@@ -744,601 +509,19 @@ fn linger_close(stream: &mut TcpStream) {
     }
 }
 
-/// Reads a head from `buf` plus `stream`; on success the head's bytes are
-/// removed from `buf`, leaving what follows it.
-fn read_head_buffered(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    deadline: Instant,
-    max_head_bytes: usize,
-) -> Result<RequestHead, HeadError> {
-    let mut scan_from = 0;
-    loop {
-        // Parse only once an empty line has arrived: re-parsing after every
-        // byte of a trickled head would be quadratic.
-        if has_empty_line(buf.get(scan_from..).unwrap_or_default())
-            && let Some((head, len)) = parse_head(buf)?
-        {
-            if len > max_head_bytes {
-                return Err(HeadError::TooLarge);
-            }
-            check_framing_rules(&head, buf.get(..len).unwrap_or_default())?;
-            buf.drain(..len.min(buf.len()));
-            return Ok(head);
-        }
-        if buf.len() >= max_head_bytes {
-            return Err(HeadError::TooLarge);
-        }
-        // An empty line ("\n\n" or "\n\r\n") may straddle the old end.
-        scan_from = buf.len().saturating_sub(2);
-        match read_append(stream, buf, READ_CHUNK, deadline) {
-            Ok(0) if buf.is_empty() => return Err(HeadError::Closed),
-            Ok(0) => return Err(HeadError::Malformed("connection closed inside the head".into())),
-            Ok(_) => {}
-            Err(ReadFail::Timeout) => return Err(HeadError::Timeout),
-            Err(ReadFail::Io(e)) => return Err(HeadError::Io(e)),
-        }
-    }
-}
-
-/// The RFC 9112 rules httparse leaves to us, each a `400` (SPEC §9): a bare
-/// CR anywhere in the head (§2.2), an HTTP/1.1 request without `Host` or
-/// any request with more than one (§3.2), and `Transfer-Encoding` in an
-/// HTTP/1.0 request (§6.1: such a message is faulty, and framing it either
-/// way invites request smuggling).
-fn check_framing_rules(head: &RequestHead, raw: &[u8]) -> Result<(), HeadError> {
-    let bare_cr =
-        raw.iter().enumerate().any(|(i, &b)| b == b'\r' && raw.get(i + 1) != Some(&b'\n'));
-    if bare_cr {
-        return Err(HeadError::Malformed("bare CR in the head".into()));
-    }
-    let hosts = head.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("host")).count();
-    if hosts > 1 {
-        return Err(HeadError::Malformed("more than one Host header".into()));
-    }
-    if hosts == 0 && head.version >= 1 {
-        return Err(HeadError::Malformed("HTTP/1.1 request without a Host header".into()));
-    }
-    if head.version == 0
-        && head.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
-    {
-        return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request".into()));
-    }
-    Ok(())
-}
-
-/// True when `bytes` holds the end of a line followed by an empty line.
-fn has_empty_line(bytes: &[u8]) -> bool {
-    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
-}
-
-/// Parses a head at the start of `buf`: `None` while incomplete, else the
-/// head and its length in bytes.
-fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
-    };
-    // A complete parse always has method, path and version.
-    let target = req.path.unwrap_or_default();
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query.to_owned())),
-        None => (target, None),
-    };
-    let head = RequestHead {
-        method: req.method.unwrap_or_default().to_owned(),
-        path: path.to_owned(),
-        query,
-        version: req.version.unwrap_or(1),
-        headers: req
-            .headers
-            .iter()
-            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).trim().to_owned()))
-            .collect(),
-    };
-    Ok(Some((head, len)))
-}
-
-/// Whether the connection may serve another request after this one
-/// (RFC 9112 §9.3): HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
-/// `Connection: keep-alive`.
-fn wants_keep_alive(head: &RequestHead) -> bool {
-    if has_token(&head.headers, "connection", "close") {
-        false
-    } else if head.version >= 1 {
-        true
-    } else {
-        has_token(&head.headers, "connection", "keep-alive")
-    }
-}
-
-/// Whether any `name` header lists `token` (comma-separated, any case).
-fn has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// Why a request body could not be read.
-#[derive(Debug)]
-enum BodyError {
-    /// Over `max_body_bytes`, declared or counted (`413`).
-    TooLarge,
-    /// Bad framing: both or conflicting length headers, bad chunk (`400`).
-    Malformed(&'static str),
-    /// A transfer coding other than plain `chunked` (`501`).
-    Unsupported,
-    /// Not complete within `read_timeout` (`408`).
-    Timeout,
-    /// The peer closed mid-body: nobody to answer.
-    Closed,
-    /// The socket failed: nobody to answer.
-    Io(io::Error),
-}
-
-impl BodyError {
-    /// The status to answer with before closing, `None` when the peer is gone.
-    fn status(&self) -> Option<u16> {
-        match self {
-            BodyError::TooLarge => Some(413),
-            BodyError::Malformed(_) => Some(400),
-            BodyError::Unsupported => Some(501),
-            BodyError::Timeout => Some(408),
-            BodyError::Closed | BodyError::Io(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for BodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BodyError::TooLarge => f.write_str("request body: too large"),
-            BodyError::Malformed(detail) => write!(f, "request body: malformed: {detail}"),
-            BodyError::Unsupported => f.write_str("request body: unsupported transfer-encoding"),
-            BodyError::Timeout => f.write_str("request body: timed out"),
-            BodyError::Closed => f.write_str("request body: connection closed"),
-            BodyError::Io(e) => write!(f, "request body: i/o error: {e}"),
-        }
-    }
-}
-
-impl From<ReadFail> for BodyError {
-    fn from(fail: ReadFail) -> Self {
-        match fail {
-            ReadFail::Timeout => BodyError::Timeout,
-            ReadFail::Io(e) => BodyError::Io(e),
-        }
-    }
-}
-
-/// How the body of a request is delimited.
-enum Framing {
-    Length(u64),
-    Chunked,
-}
-
-/// Decides how the body is delimited (RFC 9112 §6.3), refusing the
-/// ambiguous cases that enable request smuggling.
-fn framing(head: &RequestHead) -> Result<Framing, BodyError> {
-    let codings: Vec<&str> = head
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
-        .flat_map(|(_, v)| v.split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
-    let lengths: Vec<&str> = head
-        .headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.as_str())
-        .collect();
-    if !codings.is_empty() {
-        if !lengths.is_empty() {
-            return Err(BodyError::Malformed("both content-length and transfer-encoding"));
-        }
-        return match codings.as_slice() {
-            [only] if only.eq_ignore_ascii_case("chunked") => Ok(Framing::Chunked),
-            _ => Err(BodyError::Unsupported),
-        };
-    }
-    let mut declared = None;
-    for value in lengths {
-        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(BodyError::Malformed("bad content-length"));
-        }
-        let n: u64 = value.parse().map_err(|_| BodyError::Malformed("bad content-length"))?;
-        if declared.is_some_and(|d| d != n) {
-            return Err(BodyError::Malformed("conflicting content-length"));
-        }
-        declared = Some(n);
-    }
-    Ok(Framing::Length(declared.unwrap_or(0)))
-}
-
-/// Reads the body of `head`, starting with what is already in `buf`; what
-/// follows the body stays in `buf`.
-fn read_body(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    head: &RequestHead,
-    limits: &Limits,
-) -> Result<Vec<u8>, BodyError> {
-    let framing = framing(head)?;
-    let max = u64::try_from(limits.max_body_bytes).unwrap_or(u64::MAX);
-    // Check the size before asking for the body: refusing a huge upload must
-    // not cost its transfer.
-    match framing {
-        Framing::Length(0) => return Ok(Vec::new()),
-        Framing::Length(n) if n > max => return Err(BodyError::TooLarge),
-        Framing::Length(_) | Framing::Chunked => {}
-    }
-    // curl holds back bodies over 1 KiB until told to go on. An HTTP/1.0
-    // client would not understand a 1xx (RFC 9110 §15.2).
-    if head.version >= 1
-        && head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
-    {
-        stream.write_all(CONTINUE_100).map_err(BodyError::Io)?;
-    }
-    let deadline = Instant::now() + limits.read_timeout;
-    match framing {
-        Framing::Length(n) => {
-            // `n <= max_body_bytes`, a usize.
-            let n = usize::try_from(n).map_err(|_| BodyError::TooLarge)?;
-            let mut body = Vec::with_capacity(n.min(BODY_PREALLOC));
-            read_exact_append(stream, buf, &mut body, n, deadline)?;
-            Ok(body)
-        }
-        Framing::Chunked => read_chunked(stream, buf, limits, deadline),
-    }
-}
-
-/// Decodes a chunked body (RFC 9112 §7.1): extensions are ignored, trailer
-/// fields read and dropped (bounded by `max_head_bytes`).
-fn read_chunked(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    limits: &Limits,
-    deadline: Instant,
-) -> Result<Vec<u8>, BodyError> {
-    let mut body = Vec::new();
-    loop {
-        let line = read_line(stream, buf, MAX_CHUNK_LINE, deadline)?;
-        let size = parse_chunk_size(&line).ok_or(BodyError::Malformed("bad chunk size"))?;
-        if size == 0 {
-            break;
-        }
-        let room = limits.max_body_bytes.saturating_sub(body.len());
-        let size = match usize::try_from(size) {
-            Ok(size) if size <= room => size,
-            _ => return Err(BodyError::TooLarge),
-        };
-        read_exact_append(stream, buf, &mut body, size, deadline)?;
-        if !read_line(stream, buf, 0, deadline)?.is_empty() {
-            return Err(BodyError::Malformed("chunk data longer than its size"));
-        }
-    }
-    let mut trailer_bytes = 0usize;
-    loop {
-        let line = read_line(stream, buf, limits.max_head_bytes, deadline)?;
-        if line.is_empty() {
-            return Ok(body);
-        }
-        trailer_bytes = trailer_bytes.saturating_add(line.len() + 2);
-        if trailer_bytes > limits.max_head_bytes {
-            return Err(BodyError::Malformed("trailer section too large"));
-        }
-    }
-}
-
-/// Parses a chunk-size line: hex digits, optional whitespace, optional
-/// `;extensions`. `None` when invalid or over 2^64.
-fn parse_chunk_size(line: &[u8]) -> Option<u64> {
-    let size = line.split(|&b| b == b';').next()?.trim_ascii_end();
-    if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(size).ok()?, 16).ok()
-}
-
-/// Reads one line (LF or CRLF ended) from `buf` plus `stream`, without its
-/// line ending, refusing lines longer than `max_len`.
-fn read_line(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    max_len: usize,
-    deadline: Instant,
-) -> Result<Vec<u8>, BodyError> {
-    let mut scanned = 0;
-    loop {
-        let newline = buf.get(scanned..).and_then(|rest| rest.iter().position(|&b| b == b'\n'));
-        if let Some(pos) = newline {
-            let end = (scanned + pos + 1).min(buf.len());
-            let mut line: Vec<u8> = buf.drain(..end).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            return if line.len() > max_len {
-                Err(BodyError::Malformed("line too long"))
-            } else {
-                Ok(line)
-            };
-        }
-        scanned = buf.len();
-        // + 1 for a CR not yet followed by its LF.
-        if scanned > max_len + 1 {
-            return Err(BodyError::Malformed("line too long"));
-        }
-        if read_append(stream, buf, READ_CHUNK, deadline)? == 0 {
-            return Err(BodyError::Closed);
-        }
-    }
-}
-
-/// Moves exactly `n` body bytes into `body`: first from `buf`, then straight
-/// from the socket.
-fn read_exact_append(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    body: &mut Vec<u8>,
-    n: usize,
-    deadline: Instant,
-) -> Result<(), BodyError> {
-    let from_buf = n.min(buf.len());
-    body.extend(buf.drain(..from_buf));
-    let mut missing = n - from_buf;
-    while missing > 0 {
-        match read_append(stream, body, missing, deadline)? {
-            0 => return Err(BodyError::Closed),
-            got => missing = missing.saturating_sub(got),
-        }
-    }
-    Ok(())
-}
-
-/// Why a read with a deadline returned no bytes.
-#[derive(Debug)]
-enum ReadFail {
-    /// The deadline passed.
-    Timeout,
-    /// The socket failed.
-    Io(io::Error),
-}
-
-/// Appends up to `max` (at least 1) bytes from `stream` to `vec`, waiting
-/// until `deadline`. `Ok(0)` is end of stream.
-fn read_append(
-    stream: &mut TcpStream,
-    vec: &mut Vec<u8>,
-    max: usize,
-    deadline: Instant,
-) -> Result<usize, ReadFail> {
-    let start = vec.len();
-    vec.resize(start + max.clamp(1, READ_CHUNK), 0);
-    let result = match vec.get_mut(start..) {
-        Some(slot) => read_with_deadline(stream, slot, deadline),
-        None => Ok(0),
-    };
-    vec.truncate(start + result.as_ref().map_or(0, |n| *n));
-    result
-}
-
-/// One `read` that returns by `deadline`: the socket timeout is set to the
-/// time left before each attempt, so the deadline holds however the peer
-/// trickles its bytes.
-fn read_with_deadline(
-    stream: &mut TcpStream,
-    out: &mut [u8],
-    deadline: Instant,
-) -> Result<usize, ReadFail> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ReadFail::Timeout);
-        }
-        stream.set_read_timeout(Some(left)).map_err(ReadFail::Io)?;
-        match stream.read(out) {
-            Ok(n) => return Ok(n),
-            // A timed-out read is `WouldBlock` on Unix, `TimedOut` elsewhere
-            // (as ureq's `normalize_would_block`); the loop checks the clock.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(ReadFail::Io(e)),
-        }
-    }
-}
-
-/// What the server says about the connection in a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConnectionHeader {
-    /// `Connection: close`: this is the last response.
-    Close,
-    /// `Connection: keep-alive`, for an HTTP/1.0 client that asked for it.
-    KeepAlive,
-    /// Nothing: HTTP/1.1 persistence is the default.
-    Omit,
-}
-
-/// Serialises a response. The framing headers are ours: the handler's
-/// `Content-Length`, `Transfer-Encoding` and `Connection` are replaced.
-/// `with_body` false (for `HEAD`) keeps `Content-Length` but sends no body.
-fn encode_response(resp: &Response, conn: ConnectionHeader, with_body: bool) -> Vec<u8> {
-    // RFC 9110 §6.4.1: these never carry content.
-    let bodiless = resp.status < 200 || resp.status == 204 || resp.status == 304;
-    let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, reason_phrase(resp.status));
-    for (name, value) in &resp.headers {
-        let framing = ["content-length", "transfer-encoding", "connection"]
-            .iter()
-            .any(|f| name.eq_ignore_ascii_case(f));
-        if framing {
-            continue;
-        }
-        let invalid = name.is_empty()
-            || name.bytes().any(|b| b == b':' || b.is_ascii_whitespace() || b.is_ascii_control())
-            || value.bytes().any(|b| b == b'\r' || b == b'\n');
-        if invalid {
-            debug!("http: dropped response header {:?}: invalid characters", name.escape_debug());
-            continue;
-        }
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    if !bodiless {
-        head.push_str(&format!("Content-Length: {}\r\n", resp.body.len()));
-    }
-    match conn {
-        ConnectionHeader::Close => head.push_str("Connection: close\r\n"),
-        ConnectionHeader::KeepAlive => head.push_str("Connection: keep-alive\r\n"),
-        ConnectionHeader::Omit => {}
-    }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    if with_body && !bodiless {
-        out.extend_from_slice(&resp.body);
-    }
-    out
-}
-
-/// The standard reason phrase of `status` (RFC 9110 §15), empty if unknown.
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        203 => "Non-Authoritative Information",
-        204 => "No Content",
-        205 => "Reset Content",
-        206 => "Partial Content",
-        300 => "Multiple Choices",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        402 => "Payment Required",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        406 => "Not Acceptable",
-        407 => "Proxy Authentication Required",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        410 => "Gone",
-        411 => "Length Required",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        416 => "Range Not Satisfiable",
-        417 => "Expectation Failed",
-        421 => "Misdirected Request",
-        422 => "Unprocessable Content",
-        426 => "Upgrade Required",
-        428 => "Precondition Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "",
-    }
-}
-
-/// The first header named `name` (ASCII case-insensitive).
-fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-}
-
-/// The first `name` parameter of an `application/x-www-form-urlencoded`
-/// query, decoded.
-fn find_query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(key) == name).then(|| percent_decode(value))
-    })
-}
-
-/// Decodes `%XX` escapes and `+` (as space); a `%` not followed by two hex
-/// digits stays as is, invalid UTF-8 becomes U+FFFD.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let escaped = match b {
-            b'%' => bytes.get(i + 1).and_then(hex_value).zip(bytes.get(i + 2).and_then(hex_value)),
-            _ => None,
-        };
-        match (b, escaped) {
-            (_, Some((high, low))) => {
-                out.push(high << 4 | low);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (_, None) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// The value of one hex digit.
-fn hex_value(b: &u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Formats headers as their names only, for `Debug`: values may be secrets
-/// (ureq's `DebugHeaders`).
-struct HeaderNames<'a>(&'a [(String, String)]);
-
-impl fmt::Debug for HeaderNames<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|(name, _)| name)).finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use std::io::Read;
+
+    use crate::http_codec::{CONTINUE_100, find_header};
+
     use std::sync::mpsc;
 
     /// Limits small enough for tests to hit them quickly.
-    fn test_limits() -> Limits {
-        Limits {
+    fn test_limits() -> PortLimits {
+        PortLimits {
             max_body_bytes: 1024,
             max_head_bytes: 4096,
             max_connections: 8,
@@ -1365,12 +548,12 @@ mod tests {
         }
     }
 
-    fn start(limits: Limits) -> HttpServer {
+    fn start(limits: PortLimits) -> HttpServer {
         start_with(limits, Arc::new(echo))
     }
 
     /// Binds 127.0.0.1:0 before starting, so the port is ready on return.
-    fn start_with(limits: Limits, handler: Arc<dyn Handler>) -> HttpServer {
+    fn start_with(limits: PortLimits, handler: Arc<dyn Handler>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         HttpServer::start(listener, limits, handler, None).expect("start")
     }
@@ -1551,8 +734,10 @@ mod tests {
 
     #[test]
     fn a_head_check_answers_before_100_continue_and_any_body_byte() {
-        let server =
-            start_with(Limits { max_body_bytes: 10_000_000, ..test_limits() }, Arc::new(Guarded));
+        let server = start_with(
+            PortLimits { max_body_bytes: 10_000_000, ..test_limits() },
+            Arc::new(Guarded),
+        );
         let mut c = Client::connect(&server);
         c.send(
             b"POST /guarded HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n\
@@ -1575,7 +760,7 @@ mod tests {
 
     #[test]
     fn the_next_head_on_a_keep_alive_connection_is_due_within_the_head_timeout() {
-        let limits = Limits {
+        let limits = PortLimits {
             head_timeout: Duration::from_millis(400),
             idle_timeout: Duration::from_secs(30),
             ..test_limits()
@@ -1650,7 +835,8 @@ mod tests {
 
     #[test]
     fn idle_keep_alive_connection_is_closed() {
-        let server = start(Limits { idle_timeout: Duration::from_millis(200), ..test_limits() });
+        let server =
+            start(PortLimits { idle_timeout: Duration::from_millis(200), ..test_limits() });
         let mut c = Client::connect(&server);
         c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
         c.reply(false);
@@ -1661,7 +847,7 @@ mod tests {
 
     #[test]
     fn slowloris_head_is_cut_at_the_deadline() {
-        let server = start(Limits { head_timeout: Duration::from_secs(1), ..test_limits() });
+        let server = start(PortLimits { head_timeout: Duration::from_secs(1), ..test_limits() });
         let started = Instant::now();
         let mut c = Client::connect(&server);
         let mut writer = c.stream.try_clone().expect("clone");
@@ -1688,7 +874,8 @@ mod tests {
 
     #[test]
     fn silent_connection_is_closed_without_a_response() {
-        let server = start(Limits { head_timeout: Duration::from_millis(300), ..test_limits() });
+        let server =
+            start(PortLimits { head_timeout: Duration::from_millis(300), ..test_limits() });
         let mut c = Client::connect(&server);
         assert!(c.at_eof());
     }
@@ -1732,7 +919,7 @@ mod tests {
 
     #[test]
     fn connections_over_the_cap_get_503() {
-        let server = start(Limits { max_connections: 1, ..test_limits() });
+        let server = start(PortLimits { max_connections: 1, ..test_limits() });
         let mut first = Client::connect(&server);
         first.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
         assert_eq!(first.reply(false).status, 200);
@@ -1807,126 +994,8 @@ mod tests {
     }
 
     #[test]
-    fn query_params_are_decoded() {
-        let req = Request {
-            method: "GET".into(),
-            path: "/a%20b".into(),
-            query: Some("a=1&b=hello+world&c=%41%42%c3%a9&d=%zz%4&e&a=2&x%20y=%26".into()),
-            headers: vec![("X-Token".into(), "secret".into())],
-            body: Vec::new(),
-            remote: "127.0.0.1:1".parse().expect("addr"),
-        };
-        assert_eq!(find_query_param(req.query.as_deref().unwrap_or(""), "a").as_deref(), Some("1"));
-        assert_eq!(
-            find_query_param(req.query.as_deref().unwrap_or(""), "b").as_deref(),
-            Some("hello world")
-        );
-        assert_eq!(
-            find_query_param(req.query.as_deref().unwrap_or(""), "c").as_deref(),
-            Some("ABé")
-        );
-        assert_eq!(
-            find_query_param(req.query.as_deref().unwrap_or(""), "d").as_deref(),
-            Some("%zz%4")
-        );
-        assert_eq!(find_query_param(req.query.as_deref().unwrap_or(""), "e").as_deref(), Some(""));
-        assert_eq!(
-            find_query_param(req.query.as_deref().unwrap_or(""), "x y").as_deref(),
-            Some("&")
-        );
-        assert_eq!(find_query_param(req.query.as_deref().unwrap_or(""), "z"), None);
-        assert_eq!(req.path, "/a%20b");
-        assert_eq!(req.header("x-TOKEN"), Some("secret"));
-        let debug = format!("{req:?}");
-        assert!(!debug.contains("secret") && !debug.contains("hello"), "{debug}");
-    }
-
-    #[test]
-    fn read_head_returns_leftover_bytes() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        client
-            .write_all(
-                b"GET /ws?token=t%20k HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nhello",
-            )
-            .expect("send");
-        let (mut server_side, _) = listener.accept().expect("accept");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (head, rest) = read_head(&mut server_side, deadline, 4096).expect("head");
-        assert_eq!((head.method.as_str(), head.path.as_str(), head.version), ("GET", "/ws", 1));
-        assert_eq!(head.header("upgrade"), Some("websocket"));
-        assert_eq!(head.query_param("token").as_deref(), Some("t k"));
-        assert_eq!(rest, b"hello");
-
-        drop(client);
-        assert!(matches!(
-            read_head(&mut server_side, Instant::now() + Duration::from_secs(5), 4096),
-            Err(HeadError::Closed)
-        ));
-    }
-
-    #[test]
-    fn read_head_times_out_at_the_deadline() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        client.write_all(b"GET / HTTP/1.1\r\n").expect("send");
-        let (mut server_side, _) = listener.accept().expect("accept");
-        let started = Instant::now();
-        let result = read_head(&mut server_side, started + Duration::from_millis(300), 4096);
-        assert!(matches!(result, Err(HeadError::Timeout)), "{result:?}");
-        let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(290) && elapsed < Duration::from_secs(1));
-    }
-
-    #[test]
-    fn chunk_sizes() {
-        assert_eq!(parse_chunk_size(b"1a"), Some(26));
-        assert_eq!(parse_chunk_size(b"FF;ext=1;x"), Some(255));
-        assert_eq!(parse_chunk_size(b"0 \t"), Some(0));
-        assert_eq!(parse_chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
-        for bad in [&b""[..], b";x", b"+5", b"-1", b" 5", b"5x", b"10000000000000000"] {
-            assert_eq!(parse_chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn encoded_responses() {
-        let resp = Response::json(201, &serde_json::json!({"ok": true}))
-            .with_header("X-Bad", "a\r\nInjected: yes")
-            .with_header("Content-Length", "999")
-            .with_header("Cache-Control", "no-store");
-        let mut out = Vec::new();
-        write_response(&mut out, &resp, true).expect("write to vec");
-        assert_eq!(
-            String::from_utf8(out).expect("utf-8"),
-            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n\
-             Cache-Control: no-store\r\nContent-Length: 11\r\nConnection: close\r\n\r\n\
-             {\"ok\":true}"
-        );
-        let no_content = encode_response(&Response::new(204), ConnectionHeader::Omit, true);
-        assert_eq!(no_content, b"HTTP/1.1 204 No Content\r\n\r\n");
-        let unknown = encode_response(&Response::new(599), ConnectionHeader::Omit, false);
-        assert_eq!(unknown, b"HTTP/1.1 599 \r\nContent-Length: 0\r\n\r\n");
-    }
-
-    #[test]
     fn server_handle_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<HttpServer>();
-    }
-
-    #[test]
-    fn head_errors_display_one_lowercase_line() {
-        let errors = [
-            HeadError::Timeout,
-            HeadError::TooLarge,
-            HeadError::Malformed("invalid token".into()),
-            HeadError::Closed,
-            HeadError::Io(io::Error::other("reset")),
-        ];
-        for e in errors {
-            let text = e.to_string();
-            assert!(text.starts_with("request head: ") && !text.contains('\n'), "{text}");
-        }
     }
 }
