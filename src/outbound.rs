@@ -33,7 +33,7 @@ use crate::protocol::CloseReason;
 
 /// What kind of message an entry carries, for `livecast_outbound_messages_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub(crate) enum OutboundKind {
     /// Live positions of one event from one broadcaster cycle.
     Position,
     /// A `subscribed` message with its snapshot.
@@ -42,12 +42,12 @@ pub(crate) enum Kind {
     Unsubscribed,
 }
 
-impl Kind {
+impl OutboundKind {
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Kind::Position => "position",
-            Kind::Subscribed => "subscribed",
-            Kind::Unsubscribed => "unsubscribed",
+            OutboundKind::Position => "position",
+            OutboundKind::Subscribed => "subscribed",
+            OutboundKind::Unsubscribed => "unsubscribed",
         }
     }
 }
@@ -61,7 +61,7 @@ impl Kind {
 /// as is (see `wire.rs`).
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    pub(crate) kind: Kind,
+    pub(crate) kind: OutboundKind,
     /// Number of messages in `wire`.
     pub(crate) messages: usize,
     /// The frames, back to back.
@@ -75,7 +75,7 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     /// An entry holding one message.
-    pub(crate) fn single(kind: Kind, message: &str) -> Outbound {
+    pub(crate) fn single(kind: OutboundKind, message: &str) -> Outbound {
         let mut wire = Vec::with_capacity(message.len() + 10);
         push_text_frame(&mut wire, message.as_bytes());
         Outbound { kind, messages: 1, wire, last_ts: None, drain: Drain::new() }
@@ -384,7 +384,7 @@ mod tests {
     }
 
     fn entry() -> Arc<Outbound> {
-        Arc::new(Outbound::single(Kind::Position, "{}"))
+        Arc::new(Outbound::single(OutboundKind::Position, "{}"))
     }
 
     /// How many times the eventfd was written since the last call (0: not

@@ -15,7 +15,7 @@ use super::cache::Cache;
 use super::registry::Registry;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::outbound::{ClientHandle, Drain, Kind, OfferError, Outbound, push_text_frame};
+use crate::outbound::{ClientHandle, Drain, OfferError, Outbound, OutboundKind, push_text_frame};
 use crate::position::{Position, now_ms};
 use crate::protocol::{CloseReason, open_subscribed_frame, push_trails, unsubscribed_frame};
 
@@ -136,7 +136,7 @@ pub(crate) struct Broadcaster {
     /// Events with subscribers, and the pacing of their fan-out.
     lanes: HashMap<String, Lane>,
     metrics: Metrics,
-    /// `livecast_outbound_messages_total` by [`Kind`] (position,
+    /// `livecast_outbound_messages_total` by [`OutboundKind`] (position,
     /// subscribed, unsubscribed), resolved once instead of per delivery.
     outbound: (IntCounter, IntCounter, IntCounter),
     byte_limit: usize,
@@ -151,9 +151,9 @@ impl Broadcaster {
             device_map: Arc::default(),
             lanes: HashMap::new(),
             outbound: (
-                metrics.outbound_messages.with_label_values(&[Kind::Position.label()]),
-                metrics.outbound_messages.with_label_values(&[Kind::Subscribed.label()]),
-                metrics.outbound_messages.with_label_values(&[Kind::Unsubscribed.label()]),
+                metrics.outbound_messages.with_label_values(&[OutboundKind::Position.label()]),
+                metrics.outbound_messages.with_label_values(&[OutboundKind::Subscribed.label()]),
+                metrics.outbound_messages.with_label_values(&[OutboundKind::Unsubscribed.label()]),
             ),
             metrics,
             byte_limit: config.backpressure_threshold_bytes,
@@ -229,7 +229,10 @@ impl Broadcaster {
                 self.metrics.snapshot_duration.observe(started.elapsed().as_secs_f64());
                 #[allow(clippy::cast_precision_loss)] // a count of devices
                 self.metrics.snapshot_positions.observe(count as f64);
-                self.deliver(&client, &Arc::new(Outbound::single(Kind::Subscribed, &frame)));
+                self.deliver(
+                    &client,
+                    &Arc::new(Outbound::single(OutboundKind::Subscribed, &frame)),
+                );
             }
             Command::Unsubscribe { client, event } => {
                 self.flush_event(&event);
@@ -237,7 +240,10 @@ impl Broadcaster {
                 self.forget_if_unwatched(&event);
                 self.update_gauge();
                 let frame = unsubscribed_frame(&event);
-                self.deliver(&client, &Arc::new(Outbound::single(Kind::Unsubscribed, &frame)));
+                self.deliver(
+                    &client,
+                    &Arc::new(Outbound::single(OutboundKind::Unsubscribed, &frame)),
+                );
             }
             Command::Disconnect { id } => self.remove_client(id),
             Command::DeviceMap(map) => {
@@ -351,7 +357,7 @@ impl Broadcaster {
         let interval = lane.interval(max_delay);
         let batch = std::mem::take(&mut lane.pending);
         let entry = Arc::new(Outbound {
-            kind: Kind::Position,
+            kind: OutboundKind::Position,
             messages: batch.messages,
             wire: batch.wire,
             last_ts: batch.last_ts,
@@ -373,7 +379,7 @@ impl Broadcaster {
         lane.last_flush = Some(Instant::now());
         lane.last_entry = Some(Arc::clone(&entry));
         let n = delivered as u64 * entry.messages as u64;
-        self.outbound(Kind::Position).inc_by(n);
+        self.outbound(OutboundKind::Position).inc_by(n);
         self.metrics.fanout_deliveries.inc_by(n);
         self.metrics.broadcast_flushes.inc();
         self.metrics.broadcast_wakeups.inc_by(woken);
@@ -421,11 +427,11 @@ impl Broadcaster {
         }
     }
 
-    fn outbound(&self, kind: Kind) -> &IntCounter {
+    fn outbound(&self, kind: OutboundKind) -> &IntCounter {
         match kind {
-            Kind::Position => &self.outbound.0,
-            Kind::Subscribed => &self.outbound.1,
-            Kind::Unsubscribed => &self.outbound.2,
+            OutboundKind::Position => &self.outbound.0,
+            OutboundKind::Subscribed => &self.outbound.1,
+            OutboundKind::Unsubscribed => &self.outbound.2,
         }
     }
 
@@ -478,7 +484,7 @@ mod tests {
             b.handle(Command::Subscribe { client: Arc::clone(c), event: "e".into(), trail: None });
         }
         for rx in [&rx1, &rx2] {
-            assert_eq!(rx.try_recv().unwrap().kind, Kind::Subscribed);
+            assert_eq!(rx.try_recv().unwrap().kind, OutboundKind::Subscribed);
         }
         b.handle(Command::Positions(vec![position("d", 1), position("d", 2)]));
         b.flush_all();
@@ -534,7 +540,7 @@ mod tests {
     /// Subscribes `client` to `e` and takes its `subscribed` answer.
     fn subscribe(b: &mut Broadcaster, client: &Arc<ClientHandle>, rx: &Receiver<Arc<Outbound>>) {
         b.handle(Command::Subscribe { client: Arc::clone(client), event: "e".into(), trail: None });
-        assert_eq!(rx.try_recv().unwrap().kind, Kind::Subscribed);
+        assert_eq!(rx.try_recv().unwrap().kind, OutboundKind::Subscribed);
     }
 
     #[test]
@@ -592,7 +598,7 @@ mod tests {
         let lane = b.lanes.get_mut("e").unwrap();
         let last = lane.last_flush.unwrap();
         lane.last_entry = Some(Arc::new(Outbound {
-            kind: Kind::Position,
+            kind: OutboundKind::Position,
             messages: 1,
             wire: Vec::new(),
             last_ts: None,

@@ -669,7 +669,7 @@ mod tests {
     use crate::auth::{Authenticator, Credentials, NoAuth};
     use crate::config::Config;
     use crate::metrics::Metrics;
-    use crate::outbound::{Kind, OfferError};
+    use crate::outbound::{OfferError, OutboundKind};
 
     /// How long the test waits for bytes that are on their way.
     const PATIENCE: Duration = Duration::from_secs(5);
@@ -850,7 +850,7 @@ mod tests {
         let shared = shared(|_| {});
         let mut h = Harness::open(&shared);
         for text in ["{\"n\":1}", "{\"n\":2}"] {
-            let entry = Arc::new(Outbound::single(Kind::Position, text));
+            let entry = Arc::new(Outbound::single(OutboundKind::Position, text));
             assert_eq!(h.handle.offer(&entry, usize::MAX), Ok(false), "awake: no wake-up");
         }
         assert_eq!(h.step_at(10), Ok(()));
@@ -865,11 +865,11 @@ mod tests {
         let mut h = Harness::open(&shared);
         // More than any socket buffer holds, and nobody reads yet.
         let big = "x".repeat(32 << 20);
-        let big_entry = Arc::new(Outbound::single(Kind::Position, &big));
+        let big_entry = Arc::new(Outbound::single(OutboundKind::Position, &big));
         h.handle.offer(&big_entry, usize::MAX).expect("the first entry always fits");
         assert_eq!(h.step_at(0), Ok(()));
         assert!(h.conn.write_blocked(), "32 MiB cannot all be written at once");
-        let small = Arc::new(Outbound::single(Kind::Position, "{\"n\":1}"));
+        let small = Arc::new(Outbound::single(OutboundKind::Position, "{\"n\":1}"));
         h.handle.offer(&small, usize::MAX).expect("room");
         assert_eq!(h.step_at(10), Ok(()));
         assert_eq!(h.handle.queued_messages(), 1, "not taken while unsent bytes remain");
@@ -965,7 +965,7 @@ mod tests {
     fn back_pressure_closes_1008_without_sending_the_backlog() {
         let shared = shared(|config| config.queue_capacity = 2);
         let mut h = Harness::open(&shared);
-        let entry = Arc::new(Outbound::single(Kind::Position, "{\"n\":1}"));
+        let entry = Arc::new(Outbound::single(OutboundKind::Position, "{\"n\":1}"));
         assert_eq!(h.handle.offer(&entry, usize::MAX), Ok(false));
         assert_eq!(h.handle.offer(&entry, usize::MAX), Ok(false));
         assert_eq!(h.handle.offer(&entry, usize::MAX), Err(OfferError::Overflow));

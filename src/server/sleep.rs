@@ -112,7 +112,7 @@ mod tests {
         use std::sync::Arc;
         use std::time::Instant;
 
-        use crate::outbound::{ClientHandle, Kind, Outbound};
+        use crate::outbound::{ClientHandle, Outbound, OutboundKind};
 
         const ENTRIES: usize = 100_000;
         const LOST: Duration = Duration::from_secs(10);
@@ -154,7 +154,7 @@ mod tests {
         // One entry at a time, each offered as soon as the previous one is
         // taken: that is when the consumer is about to decide to sleep, and
         // every entry is the last one, which nothing else would wake for.
-        let entry = Arc::new(Outbound::single(Kind::Position, "{}"));
+        let entry = Arc::new(Outbound::single(OutboundKind::Position, "{}"));
         let mut woken = 0;
         for n in 0..ENTRIES {
             let deadline = Instant::now() + LOST;

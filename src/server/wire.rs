@@ -151,7 +151,7 @@ impl<S> Write for Wire<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::{Kind, push_text_frame};
+    use crate::outbound::{OutboundKind, push_text_frame};
 
     /// A socket that takes at most `limit` bytes per call, then blocks,
     /// and counts calls: k queued frames must cost one `writev`.
@@ -200,7 +200,7 @@ mod tests {
     }
 
     fn entry(text: &str) -> Arc<Outbound> {
-        Arc::new(Outbound::single(Kind::Position, text))
+        Arc::new(Outbound::single(OutboundKind::Position, text))
     }
 
     #[test]

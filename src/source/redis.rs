@@ -134,16 +134,16 @@ impl RedisSource {
 }
 
 /// How a session with Redis ended.
-enum Ended {
+enum SessionEnd {
     /// A stop was asked.
     Stopped,
     /// Redis failed; reconnect.
     Failed(RedisError),
 }
 
-impl From<RedisError> for Ended {
-    fn from(e: RedisError) -> Ended {
-        Ended::Failed(e)
+impl From<RedisError> for SessionEnd {
+    fn from(e: RedisError) -> SessionEnd {
+        SessionEnd::Failed(e)
     }
 }
 
@@ -168,8 +168,8 @@ impl Reader {
         let mut was_up = false;
         loop {
             match self.session(stop, &mut warmed, &mut backoff, &mut was_up) {
-                Ended::Stopped => break,
-                Ended::Failed(e) => {
+                SessionEnd::Stopped => break,
+                SessionEnd::Failed(e) => {
                     let reason = format!("redis: {}", describe(&e));
                     if was_up {
                         warn!("{reason}; reconnecting");
@@ -201,18 +201,18 @@ impl Reader {
         warmed: &mut bool,
         backoff: &mut Duration,
         was_up: &mut bool,
-    ) -> Ended {
+    ) -> SessionEnd {
         let Names { key, group, consumer } = &self.names;
         let mut conn = match self.connect() {
             Ok(conn) => conn,
-            Err(e) => return Ended::Failed(e),
+            Err(e) => return SessionEnd::Failed(e),
         };
         if let Err(e) = ensure_group(&mut conn, key, group) {
-            return Ended::Failed(e);
+            return SessionEnd::Failed(e);
         }
         if !*warmed {
             if let Err(e) = self.warm(&mut conn) {
-                return Ended::Failed(e);
+                return SessionEnd::Failed(e);
             }
             *warmed = true;
         }
@@ -228,7 +228,7 @@ impl Reader {
         loop {
             match stop.try_recv() {
                 Err(TryRecvError::Empty) => {}
-                Ok(()) | Err(TryRecvError::Disconnected) => return Ended::Stopped,
+                Ok(()) | Err(TryRecvError::Disconnected) => return SessionEnd::Stopped,
             }
             if Instant::now() >= next_pending_check {
                 next_pending_check = Instant::now() + PENDING_PERIOD;
@@ -246,13 +246,13 @@ impl Reader {
                     // The stream or group was deleted under us.
                     warn!("redis: group {group} vanished; recreating it");
                     if let Err(e) = ensure_group(&mut conn, key, group) {
-                        return Ended::Failed(e);
+                        return SessionEnd::Failed(e);
                     }
                     continue;
                 }
                 Err(e) => {
                     self.metrics.redis_read_errors.inc();
-                    return Ended::Failed(e);
+                    return SessionEnd::Failed(e);
                 }
             };
             let entries: Vec<StreamId> =
@@ -279,7 +279,7 @@ impl Reader {
 
     /// Hands a batch to the broadcaster, then acknowledges every entry of
     /// it, bad ones included (they would fail again).
-    fn deliver(&self, conn: &mut Connection, entries: Vec<StreamId>) -> Result<(), Ended> {
+    fn deliver(&self, conn: &mut Connection, entries: Vec<StreamId>) -> Result<(), SessionEnd> {
         let mut ids = Vec::with_capacity(entries.len());
         let mut positions = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -297,13 +297,13 @@ impl Reader {
         if !positions.is_empty() && self.commands.send(Command::Positions(positions)).is_err() {
             // The broadcaster is gone: stopping. Unacknowledged entries are
             // read again by the next start with this instance id.
-            return Err(Ended::Stopped);
+            return Err(SessionEnd::Stopped);
         }
         self.metrics.positions_received.with_label_values(&["redis"]).inc_by(n);
         let Names { key, group, .. } = &self.names;
         redis::cmd("XACK").arg(key).arg(group).arg(&ids).query::<u64>(conn).map_err(|e| {
             self.metrics.redis_read_errors.inc();
-            Ended::Failed(e)
+            SessionEnd::Failed(e)
         })?;
         Ok(())
     }
