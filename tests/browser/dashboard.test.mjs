@@ -145,6 +145,15 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     ]);
     await waitForRows({ "tr-3": { lat: 46.5154, lon: 6.6108 } });
     await waitForTrails({ "tr-1": 13, "tr-2": 31, "tr-3": 3 });
+
+    // The dashboard's own line grows past the snapshot's 30 (up to 240)...
+    const more = track(ev, "tr-2", { lat: 46.5052, lon: 6.6365 }, 5, now);
+    await ingest(server, more);
+    await waitForTrails({ "tr-1": 13, "tr-2": 36, "tr-3": 3 });
+    // ... and a reconnect's fresh snapshot replaces it: 30 older + latest.
+    await page.evaluate(() => document.getElementById("reconnect").click()); // client.reconnect()
+    await waitForTrails({ "tr-1": 13, "tr-2": 31, "tr-3": 3 });
+    await waitForRows({ "tr-2": { lat: 46.5052, lon: 6.6365 } });
     assert.equal(await page.locator("#errors li").count(), 0, "no error shown");
   });
 
