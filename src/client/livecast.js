@@ -457,8 +457,8 @@ export class Subscription {
       call(this.#handlers.onSnapshot, devices);
       return;
     }
-    // An older server, or one that has no trail for anybody, may send no
-    // `trails`: then every device starts with an empty one.
+    // A server from before trails ignores `trail` and sends no `trails`:
+    // then every device starts with an empty one.
     const trails = new Map();
     const sent = msg.trails !== null && typeof msg.trails === "object" ? msg.trails : {};
     for (const [deviceId, list] of Object.entries(sent)) {
