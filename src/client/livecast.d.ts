@@ -87,9 +87,25 @@ export interface ConnectOptions {
   authCheck?: boolean;
 }
 
+/** Older positions per device: deviceId -> positions, oldest first. */
+export type Trails = Map<string, Position[]>;
+
 export interface SubscribeHandlers {
-  /** After every (re)subscribe: the fresh snapshot, which replaced `devices`. */
-  onSnapshot?(devices: Map<string, Position>): void;
+  /**
+   * Ask for each device's recent path: at most this many older positions
+   * per device (a whole number, 0 or more; `subscribe()` throws a
+   * TypeError otherwise), sent with every (re)subscribe. More than the
+   * server's `LIVE_TRAIL_LENGTH` (default 30) is refused: `onError` gets a
+   * `protocol-violation` and nothing is subscribed.
+   */
+  trail?: number;
+  /**
+   * After every (re)subscribe: the fresh snapshot, which replaced `devices`
+   * (and `trails`). `trails` is a Map when `trail` was asked (empty when
+   * no device has older positions; a device without any has no entry),
+   * and `undefined` when it was not.
+   */
+  onSnapshot?(devices: Map<string, Position>, trails: Trails | undefined): void;
   /** Each live position, `devices` already updated. */
   onPosition?(position: Position, devices: Map<string, Position>): void;
   /** The server's errors about this event (forbidden, ...). */
@@ -103,6 +119,15 @@ export declare class Subscription {
   readonly eventId: string;
   /** deviceId -> latest position; a new Map after each snapshot. */
   readonly devices: Map<string, Position>;
+  /** The `trail` given to subscribe(), or undefined. */
+  readonly trail: number | undefined;
+  /**
+   * With a `trail`: deviceId -> older positions, oldest first, at most
+   * `trail`, the latest (in `devices`) not repeated; a new Map after each
+   * snapshot, and each live position appends the device's previous latest
+   * (the oldest beyond `trail` dropped). `undefined` without a `trail`.
+   */
+  readonly trails: Trails | undefined;
   /** False after unsubscribe(), or once another subscribe() to the event replaced it. */
   readonly active: boolean;
   unsubscribe(): void;

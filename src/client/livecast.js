@@ -6,7 +6,8 @@
 //   import { connect } from "http://127.0.0.1:9090/livecast.js";
 //   const client = connect({ onStatus(state, detail) { ... } });
 //   const sub = client.subscribe("demo-marathon", {
-//     onSnapshot(devices) { ... },          // Map deviceId -> position
+//     trail: 30,                            // optional: recent paths too
+//     onSnapshot(devices, trails) { ... },  // Map deviceId -> position (and -> older positions)
 //     onPosition(position, devices) { ... },
 //     onError(error) { ... },               // {code, message, eventId}
 //   });
@@ -22,9 +23,13 @@
 //   client.reconnect(); an upgrade refused before opening (browsers only
 //   see 1006) is told apart by asking GET /auth/check, which answers 401
 //   for credentials that will not do;
-// - every subscription is sent again after a reconnect, and its devices
-//   replaced by the fresh snapshot: no device survives that the server no
-//   longer knows;
+// - every subscription is sent again after a reconnect (with its `trail`),
+//   and its devices (and trails) replaced by the fresh snapshot: no device
+//   survives that the server no longer knows;
+// - with `trail: N`, sub.trails holds each device's older positions
+//   (oldest first, at most N) from the snapshot, and every live position
+//   moves the device's previous latest onto its trail, so a page draws
+//   paths without bookkeeping of its own;
 // - a quiet connection is probed: after 25 s without any message it sends
 //   {"type":"ping"}, and reconnects if nothing (pong or anything else)
 //   comes within 10 s, because a dead TCP connection looks exactly like an
@@ -115,9 +120,16 @@ export class Client {
    * Subscribes to an event, now if connected, else as soon as connected,
    * and again after every reconnect. A second subscribe() to the same event
    * replaces the first subscription (which then gets nothing more).
+   * `handlers.trail` (a whole number, optional) asks for each device's
+   * recent path; a server whose LIVE_TRAIL_LENGTH is smaller refuses the
+   * subscription with a protocol-violation (to onError).
    */
   subscribe(eventId, handlers = {}) {
     if (typeof eventId !== "string") throw new TypeError("livecast: eventId must be a string");
+    const { trail } = handlers;
+    if (trail !== undefined && !(Number.isSafeInteger(trail) && trail >= 0)) {
+      throw new TypeError("livecast: trail must be a whole number (0 or more)");
+    }
     this.#subscriptions.get(eventId)?.[RETIRE]();
     const sub = new Subscription(this, eventId, handlers);
     this.#subscriptions.set(eventId, sub);
@@ -362,7 +374,9 @@ export class Subscription {
   #client;
   #eventId;
   #handlers;
+  #trail;               // positions per device asked for, or undefined
   #devices = new Map();
+  #trails = undefined;  // deviceId -> older positions, when #trail is set
   #active = true;
   #answered = false; // a snapshot or an error came since the last subscribe was sent
   #refused = false;  // ... and it was an error
@@ -371,6 +385,8 @@ export class Subscription {
     this.#client = client;
     this.#eventId = eventId;
     this.#handlers = handlers;
+    this.#trail = handlers.trail;
+    if (this.#trail !== undefined) this.#trails = new Map();
   }
 
   /** The event, as given to subscribe(). */
@@ -385,6 +401,23 @@ export class Subscription {
    */
   get devices() {
     return this.#devices;
+  }
+
+  /** The `trail` asked for in subscribe(), or undefined. */
+  get trail() {
+    return this.#trail;
+  }
+
+  /**
+   * With a `trail`: each device's older positions (Map deviceId ->
+   * positions, oldest first, at most `trail`, the latest, which is in
+   * `devices`, not repeated); a device without older positions has no
+   * entry. Each snapshot replaces it with a new Map; every live position
+   * appends the device's previous latest to its trail (dropping the oldest
+   * beyond `trail`). Undefined without a `trail`.
+   */
+  get trails() {
+    return this.#trails;
   }
 
   /** False after unsubscribe(), or once another subscribe() replaced it. */
@@ -420,13 +453,35 @@ export class Subscription {
     }
     this.#devices = devices;
     this.#answered = true;
-    // A later `trail` option passes msg.trails as a second argument.
-    call(this.#handlers.onSnapshot, devices);
+    if (this.#trail === undefined) {
+      call(this.#handlers.onSnapshot, devices);
+      return;
+    }
+    // A server from before trails ignores `trail` and sends no `trails`:
+    // then every device starts with an empty one.
+    const trails = new Map();
+    const sent = msg.trails !== null && typeof msg.trails === "object" ? msg.trails : {};
+    for (const [deviceId, list] of Object.entries(sent)) {
+      if (!Array.isArray(list)) continue;
+      const trail = list.filter((p) => p !== null && typeof p === "object");
+      if (trail.length > this.#trail) trail.splice(0, trail.length - this.#trail);
+      if (trail.length > 0) trails.set(deviceId, trail);
+    }
+    this.#trails = trails;
+    call(this.#handlers.onSnapshot, devices, trails);
   }
 
   [POSITION](p) {
     if (typeof p.deviceId !== "string") return;
+    const previous = this.#devices.get(p.deviceId);
     this.#devices.set(p.deviceId, p);
+    if (this.#trails && previous && this.#trail > 0) {
+      // The position it replaces is now the newest of the older ones.
+      let trail = this.#trails.get(p.deviceId);
+      if (!trail) this.#trails.set(p.deviceId, (trail = []));
+      trail.push(previous);
+      if (trail.length > this.#trail) trail.splice(0, trail.length - this.#trail);
+    }
     call(this.#handlers.onPosition, p, this.#devices);
   }
 
@@ -441,9 +496,11 @@ export class Subscription {
 
 // ---- helpers ----------------------------------------------------------------
 
-/** The subscribe message of a subscription (a later `trail` option adds `trail` here). */
+/** The subscribe message of a subscription, sent again on every resubscribe. */
 function subscribeMessage(sub) {
-  return { type: "subscribe", eventId: sub.eventId };
+  const message = { type: "subscribe", eventId: sub.eventId };
+  if (sub.trail !== undefined) message.trail = sub.trail;
+  return message;
 }
 
 /**

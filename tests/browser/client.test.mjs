@@ -21,7 +21,9 @@
 //   LIVE_AUTH_REVALIDATE_MS: 4401, "unauthorized", no reconnect until
 //   client.reconnect(); a refused token is "unauthorized" at once too;
 // - backoff against a port where nobody listens: each delay uniform below
-//   a cap that doubles; a connection that stayed up resets it.
+//   a cap that doubles; a connection that stayed up resets it;
+// - trails (issue 15): onSnapshot gets them, sub.trails grows with live
+//   positions, and after a server restart holds the fresh snapshot's.
 //
 // Run by scripts/browser-test.sh (after dashboard.test.mjs).
 
@@ -49,8 +51,12 @@ function pageHtml(lib) {
 import { connect } from ${JSON.stringify(lib)};
 const now = () => Math.round(performance.now());
 window.clients = {};
-// Starts a client named \`name\`, subscribed to \`events\`; records everything.
-window.start = (name, options, events) => {
+// A trail Map as plain data: deviceId -> the ts of its positions.
+const plain = (trails) => trails === undefined ? "none"
+  : Object.fromEntries([...trails].map(([id, list]) => [id, list.map((p) => p.ts)]));
+// Starts a client named \`name\`, subscribed to \`events\` (with \`sub\`'s
+// options, trail say); records everything.
+window.start = (name, options, events, sub = {}) => {
   const rec = { statuses: [], snapshots: [], positions: [], errors: [], clientErrors: [], subs: {} };
   rec.client = connect({
     ...options,
@@ -59,7 +65,10 @@ window.start = (name, options, events) => {
   });
   for (const eventId of events) {
     rec.subs[eventId] = rec.client.subscribe(eventId, {
-      onSnapshot: (devices) => rec.snapshots.push({ t: now(), eventId, ids: [...devices.keys()].sort() }),
+      ...sub,
+      onSnapshot: (devices, trails) => rec.snapshots.push({
+        t: now(), eventId, ids: [...devices.keys()].sort(), trails: plain(trails),
+      }),
       onPosition: (p, devices) => rec.positions.push({ t: now(), eventId, deviceId: p.deviceId, lat: p.lat, size: devices.size }),
       onError: (e) => rec.errors.push({ t: now(), eventId, ...e }),
     });
@@ -70,7 +79,10 @@ window.start = (name, options, events) => {
 window.record = (name) => {
   const { client, subs, ...data } = window.clients[name];
   const devices = Object.fromEntries(Object.entries(subs).map(([e, s]) => [e, [...s.devices.keys()].sort()]));
-  return { ...data, state: client.state, url: client.url, devices };
+  const trails = Object.fromEntries(Object.entries(subs).map(([e, s]) => [e, plain(s.trails)]));
+  const latest = Object.fromEntries(Object.entries(subs).map(([e, s]) =>
+    [e, Object.fromEntries([...s.devices].map(([id, p]) => [id, p.ts]))]));
+  return { ...data, state: client.state, url: client.url, devices, trails, latest };
 };
 window.ready = true;
 </script>`;
@@ -101,8 +113,8 @@ async function openPage(server) {
   await page.waitForFunction(() => window.ready === true, null, { timeout: WAIT });
 }
 
-const start = (name, options, events) =>
-  page.evaluate(([n, o, e]) => window.start(n, o, e), [name, options, events]);
+const start = (name, options, events, sub) =>
+  page.evaluate(([n, o, e, s]) => window.start(n, o, e, s), [name, options, events, sub]);
 const record = (name) => deadline(page.evaluate((n) => window.record(n), name), `record of ${name}`);
 const call = (name, method) =>
   page.evaluate(([n, m]) => window.clients[n].client[m](), [name, method]);
@@ -146,7 +158,7 @@ after(async () => {
 
 // ---- the tests -----------------------------------------------------------------
 
-test("livecast.js in headless Chromium", { timeout: 120_000 }, async (t) => {
+test("livecast.js in headless Chromium", { timeout: 180_000 }, async (t) => {
   assert.ok(existsSync(bin), `${bin} missing: run cargo build first`);
   assert.ok(existsSync(chromiumPath), `${chromiumPath} missing: apt-get install chromium`);
   await startPageServer();
@@ -351,6 +363,78 @@ test("livecast.js in headless Chromium", { timeout: 120_000 }, async (t) => {
     assert.equal(again.attempt, 1, "backoff reset after a stable connection");
     assert.ok(again.delayMs <= 100, `${again.delayMs} ms`);
     await call("k", "close");
+  });
+
+  await t.test("trails: onSnapshot gets them, live positions extend sub.trails, a restart brings the fresh snapshot's", async () => {
+    server = await startServer(); // LIVE_TRAIL_LENGTH: 30
+    await openPage(server);
+    const ev = "cl-trail";
+    const t1 = Date.now() - 60_000;
+    const times = (from, n) => Array.from({ length: n }, (_, i) => from + i * 1000);
+    const at = (deviceId, ts) => ({ eventId: ev, deviceId, lat: 46.5 + (ts % 100_000) / 1e7, lon: 6.6, ts });
+    // a: 8 positions, b: 1 (no older one), c: 3.
+    await ingest(server, [
+      ...times(t1, 8).map((ts) => at("a", ts)), at("b", t1 + 50), ...times(t1 + 100, 3).map((ts) => at("c", ts)),
+    ]);
+    await start("tr", FAST, [ev], { trail: 5 });
+    await start("nt", FAST, [ev]);
+    let r = await waitFor("tr", "the snapshot", (x) => x.snapshots.length === 1);
+    assert.deepEqual(r.snapshots[0].ids, ["a", "b", "c"]);
+    // At most 5 older ones, oldest first, the latest not repeated; b has none.
+    const snapshotTrails = { a: times(t1 + 2000, 5), c: times(t1 + 100, 2) };
+    assert.deepEqual(r.snapshots[0].trails, snapshotTrails);
+    assert.deepEqual(r.trails[ev], snapshotTrails);
+    const nt = await waitFor("nt", "the snapshot", (x) => x.snapshots.length === 1);
+    assert.equal(nt.snapshots[0].trails, "none", "no trail asked: onSnapshot gets undefined");
+    assert.equal(nt.trails[ev], "none", "no trail asked: sub.trails is undefined");
+
+    // Live: each position moves the previous latest onto the trail, capped at 5.
+    await ingest(server, [at("b", t1 + 10_000), at("b", t1 + 11_000), at("a", t1 + 12_000)]);
+    r = await waitFor("tr", "three live positions", (x) => x.positions.length === 3);
+    assert.deepEqual(r.trails[ev], { a: times(t1 + 3000, 5), b: [t1 + 50, t1 + 10_000], c: times(t1 + 100, 2) });
+    assert.equal(r.snapshots.length, 1);
+
+    // Over the server's LIVE_TRAIL_LENGTH: refused, to onError; a trail
+    // that is not a whole number: a TypeError at once.
+    await start("big", FAST, ["cl-big"], { trail: 31 });
+    const big = await waitFor("big", "the refusal", (x) => x.errors.length === 1);
+    assert.equal(big.errors[0].code, "protocol-violation");
+    assert.match(big.errors[0].message, /at most 30/);
+    assert.deepEqual(big.snapshots, []);
+    const thrown = await page.evaluate(() => {
+      try {
+        window.clients.big.client.subscribe("cl-x", { trail: 1.5 });
+        return "nothing";
+      } catch (e) {
+        return e.name;
+      }
+    });
+    assert.equal(thrown, "TypeError");
+    await call("big", "close");
+
+    // A restart: the fresh snapshot (the new server knows nothing yet)
+    // replaces every trail, re-asked with trail:5.
+    const { wsPort, httpPort } = server;
+    await stopServer(server);
+    server = await startServer({ wsPort, httpPort });
+    r = await waitFor("tr", "a fresh snapshot", (x) => x.state === "connected" && x.snapshots.length === 2);
+    assert.deepEqual(last(r.snapshots).trails, {});
+    assert.deepEqual(r.trails[ev], {}, "no trail from before the restart");
+    const t2 = Date.now() - 10_000;
+    await ingest(server, [...times(t2, 3).map((ts) => at("a", ts)), ...times(t2 + 500, 2).map((ts) => at("d", ts))]);
+    r = await waitFor("tr", "the new server's positions",
+      (x) => x.latest[ev].a === t2 + 2000 && x.latest[ev].d === t2 + 1500);
+    const grown = { a: times(t2, 2), d: [t2 + 500] };
+    assert.deepEqual(r.trails[ev], grown);
+    // reconnect(): the next fresh snapshot's trails are what live positions built.
+    await call("tr", "reconnect");
+    r = await waitFor("tr", "the snapshot after reconnect()", (x) => x.snapshots.length === 3);
+    assert.deepEqual(last(r.snapshots).trails, grown);
+    assert.deepEqual(r.trails[ev], grown);
+    assert.deepEqual(r.errors, []);
+    await call("tr", "close");
+    await call("nt", "close");
+    await stopServer(server);
   });
 
   assert.deepEqual(pageErrors, [], "no uncaught exception in the page");

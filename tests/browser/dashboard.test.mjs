@@ -2,9 +2,11 @@
 //
 // Starts the real livecast binary on free ports, opens its dashboard, posts
 // positions to POST /ingest and asserts from the page's DOM what a person
-// would see: devices with their latest coordinates, the state "connected",
-// server errors; then stops the server and starts it again on the same
-// ports and asserts the page reconnected on its own and shows new positions.
+// would see: each device's trail drawn at once from the snapshot (issue 15),
+// devices with their latest coordinates, the state "connected", server
+// errors; then stops the server and starts it again on the same ports and
+// asserts the page reconnected on its own and shows new positions, with
+// trails from the new server only.
 // Then tokens mode (?token=, and "log in again" from /auth/check), and the
 // demo feed (`livecast --demo`) moving every device. Screenshots land in
 // target/browser-test/.
@@ -78,6 +80,23 @@ async function waitForRows(expected) {
 
 const rowIds = () => page.$$eval("#devices tbody tr", (rows) => rows.map((r) => r.dataset.device));
 
+/** Points of each device's trail line in the last frame drawn (the rows' data-trail). */
+const trailPoints = () => page.$$eval("#devices tbody tr", (rows) =>
+  Object.fromEntries(rows.map((r) => [r.dataset.device, Number(r.dataset.trail)])));
+
+/** Waits until the dashboard drew exactly `expected` (deviceId -> points). */
+async function waitForTrails(expected) {
+  try {
+    await page.waitForFunction((exp) => {
+      const rows = [...document.querySelectorAll("#devices tbody tr")];
+      return rows.length === Object.keys(exp).length &&
+        rows.every((r) => Number(r.dataset.trail) === exp[r.dataset.device]);
+    }, expected, { timeout: WAIT });
+  } catch (e) {
+    assert.deepEqual(await trailPoints(), expected, `trails drawn (${e.message})`);
+  }
+}
+
 /** Pixels of the map that are not background: something was drawn. */
 const paintedPixels = () => page.evaluate(() => {
   const c = document.getElementById("map");
@@ -101,6 +120,42 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
   const event = "bt-race";
   let server = await startServer();
   const t0 = Date.now() - 60_000;
+
+  await t.test("draws every device's trail at once from the snapshot", async () => {
+    // Posted before the page opens: the subscribe's trail:30 must bring them.
+    const ev = "bt-trail";
+    const t1 = Date.now() - 90_000;
+    await ingest(server, [
+      ...track(ev, "tr-1", { lat: 46.51, lon: 6.62 }, 12, t1, { speed: 10 }),
+      ...track(ev, "tr-2", { lat: 46.505, lon: 6.635 }, 40, t1 + 300, { speed: 12 }),
+      { eventId: ev, deviceId: "tr-3", lat: 46.515, lon: 6.61, ts: t1 }, // no older position
+    ].sort((a, b) => a.ts - b.ts));
+    await page.goto(`http://${server.http}/?event=${ev}`);
+    // tr-2 posted 40: the snapshot's trail holds the 30 before the latest.
+    await waitForTrails({ "tr-1": 12, "tr-2": 31, "tr-3": 1 });
+    assert.equal(await page.locator("#total").textContent(), "3", "the snapshot only, no live position");
+    await page.screenshot({ path: path.join(outDir, "dashboard-trails.png") });
+
+    // Live positions extend the snapshot's line: no duplicate at the hand-over.
+    const now = Date.now();
+    await ingest(server, [
+      { eventId: ev, deviceId: "tr-1", lat: 46.5105, lon: 6.6212, ts: now },
+      { eventId: ev, deviceId: "tr-3", lat: 46.5152, lon: 6.6104, ts: now },
+      { eventId: ev, deviceId: "tr-3", lat: 46.5154, lon: 6.6108, ts: now + 1000 },
+    ]);
+    await waitForRows({ "tr-3": { lat: 46.5154, lon: 6.6108 } });
+    await waitForTrails({ "tr-1": 13, "tr-2": 31, "tr-3": 3 });
+
+    // The dashboard's own line grows past the snapshot's 30 (up to 240)...
+    const more = track(ev, "tr-2", { lat: 46.5052, lon: 6.6365 }, 5, now);
+    await ingest(server, more);
+    await waitForTrails({ "tr-1": 13, "tr-2": 36, "tr-3": 3 });
+    // ... and a reconnect's fresh snapshot replaces it: 30 older + latest.
+    await page.evaluate(() => document.getElementById("reconnect").click()); // client.reconnect()
+    await waitForTrails({ "tr-1": 13, "tr-2": 31, "tr-3": 3 });
+    await waitForRows({ "tr-2": { lat: 46.5052, lon: 6.6365 } });
+    assert.equal(await page.locator("#errors li").count(), 0, "no error shown");
+  });
 
   await t.test("shows the snapshot, live positions, age and rate", async () => {
     // Before the page opens: must arrive in the subscribe's snapshot.
@@ -175,6 +230,10 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
       "d-1": { lat: 46.52, lon: 6.64, speed: 14.2 },
       "d-5": { lat: 46.5188, lon: 6.6077, speed: 9.9 },
     });
+    // The new server knows only these four positions of each: d-1's longer
+    // line from before the restart is gone (whether the four came in the
+    // fresh snapshot's trail or live, the line is the same).
+    await waitForTrails({ "d-1": 4, "d-5": 4 });
     assert.equal(await stateOf(), "connected");
     assert.equal(await page.locator('#errors li').count(), 0, "no error shown");
     await page.waitForTimeout(300); // the view eases in
@@ -197,6 +256,17 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     assert.match(await page.locator("#state-detail").textContent(), /token/);
     await page.waitForTimeout(1500);
     assert.equal(await stateOf(), "log in again", "no retry loop with a refused token");
+    await stopServer(server);
+  });
+
+  await t.test("a shorter LIVE_TRAIL_LENGTH: the dashboard asks for that many", async () => {
+    server = await startServer({ env: { LIVE_TRAIL_LENGTH: "3" } });
+    await ingest(server, track("bt-short", "s-1", { lat: 46.51, lon: 6.62 }, 8, Date.now() - 20_000));
+    await page.goto(`http://${server.http}/?event=bt-short`);
+    // trail:30 is refused (at most 3), trail:3 asked again, silently.
+    await waitForTrails({ "s-1": 4 });
+    assert.equal(await page.locator("#errors li").count(), 0, "the refusal is not shown");
+    assert.equal(await stateOf(), "connected");
     await stopServer(server);
   });
 
@@ -227,6 +297,16 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     await page.waitForTimeout(12_000);
     const then = await where();
     for (const id of cars) assert.notEqual(then[id], start[id], `${id} moves`);
+    // A page opened now draws each car's recent path at once: the first
+    // frame with the cars has their snapshot trails (a line grown from live
+    // positions only would have a point or two).
+    await page.goto(`http://${server.http}/?event=demo-rally`);
+    await page.waitForFunction((n) => {
+      const rows = [...document.querySelectorAll("#devices tbody tr")];
+      return rows.length === n && rows.every((r) => r.dataset.trail);
+    }, cars.length, { timeout: WAIT });
+    const drawn = await trailPoints();
+    for (const id of cars) assert.ok(drawn[id] >= 15, `${id}: ${drawn[id]} trail points at once`);
     await page.screenshot({ path: path.join(outDir, "demo.png") });
     await stopServer(server);
     const committed = path.join(root, "scripts", "dashboard.png");
