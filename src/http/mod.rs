@@ -64,6 +64,9 @@ pub(crate) struct RouteSettings {
     pub(crate) ingest_max_items: usize,
     /// `LIVE_MAX_POSITION_BYTES`.
     pub(crate) max_position_bytes: usize,
+    /// `LIVE_TRAIL_LENGTH`: the dashboard asks for at most that many trail
+    /// positions.
+    pub(crate) trail_length: usize,
 }
 
 impl RouteSettings {
@@ -76,6 +79,7 @@ impl RouteSettings {
             allowed_origins: config.allowed_origins.clone(),
             ingest_max_items: config.ingest_max_items,
             max_position_bytes: config.max_position_bytes,
+            trail_length: config.trail_length,
         }
     }
 }
@@ -159,6 +163,8 @@ const DASHBOARD: &str = include_str!("../dashboard/index.html");
 /// rather than at build time: the port is known only once bound (0 asks for
 /// any).
 const WS_PORT_PLACEHOLDER: &str = "{{WS_PORT}}";
+/// Where the dashboard page expects `LIVE_TRAIL_LENGTH`.
+const TRAIL_LENGTH_PLACEHOLDER: &str = "{{TRAIL_LENGTH}}";
 
 /// The dashboard's Content-Security-Policy: inline code and this server's
 /// own scripts (`/livecast.js`) only, connections
@@ -172,7 +178,10 @@ impl Routes {
     /// The routes, with the dashboard pointing at WebSocket port `ws_port`
     /// (the bound one).
     pub(crate) fn new(state: OpsState, ws_port: u16) -> Routes {
-        let index = DASHBOARD.replace(WS_PORT_PLACEHOLDER, &ws_port.to_string()).into_bytes();
+        let index = DASHBOARD
+            .replace(WS_PORT_PLACEHOLDER, &ws_port.to_string())
+            .replace(TRAIL_LENGTH_PLACEHOLDER, &state.settings.trail_length.to_string())
+            .into_bytes();
         Routes { state, index, library: assets::ClientLibrary::new(ws_port) }
     }
 
@@ -237,6 +246,7 @@ impl Routes {
         let limits = ingest::Limits {
             max_items: config.ingest_max_items,
             max_position_bytes: config.max_position_bytes,
+            trail_length: config.trail_length,
         };
         let parsed = if ingest::is_ndjson(req.header("content-type")) {
             ingest::parse_ndjson(&req.body, &limits)
