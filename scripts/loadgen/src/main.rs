@@ -76,6 +76,8 @@ Load:
                          ~4 MB (MSS 64 KiB): at a dashboard's data rate it
                          would take minutes before the server's own queue
                          for a non-reading client even starts to fill [0]
+  --trail N              subscribe with \"trail\":N (the snapshot then carries
+                         each device's last N older positions) [none]
   --probes N             extra clients that keep subscribing and
                          unsubscribing while the load runs, to time the
                          answer to a subscribe under load [0]
@@ -118,6 +120,7 @@ struct Args {
     slow_rcvbuf: usize,
     slow_ballast: u64,
     probes: usize,
+    trail: Option<u64>,
     idle: bool,
     threads: usize,
     connect_timeout: Duration,
@@ -147,6 +150,7 @@ impl Default for Args {
             slow_rcvbuf: 4096,
             slow_ballast: 0,
             probes: 0,
+            trail: None,
             idle: false,
             threads: 0,
             connect_timeout: Duration::from_secs(30),
@@ -199,6 +203,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
             Long("slow-rcvbuf") => a.slow_rcvbuf = value(&mut p, "slow-rcvbuf")?,
             Long("slow-ballast") => a.slow_ballast = value(&mut p, "slow-ballast")?,
             Long("probes") => a.probes = value(&mut p, "probes")?,
+            Long("trail") => a.trail = Some(value(&mut p, "trail")?),
             Long("threads") => a.threads = value(&mut p, "threads")?,
             Long("connect-timeout") => a.connect_timeout = secs(&mut p, "connect-timeout")?,
             Long("drain") => a.drain = secs(&mut p, "drain")?,
@@ -348,8 +353,11 @@ fn run(args: &Args) -> Result<(), String> {
         .iter()
         .map(|e| {
             let mut frame = Vec::new();
-            let text = json!({"type": "subscribe", "eventId": e}).to_string();
-            wire::client_frame(wire::OP_TEXT, text.as_bytes(), &mut frame);
+            let mut subscribe = json!({"type": "subscribe", "eventId": e});
+            if let Some(n) = args.trail {
+                subscribe["trail"] = n.into();
+            }
+            wire::client_frame(wire::OP_TEXT, subscribe.to_string().as_bytes(), &mut frame);
             frame
         })
         .collect();
