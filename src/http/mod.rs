@@ -246,7 +246,6 @@ impl Routes {
         let limits = ingest::Limits {
             max_items: config.ingest_max_items,
             max_position_bytes: config.max_position_bytes,
-            trail_length: config.trail_length,
         };
         let parsed = if ingest::is_ndjson(req.header("content-type")) {
             ingest::parse_ndjson(&req.body, &limits)
