@@ -74,6 +74,18 @@ fn interval_for(cost: Duration) -> Duration {
     Duration::from_micros(u64::try_from(product.isqrt()).unwrap_or(u64::MAX))
 }
 
+/// Most `subscribed` answers kept for sharing at once (see
+/// [`Broadcaster::subscribed_answer`]); past it they are all dropped.
+const MAX_SHARED_ANSWERS: usize = 64;
+
+/// `subscribed` answers shared by the subscribers that ask while the cache
+/// does not change, by event and trail, with their count of positions.
+#[derive(Debug, Default)]
+struct SharedAnswers {
+    generation: u64,
+    built: HashMap<(String, Option<usize>), (Arc<Outbound>, usize)>,
+}
+
 /// Frames for one event gathered since its last flush.
 #[derive(Debug, Default)]
 struct Pending {
@@ -135,6 +147,7 @@ pub(crate) struct Broadcaster {
     device_map: Arc<HashMap<String, String>>,
     /// Events with subscribers, and the pacing of their fan-out.
     lanes: HashMap<String, Lane>,
+    answers: SharedAnswers,
     metrics: Metrics,
     /// `livecast_outbound_messages_total` by [`OutboundKind`] (position,
     /// subscribed, unsubscribed), resolved once instead of per delivery.
@@ -150,6 +163,7 @@ impl Broadcaster {
             cache: Cache::new(config.cache_max_devices, config.trail_length),
             device_map: Arc::default(),
             lanes: HashMap::new(),
+            answers: SharedAnswers::default(),
             outbound: (
                 metrics.outbound_messages.with_label_values(&[OutboundKind::Position.label()]),
                 metrics.outbound_messages.with_label_values(&[OutboundKind::Subscribed.label()]),
@@ -212,27 +226,9 @@ impl Broadcaster {
                 self.registry.add(&event, &client);
                 // Gauges first: once the client reads its answer, they agree.
                 self.update_gauge();
-                // Positions in the answer, trails included.
-                let count = Cell::new(0usize);
-                let counted = |_: &&str| count.set(count.get() + 1);
-                let mut frame =
-                    open_subscribed_frame(&event, self.cache.snapshot(&event).inspect(counted));
-                if let Some(n) = trail {
-                    let trails = self.cache.trails(&event, n);
-                    push_trails(
-                        &mut frame,
-                        trails.map(|(id, frames)| (id, frames.inspect(counted))),
-                    );
-                }
-                frame.push('}');
-                let count = count.get();
+                let answer = self.subscribed_answer(&event, trail);
                 self.metrics.snapshot_duration.observe(started.elapsed().as_secs_f64());
-                #[allow(clippy::cast_precision_loss)] // a count of devices
-                self.metrics.snapshot_positions.observe(count as f64);
-                self.deliver(
-                    &client,
-                    &Arc::new(Outbound::single(OutboundKind::Subscribed, &frame)),
-                );
+                self.deliver(&client, &answer);
             }
             Command::Unsubscribe { client, event } => {
                 self.flush_event(&event);
@@ -256,6 +252,39 @@ impl Broadcaster {
             }
             Command::Shutdown => {}
         }
+    }
+
+    /// The `subscribed` answer for `event` (with `trail`), built once per
+    /// state of the cache: in a connect storm every subscriber of an event
+    /// gets the same shared bytes instead of its own copy of a snapshot
+    /// that may weigh hundreds of kilobytes with trails.
+    fn subscribed_answer(&mut self, event: &str, trail: Option<usize>) -> Arc<Outbound> {
+        let generation = self.cache.generation();
+        if self.answers.generation != generation || self.answers.built.len() >= MAX_SHARED_ANSWERS {
+            self.answers.built.clear();
+            self.answers.generation = generation;
+        }
+        let key = (event.to_owned(), trail);
+        if let Some((answer, count)) = self.answers.built.get(&key) {
+            #[allow(clippy::cast_precision_loss)] // a count of positions
+            self.metrics.snapshot_positions.observe(*count as f64);
+            return Arc::clone(answer);
+        }
+        // Positions in the answer, trails included.
+        let count = Cell::new(0usize);
+        let counted = |_: &&str| count.set(count.get() + 1);
+        let mut frame = open_subscribed_frame(event, self.cache.snapshot(event).inspect(counted));
+        if let Some(n) = trail {
+            let trails = self.cache.trails(event, n);
+            push_trails(&mut frame, trails.map(|(id, frames)| (id, frames.inspect(counted))));
+        }
+        frame.push('}');
+        let count = count.get();
+        #[allow(clippy::cast_precision_loss)] // a count of positions
+        self.metrics.snapshot_positions.observe(count as f64);
+        let answer = Arc::new(Outbound::single(OutboundKind::Subscribed, &frame));
+        self.answers.built.insert(key, (Arc::clone(&answer), count));
+        answer
     }
 
     /// Fills the cache from the stream's tail (oldest first), for devices
@@ -667,5 +696,35 @@ mod tests {
         assert_eq!(metrics.cache_evictions.get(), 1);
         assert_eq!(metrics.cache_devices.get(), 2);
         assert!(!b.cache.has_device("d1"));
+    }
+
+    #[test]
+    fn subscribers_of_an_unchanged_event_share_one_answer() {
+        let mut b = broadcaster();
+        b.handle(Command::Positions(vec![position("d", 1), position("d", 2)]));
+        let (c1, rx1, _s1) = client();
+        let (c2, rx2, _s2) = client();
+        let (c3, rx3, _s3) = client();
+        for c in [&c1, &c2] {
+            b.handle(Command::Subscribe {
+                client: Arc::clone(c),
+                event: "e".into(),
+                trail: Some(5),
+            });
+        }
+        let (a1, a2) = (rx1.try_recv().unwrap(), rx2.try_recv().unwrap());
+        assert!(Arc::ptr_eq(&a1, &a2), "built once for both");
+        let text = String::from_utf8_lossy(&a1.wire).into_owned();
+        assert!(text.contains("\"trails\"") && text.contains("\"seq\":2"), "{text}");
+        // A position changes the cache: the next answer is built anew.
+        b.handle(Command::Positions(vec![position("d", 3)]));
+        b.handle(Command::Subscribe { client: Arc::clone(&c3), event: "e".into(), trail: Some(5) });
+        let a3 = rx3.try_recv().unwrap();
+        assert!(!Arc::ptr_eq(&a1, &a3));
+        assert!(String::from_utf8_lossy(&a3.wire).contains("\"seq\":3"));
+        // Another trail length is another answer.
+        b.handle(Command::Subscribe { client: Arc::clone(&c3), event: "e".into(), trail: None });
+        let plain = rx3.try_recv().unwrap();
+        assert!(!String::from_utf8_lossy(&plain.wire).contains("trails"));
     }
 }

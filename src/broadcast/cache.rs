@@ -137,6 +137,12 @@ impl Cache {
         outcome
     }
 
+    /// Changes whenever the cache does (a put, an eviction, a remap): an
+    /// answer built from it is still exact while this stays the same.
+    pub(crate) fn generation(&self) -> u64 {
+        self.next_update
+    }
+
     /// Whether `device` has a cached position.
     pub(crate) fn has_device(&self, device: &str) -> bool {
         self.device_event.contains_key(device)
@@ -191,6 +197,9 @@ impl Cache {
                     .map(|(device, _)| (event.clone(), device.clone()))
             })
             .collect();
+        if !stale.is_empty() {
+            self.next_update += 1;
+        }
         for (event, device) in stale {
             if let Some(gone) = self.forget(&event, &device)
                 && let Some(new_event) = map.get(&device)
