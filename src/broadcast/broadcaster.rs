@@ -108,9 +108,9 @@ struct Lane {
 }
 
 impl Lane {
-    /// The shortest time between two flushes of this event now: the duty
-    /// factor times its fan-out cost, at most `max_delay`. A fan-out still
-    /// under way counts with the time it has taken so far.
+    /// The shortest time between two flushes of this event now:
+    /// `sqrt(PACE * cost)` of its fan-out, at most `max_delay`. A fan-out
+    /// still under way counts with the time it has taken so far.
     fn interval(&mut self, max_delay: Duration) -> Duration {
         let mut cost = self.cost;
         if let Some(entry) = &self.last_entry {
