@@ -188,6 +188,13 @@ impl RequestHead {
         find_header(&self.headers, name)
     }
 
+    /// The token of an `Authorization: Bearer <token>` header (scheme in
+    /// any case, surrounding spaces trimmed).
+    pub(crate) fn bearer(&self) -> Option<&str> {
+        let (scheme, token) = self.header("authorization")?.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    }
+
     /// The first query parameter named `name`, percent-decoded with `+` read
     /// as a space.
     pub(crate) fn query_param(&self, name: &str) -> Option<String> {

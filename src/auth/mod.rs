@@ -41,10 +41,7 @@ pub(crate) struct Credentials {
 
 impl Credentials {
     pub(crate) fn from_head(head: &RequestHead) -> Credentials {
-        let bearer = head.header("authorization").and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| Secret::new(token.trim()))
-        });
+        let bearer = head.bearer().map(Secret::new);
         let query = head.query_param("access_token").filter(|t| !t.is_empty()).map(Secret::new);
         let cookie = head.header("cookie").and_then(|c| {
             c.split(';').find_map(|kv| {

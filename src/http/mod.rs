@@ -326,11 +326,7 @@ impl Routes {
 
 /// Whether the head carries `Authorization: Bearer <token>` for `token`.
 fn bearer_matches(head: &RequestHead, token: &Secret) -> bool {
-    let given = head.header("authorization").and_then(|v| {
-        let (scheme, t) = v.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then_some(t.trim())
-    });
-    given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes()))
+    head.bearer().is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes()))
 }
 
 /// The `401` of a missing or wrong bearer token. It says nothing about
