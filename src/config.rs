@@ -147,7 +147,7 @@ impl Config {
              arrives. The HTTP port also serves /metrics, /healthz, /readyz,\n\
              /debug/connections and a built-in dashboard at /.\n\
              \n\
-             Usage: livecast [--help | --demo]\n\
+             Usage: livecast [--help | --version | --demo]\n\
              \n\
              --demo also starts a simulator feeding this server (see the end).\n\
              There are no other arguments and no configuration file: livecast is\n\
@@ -173,6 +173,53 @@ impl Config {
                 };
                 let secret = if var.secret { " [secret: never logged]" } else { "" };
                 out.push_str(&format!("  {}{default}{secret}\n      {}\n", var.name, var.meaning));
+            }
+        }
+        out
+    }
+
+    /// The environment file of the Debian package, `/etc/livecast/livecast.env`
+    /// (`livecast --env-file` prints it; `scripts/package.sh` packages it):
+    /// every variable of [`Config::help`], commented out, with its default
+    /// and its help line, in help order.
+    ///
+    /// Generated from the same table as `--help`, so the file an operator
+    /// edits cannot miss a variable or show another default. It carries no
+    /// version: it changes only when the table does, so an upgrade that
+    /// adds no variable never asks about an edited copy. The format suits
+    /// both systemd's `EnvironmentFile=` and a shell's `set -a; . file`.
+    pub fn env_file() -> String {
+        let mut out = String::from(
+            "# livecast's configuration, read by livecast.service (EnvironmentFile=).\n\
+             #\n\
+             # livecast is configured by environment variables only. Every one it\n\
+             # reads is listed below, commented out, with its default and what it\n\
+             # does. To change one, remove the leading '#' of its NAME=value line\n\
+             # and edit the value (one NAME=value per line, no spaces around '=',\n\
+             # an empty value counts as unset), then: systemctl restart livecast\n\
+             # A bad value stops the start with a message naming the variable:\n\
+             # journalctl -u livecast. `livecast --help` has the same list.\n\
+             #\n\
+             # Readable by root and the livecast group only (0640): it may hold\n\
+             # secrets (INGEST_TOKEN, DEBUG_TOKEN, REDIS_URL, DIRECTUS_TOKEN).\n\
+             # Package upgrades keep the edits made here.\n",
+        );
+        for group in GROUPS {
+            out.push_str(&format!("\n\n## {}\n", group.title));
+            for line in group.intro.iter().flat_map(|intro| intro.lines()) {
+                out.push_str(&format!("# {line}\n"));
+            }
+            for var in group.vars {
+                out.push_str(&format!("\n# {}\n", var.meaning));
+                if var.secret {
+                    out.push_str("# A secret: never logged.\n");
+                }
+                let (note, value) = match var.default {
+                    HelpDefault::Is(value) => (String::new(), value),
+                    HelpDefault::Unset => ("# Unset by default.\n".to_owned(), ""),
+                    HelpDefault::Computed(how) => (format!("# Default: {how}.\n"), ""),
+                };
+                out.push_str(&format!("{note}#{}={value}\n", var.name));
             }
         }
         out
@@ -1642,7 +1689,7 @@ mod tests {
     #[test]
     fn help_lists_every_variable_with_its_default() {
         let help = Config::help();
-        assert!(help.contains("Usage: livecast [--help | --demo]"));
+        assert!(help.contains("Usage: livecast [--help | --version | --demo]"));
         assert!(help.contains("environment variables"));
         for group in GROUPS {
             assert!(help.contains(&format!("\n{}:\n", group.title)), "{}", group.title);

@@ -4,6 +4,9 @@
 //!
 //! `livecast --demo` also starts the demo feed ([`livecast::demo`]) against
 //! this server's own `POST /ingest`, and prints the dashboard URL.
+//! `livecast --version` prints the version; `livecast --env-file` prints the
+//! Debian package's commented environment file ([`livecast::Config::env_file`]),
+//! which `scripts/package.sh` writes out before `cargo deb`.
 //!
 //! Exit codes: 0 after a graceful stop, 1 when the server cannot start,
 //! 2 for a bad configuration or argument (before any port is bound).
@@ -22,10 +25,19 @@ fn main() -> ExitCode {
             print!("{}", livecast::Config::help());
             return ExitCode::SUCCESS;
         }
+        ["-V" | "--version"] => {
+            println!("livecast {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        // Not in the usage: the packaging's own (scripts/package.sh).
+        ["--env-file"] => {
+            print!("{}", livecast::Config::env_file());
+            return ExitCode::SUCCESS;
+        }
         ["--demo"] => true,
         _ => {
             eprintln!(
-                "livecast: unexpected arguments {args:?}: usage: livecast [--help | --demo]; \
+                "livecast: unexpected arguments {args:?}: usage: livecast [--help | --version | --demo]; \
                  configuration is read from the environment, see --help"
             );
             return ExitCode::from(2);
