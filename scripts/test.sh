@@ -33,6 +33,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 step "cargo test --workspace"
 cargo test --workspace --locked
 
+step "Debian package: build and check it; install, upgrade, purge it on a disposable machine (CI)"
+scripts/package-test.sh
+
 step "WebSocket conformance (Autobahn; skipped, and said so, without a Python 2.7)"
 scripts/autobahn.sh --allow-skip
 
