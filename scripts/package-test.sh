@@ -28,8 +28,10 @@ fi
 deb=$(scripts/package.sh)
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 arch=$(dpkg --print-architecture)
-[ "$deb" = "$PWD/target/debian/livecast_${version}_${arch}.deb" ] \
-  || fail "package path $deb, expected target/debian/livecast_${version}_${arch}.deb"
+case "$deb" in
+  */debian/"livecast_${version}_${arch}.deb") [ -f "$deb" ] || fail "no file $deb" ;;
+  *) fail "package path $deb, expected target/debian/livecast_${version}_${arch}.deb" ;;
+esac
 say "built $deb"
 
 work=$(mktemp -d)

@@ -21,6 +21,7 @@ fi
 
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --release --locked --bin livecast >&2
+mkdir -p target
 "$target/release/livecast" --env-file > target/livecast.env.tmp
 mv target/livecast.env.tmp target/livecast.env
 # cargo deb prints the package's path as its last line of stdout.
