@@ -11,7 +11,8 @@
 #    binary as the livecast user with the packaged env file (edited to free
 #    ports) sourced, checks /readyz and that SIGTERM exits 0; upgrades to a
 #    bumped package and checks the edit survived; purges, and checks that
-#    /usr/bin/livecast and /etc/livecast are gone and the user stays.
+#    /usr/bin/livecast and /etc/livecast are gone and the user stays. The
+#    unit is enabled by the install (its symlink), systemd running or not.
 #    Where systemd runs (not in a container), the install started the unit
 #    on its defaults: that is checked too.
 set -euo pipefail
@@ -148,6 +149,13 @@ getent passwd livecast >/dev/null || fail "no livecast user"
 [ "$(mode_of "$env_file")" = "640 root:livecast" ] || fail "$env_file: $(mode_of "$env_file")"
 [ "$(/usr/bin/livecast --version)" = "livecast $version" ] || fail "installed --version"
 say "installed: /usr/bin/livecast, user livecast, $env_file 640 root:livecast"
+# Enabled even where systemd is not running (a container), so that it
+# starts when the machine boots with systemd.
+wants=/etc/systemd/system/multi-user.target.wants/livecast.service
+if command -v deb-systemd-helper >/dev/null 2>&1; then
+  [ -L "$wants" ] || fail "livecast.service is not enabled ($wants)"
+  say "livecast.service enabled"
+fi
 
 if [ -d /run/systemd/system ]; then
   # The install enabled and started the unit on its loopback defaults.
@@ -228,5 +236,6 @@ dpkg-query -W livecast >/dev/null 2>&1 && fail "still known to dpkg after purge"
 [ ! -e /usr/bin/livecast ] || fail "/usr/bin/livecast left after purge"
 [ ! -e /etc/livecast ] || fail "/etc/livecast left after purge"
 [ ! -e /usr/lib/systemd/system/livecast.service ] || fail "unit left after purge"
+[ ! -L "$wants" ] || fail "$wants left after purge"
 getent passwd livecast >/dev/null || fail "purge removed the livecast user (Debian keeps it)"
 say "purged: /usr/bin/livecast and /etc/livecast gone, the livecast user kept"
