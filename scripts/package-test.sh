@@ -78,6 +78,7 @@ grep_in "$work/control/postinst" "chmod 0640" "postinst sets no mode on the env 
 grep_in "$work/control/postinst" "deb-systemd-helper enable livecast.service" \
   "postinst does not enable the unit"
 grep_in "$work/control/postinst" '_dh_action=restart' "postinst does not restart on upgrade"
+# shellcheck disable=SC2016 # the script's own text, not expanded here
 grep_in "$work/control/postinst" 'deb-systemd-invoke $_dh_action livecast.service' \
   "postinst does not start the unit"
 grep_in "$work/control/prerm" "deb-systemd-invoke stop livecast.service" "prerm does not stop the unit"
@@ -173,7 +174,8 @@ fi
 # The operator's edit: free ports (the defaults may be busy here), a mark.
 sed -i -e 's/^#LIVE_WS_PORT=.*/LIVE_WS_PORT=0/' -e 's/^#HTTP_PORT=.*/HTTP_PORT=0/' "$env_file"
 echo "# edited by the package test" >> "$env_file"
-grep -qx LIVE_WS_PORT=0 "$env_file" && grep -qx HTTP_PORT=0 "$env_file" || fail "edit"
+grep -qx LIVE_WS_PORT=0 "$env_file" || fail "edit of LIVE_WS_PORT"
+grep -qx HTTP_PORT=0 "$env_file" || fail "edit of HTTP_PORT"
 edited=$(sha256sum < "$env_file")
 
 # run_installed: the installed binary as the livecast user, with the env
