@@ -78,11 +78,18 @@ fn env_file_sets_nothing_so_the_service_starts_on_the_defaults() {
     for line in file.lines() {
         assert!(line.is_empty() || line.starts_with('#'), "a line sets something: {line:?}");
     }
-    // Each meaning precedes its variable, as a comment an operator reads.
+    // Each variable comes after its meaning, a comment an operator reads.
     let lines: Vec<&str> = file.lines().collect();
-    for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.starts_with("#LIVE_WS_PORT=")) {
-        assert!(lines[i - 1].starts_with("# ") && lines[i - 1].len() > 10, "{line}: no comment");
+    let mut variables = 0;
+    for (i, line) in lines.iter().enumerate().skip(1) {
+        if env_file_entries(line).is_empty() {
+            continue;
+        }
+        let above = lines[i - 1];
+        assert!(above.starts_with("# ") && above.len() > 12, "{line}: no comment above");
+        variables += 1;
     }
+    assert!(variables > 40, "only {variables} variables found");
 }
 
 #[test]
