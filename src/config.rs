@@ -726,8 +726,9 @@ config_table! {
         warm_count: usize, "LIVE_STREAM_WARM_COUNT", [Is "10000"],
             "Stream entries read from the tail at start to warm snapshots (0: none).",
             |v| count(v, 0);
-        /// `XADD MAXLEN ~` for ingest; 0 means unlimited.
-        stream_maxlen: usize, "LIVE_STREAM_MAXLEN", [Is "0"],
+        /// `XADD MAXLEN ~` for ingest, so that the stream does not grow
+        /// until Redis runs out of memory; 0 means unlimited.
+        stream_maxlen: usize, "LIVE_STREAM_MAXLEN", [Is "1000000"],
             "XADD MAXLEN ~ for ingested positions (0: the stream is not trimmed).",
             |v| count(v, 0);
     }
