@@ -34,6 +34,10 @@ pub(crate) enum Command {
     Subscribe { client: Arc<ClientHandle>, event: String, trail: Option<usize> },
     /// Unregister and queue `unsubscribed`.
     Unsubscribe { client: Arc<ClientHandle>, event: String },
+    /// The client may no longer see `event` (its session was revalidated):
+    /// unregister and queue `unsubscribed` with `"reason":"forbidden"`,
+    /// after every position of the event routed before it.
+    Forbid { client: Arc<ClientHandle>, event: String },
     /// The connection ended: forget it.
     Disconnect { id: Uuid },
     /// A new device→event map.
@@ -231,15 +235,16 @@ impl Broadcaster {
                 self.deliver(&client, &answer);
             }
             Command::Unsubscribe { client, event } => {
-                self.flush_event(&event);
-                self.registry.remove(&event, client.id);
-                self.forget_if_unwatched(&event);
-                self.update_gauge();
                 let frame = unsubscribed_frame(&event);
-                self.deliver(
-                    &client,
-                    &Arc::new(Outbound::single(OutboundKind::Unsubscribed, &frame)),
-                );
+                self.unsubscribe(&client, &event, &frame);
+            }
+            Command::Forbid { client, event } => {
+                let frame = serde_json::json!({
+                    "type": "unsubscribed",
+                    "eventId": event,
+                    "reason": "forbidden",
+                });
+                self.unsubscribe(&client, &event, &frame.to_string());
             }
             Command::Disconnect { id } => self.remove_client(id),
             Command::DeviceMap(map) => {
@@ -252,6 +257,17 @@ impl Broadcaster {
             }
             Command::Shutdown => {}
         }
+    }
+
+    /// Unregisters `client` from `event` and queues `frame` (an
+    /// `unsubscribed`) behind the event's positions routed so far: nothing
+    /// of the event follows it.
+    fn unsubscribe(&mut self, client: &Arc<ClientHandle>, event: &str, frame: &str) {
+        self.flush_event(event);
+        self.registry.remove(event, client.id);
+        self.forget_if_unwatched(event);
+        self.update_gauge();
+        self.deliver(client, &Arc::new(Outbound::single(OutboundKind::Unsubscribed, frame)));
     }
 
     /// The `subscribed` answer for `event` (with `trail`), built once per

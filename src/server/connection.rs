@@ -588,12 +588,34 @@ impl<'a> Connection<'a> {
     /// client logs in again instead of reconnecting as it is; an
     /// unavailable authority closes nobody (an outage must not log out a
     /// whole installation).
+    ///
+    /// A session that still validates has each of its subscriptions
+    /// authorized again: one no longer allowed ends with `unsubscribed`
+    /// (`"reason":"forbidden"`) and nothing more of that event.
     fn revalidate(&mut self) {
         let shared = self.shared;
         let result =
             auth::authenticate(shared.auth.as_ref(), &shared.metrics, &self.identity.credentials);
         match result {
-            Ok(_) => {}
+            Ok(_) => {
+                for event in self.subscriptions.clone() {
+                    let verdict = auth::authorize(
+                        shared.auth.as_ref(),
+                        &shared.metrics,
+                        &self.identity,
+                        &event,
+                    );
+                    // An unavailable authority keeps the subscription, as
+                    // it keeps the session.
+                    if verdict == Err(AuthzError::Forbidden) {
+                        debug!("{}: subscription no longer allowed", self.handle.thread_name);
+                        self.subscriptions.retain(|e| *e != event);
+                        self.handle.subscriptions.lock().retain(|e| *e != event);
+                        let client = Arc::clone(&self.handle);
+                        let _ = shared.commands.send(Command::Forbid { client, event });
+                    }
+                }
+            }
             Err(AuthError::Denied) => {
                 debug!(
                     "{} {}: session of user {} no longer valid",
