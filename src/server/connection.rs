@@ -27,6 +27,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 use uuid::Uuid;
 
+use super::frames::{Frames, TooManyFragments};
 use super::handshake::{self, Upgraded};
 use super::sleep::Sleeper;
 use super::wire::Wire;
@@ -83,8 +84,8 @@ pub(super) fn run(
             return;
         }
     };
-    let ws =
-        WebSocket::from_partially_read(Wire::new(stream), leftover, Role::Server, Some(ws_config));
+    let frames = Frames::new(Wire::new(stream), &leftover);
+    let ws = WebSocket::from_partially_read(frames, leftover, Role::Server, Some(ws_config));
 
     let metrics = &shared.metrics;
     metrics.connections_opened.inc();
@@ -175,7 +176,7 @@ struct Connection<'a> {
     shared: &'a Shared,
     handle: Arc<ClientHandle>,
     rx: Receiver<Arc<Outbound>>,
-    ws: WebSocket<Wire<TcpStream>>,
+    ws: WebSocket<Frames<Wire<TcpStream>>>,
     identity: Identity,
     subscriptions: Vec<String>,
     state: State,
@@ -201,7 +202,7 @@ impl<'a> Connection<'a> {
         shared: &'a Shared,
         handle: Arc<ClientHandle>,
         rx: Receiver<Arc<Outbound>>,
-        ws: WebSocket<Wire<TcpStream>>,
+        ws: WebSocket<Frames<Wire<TcpStream>>>,
         identity: Identity,
         sleeper: Sleeper,
         clock: Clock,
@@ -346,8 +347,14 @@ impl<'a> Connection<'a> {
     /// Reads frames until the socket has no more.
     fn read_all(&mut self) -> Ended {
         loop {
-            match self.ws.read() {
+            let read = self.ws.read();
+            self.frames_seen();
+            match read {
                 Ok(message) => self.on_message(message)?,
+                Err(WsError::Io(e)) if TooManyFragments::is(&e) => {
+                    self.begin_close(CloseReason::TooManyFragments, true);
+                    return Ok(());
+                }
                 Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
                     self.readable = false;
                     return Ok(());
@@ -377,6 +384,15 @@ impl<'a> Connection<'a> {
                     return Err(self.closing_reason().unwrap_or(CloseReason::IoError));
                 }
             }
+        }
+    }
+
+    /// Any frame is a sign of life, even one that completes no message
+    /// (a fragment).
+    fn frames_seen(&mut self) {
+        if self.ws.get_mut().take_seen() {
+            self.last_seen = (self.clock)();
+            self.handle.last_seen_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -774,7 +790,7 @@ mod tests {
             let sleeper = Sleeper::new(server.as_fd(), handle.wake_fd().as_fd()).expect("epoll");
             let config = ws_config(shared.config.max_message_bytes);
             let ws = WebSocket::from_partially_read(
-                Wire::new(server),
+                Frames::new(Wire::new(server), &[]),
                 Vec::new(),
                 Role::Server,
                 Some(config),

@@ -3,4 +3,5 @@
 //! latest-position cache is bounded by bytes, and one `subscribed` answer
 //! per event and cache state, freed once no queue holds it.
 
+mod frames;
 mod revalidation;
