@@ -790,6 +790,11 @@ config_table! {
         cache_max_devices: usize, "LIVE_CACHE_MAX_DEVICES", [Is "100000"],
             "Devices kept for snapshots; past it the stalest device is evicted.",
             |v| count(v, 1);
+        /// Bytes of positions (latest and trails) in the cache; past it the
+        /// stalest device is evicted, as past the device cap.
+        cache_max_bytes: usize, "LIVE_CACHE_MAX_BYTES", [Is "268435456"],
+            "Bytes of positions kept for snapshots; past it the stalest is evicted.",
+            |v| count(v, 1_048_576);
         /// Longest an event's positions may wait for their flush, once its
         /// fan-out is costly.
         broadcast_max_delay: Duration, "LIVE_BROADCAST_MAX_DELAY_MS", [Is "20"],
