@@ -43,10 +43,11 @@ impl Chunk {
     /// The chunk's bytes from `offset` on, as slices (an entry cut from a
     /// shared answer is several).
     fn slices_from(&self, mut offset: usize) -> impl Iterator<Item = &[u8]> {
-        let slices: Box<dyn Iterator<Item = &[u8]>> = match self {
-            Chunk::Shared(entry) => Box::new(entry.slices()),
-            Chunk::Owned(bytes) => Box::new(std::iter::once(bytes.as_slice())),
+        let (owned, shared) = match self {
+            Chunk::Shared(entry) => (None, Some(entry)),
+            Chunk::Owned(bytes) => (Some(bytes.as_slice()), None),
         };
+        let slices = owned.into_iter().chain(shared.into_iter().flat_map(|e| e.slices()));
         slices.filter_map(move |slice| {
             let skip = offset.min(slice.len());
             offset -= skip;
