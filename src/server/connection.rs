@@ -621,14 +621,19 @@ impl<'a> Connection<'a> {
                         &self.identity,
                         &event,
                     );
-                    // An unavailable authority keeps the subscription, as
-                    // it keeps the session.
-                    if verdict == Err(AuthzError::Forbidden) {
-                        debug!("{}: subscription no longer allowed", self.handle.thread_name);
-                        self.subscriptions.retain(|e| *e != event);
-                        self.handle.subscriptions.lock().retain(|e| *e != event);
-                        let client = Arc::clone(&self.handle);
-                        let _ = shared.commands.send(Command::Forbid { client, event });
+                    match verdict {
+                        Ok(()) => {}
+                        Err(AuthzError::Forbidden) => {
+                            debug!("{}: subscription no longer allowed", self.handle.thread_name);
+                            self.subscriptions.retain(|e| *e != event);
+                            self.handle.subscriptions.lock().retain(|e| *e != event);
+                            let client = Arc::clone(&self.handle);
+                            let _ = shared.commands.send(Command::Forbid { client, event });
+                        }
+                        // An unavailable authority keeps the subscriptions,
+                        // as it keeps the session; the others are not asked
+                        // (each would wait out the same timeout).
+                        Err(AuthzError::Unavailable) => break,
                     }
                 }
             }
@@ -1100,5 +1105,45 @@ mod tests {
         assert_eq!(h.receive_close().0, 1009);
         assert_eq!(h.step_at(999), Ok(()), "the peer holds its end open");
         assert_eq!(h.step_at(1000), Err(CloseReason::MessageTooBig));
+    }
+
+    /// An authority that accepts every session and answers each event's
+    /// authorization from a table, counting the questions.
+    #[derive(Debug)]
+    struct PerEvent(Arc<parking_lot::Mutex<Vec<String>>>);
+
+    impl Authenticator for PerEvent {
+        fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError> {
+            Ok(Identity { user: "u".to_owned(), credentials: credentials.clone() })
+        }
+
+        fn authorize(&self, _who: &Identity, event: &str) -> Result<(), AuthzError> {
+            self.0.lock().push(event.to_owned());
+            match event {
+                "gone" => Err(AuthzError::Forbidden),
+                "down" => Err(AuthzError::Unavailable),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn revalidation_ends_forbidden_subscriptions_and_stops_at_an_unavailable_authority() {
+        let asked = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let shared = shared_with(Box::new(PerEvent(Arc::clone(&asked))), |config| {
+            config.auth_mode = AuthMode::Tokens;
+            config.auth_revalidate = Duration::from_secs(5);
+            config.ping_interval = Duration::from_secs(60);
+        });
+        let mut h = Harness::open(&shared);
+        for event in ["kept", "gone", "down", "later"] {
+            h.conn.subscriptions.push(event.to_owned());
+            h.handle.subscriptions.lock().push(event.to_owned());
+        }
+        assert_eq!(h.step_at(5000), Ok(()));
+        assert_eq!(h.conn.state, State::Open, "the session itself still validates");
+        assert_eq!(*asked.lock(), ["kept", "gone", "down"], "nothing asked after the outage");
+        assert_eq!(h.conn.subscriptions, ["kept", "down", "later"]);
+        assert_eq!(*h.handle.subscriptions.lock(), ["kept", "down", "later"]);
     }
 }
