@@ -175,7 +175,7 @@ where
 
 /// `{"type":"subscribed","eventId":..,"positions":[..]` from the already
 /// serialised position frames of the snapshot, without its closing brace,
-/// so that `trails` can follow ([`push_trails`]).
+/// so that `trails` can follow (`broadcast/answer.rs`).
 pub(crate) fn open_subscribed_frame<'a>(
     event_id: &str,
     positions: impl Iterator<Item = &'a str>,
