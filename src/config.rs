@@ -773,8 +773,9 @@ config_table! {
         warm_count: usize, "LIVE_STREAM_WARM_COUNT", [Is "10000"],
             "Stream entries read from the tail at start to warm snapshots (0: none).",
             |v| count(v, 0);
-        /// `XADD MAXLEN ~` for ingest; 0 means unlimited.
-        stream_maxlen: usize, "LIVE_STREAM_MAXLEN", [Is "0"],
+        /// `XADD MAXLEN ~` for ingest, so that the stream does not grow
+        /// until Redis runs out of memory; 0 means unlimited.
+        stream_maxlen: usize, "LIVE_STREAM_MAXLEN", [Is "1000000"],
             "XADD MAXLEN ~ for ingested positions (0: the stream is not trimmed).",
             |v| count(v, 0);
     }
@@ -836,6 +837,11 @@ config_table! {
         cache_max_devices: usize, "LIVE_CACHE_MAX_DEVICES", [Is "100000"],
             "Devices kept for snapshots; past it the stalest device is evicted.",
             |v| count(v, 1);
+        /// Bytes of positions (latest and trails) in the cache; past it the
+        /// stalest device is evicted, as past the device cap.
+        cache_max_bytes: usize, "LIVE_CACHE_MAX_BYTES", [Is "268435456"],
+            "Bytes of positions kept for snapshots; past it the stalest is evicted.",
+            |v| count(v, 1_048_576);
         /// Longest an event's positions may wait for their flush, once its
         /// fan-out is costly.
         broadcast_max_delay: Duration, "LIVE_BROADCAST_MAX_DELAY_MS", [Is "20"],

@@ -54,6 +54,8 @@ pub(crate) struct Metrics {
     pub(crate) cache_devices: IntGauge,
     pub(crate) cache_evictions: IntCounter,
     pub(crate) trail_positions: IntGauge,
+    pub(crate) cache_bytes: IntGauge,
+    pub(crate) snapshot_builds: IntCounter,
     pub(crate) broadcast_flushes: IntCounter,
     pub(crate) broadcast_wakeups: IntCounter,
     pub(crate) broadcast_flush_interval: Histogram,
@@ -244,6 +246,22 @@ impl Metrics {
             trail_positions: reg(
                 r,
                 IntGauge::new("trail_positions", "Older positions held in device trails")?,
+            )?,
+            cache_bytes: reg(
+                r,
+                IntGauge::new(
+                    "cache_bytes",
+                    "Bytes held by the latest-position cache, as counted against \
+                     LIVE_CACHE_MAX_BYTES",
+                )?,
+            )?,
+            snapshot_builds: reg(
+                r,
+                IntCounter::new(
+                    "snapshot_builds_total",
+                    "subscribed answers built from the cache (one per event and cache \
+                     state, whatever the trail lengths asked)",
+                )?,
             )?,
             broadcast_flushes: reg(
                 r,

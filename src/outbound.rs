@@ -17,6 +17,7 @@
 //! and the broadcaster moves on.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{
@@ -71,6 +72,9 @@ pub(crate) struct Outbound {
     /// How long the subscribers took to take this entry: the measured cost
     /// of one fan-out, from which the broadcaster paces the next.
     pub(crate) drain: Drain,
+    /// Bytes that follow `wire`, cut from a buffer other entries share
+    /// (a `subscribed` answer: `wire` is then its frame header).
+    pub(crate) cut: Option<Cut>,
 }
 
 impl Outbound {
@@ -78,12 +82,59 @@ impl Outbound {
     pub(crate) fn single(kind: OutboundKind, message: &str) -> Outbound {
         let mut wire = Vec::with_capacity(message.len() + 10);
         push_text_frame(&mut wire, message.as_bytes());
-        Outbound { kind, messages: 1, wire, last_ts: None, drain: Drain::new() }
+        Outbound { kind, messages: 1, wire, last_ts: None, drain: Drain::new(), cut: None }
     }
 
     /// Bytes this entry holds, for the back-pressure byte count.
     pub(crate) fn bytes(&self) -> usize {
-        self.wire.len()
+        self.wire.len() + self.cut.as_ref().map_or(0, Cut::len)
+    }
+
+    /// The entry's bytes, in order: `wire`, then the cut's ranges. Whoever
+    /// writes an entry to a socket writes these.
+    pub(crate) fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.wire.as_slice()).chain(self.cut.iter().flat_map(Cut::slices))
+    }
+}
+
+/// Bytes shared by several entries, and the ranges of them one entry
+/// sends: what lets subscribers asking different trail lengths share one
+/// built `subscribed` answer (each takes its own ranges of it) instead of
+/// each getting a copy.
+pub(crate) struct Cut {
+    shared: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    ranges: Vec<Range<usize>>,
+    len: usize,
+}
+
+impl std::fmt::Debug for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cut").field("ranges", &self.ranges.len()).field("len", &self.len).finish()
+    }
+}
+
+impl Cut {
+    /// `ranges` of `shared`, in order; ranges outside it are left out.
+    pub(crate) fn new(
+        shared: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        ranges: Vec<Range<usize>>,
+    ) -> Cut {
+        let size = (*shared).as_ref().len();
+        let ranges: Vec<Range<usize>> =
+            ranges.into_iter().filter(|r| r.start < r.end && r.end <= size).collect();
+        let len = ranges.iter().map(ExactSizeIterator::len).sum();
+        Cut { shared, ranges, len }
+    }
+
+    /// Bytes in the ranges.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The bytes of the ranges, in order.
+    pub(crate) fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        let shared = (*self.shared).as_ref();
+        self.ranges.iter().map(move |r| shared.get(r.clone()).unwrap_or_default())
     }
 }
 

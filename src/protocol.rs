@@ -150,6 +150,7 @@ pub(crate) fn error_frame(code: ErrorCode, message: &str, event_id: Option<&str>
 
 /// `,"trails":{"<deviceId>":[<frame>,..],..}` appended to a `subscribed`
 /// answer under construction ([`open_subscribed_frame`]).
+#[cfg(test)] // answers are cut from one built message (broadcast/answer.rs); kept as their reference
 pub(crate) fn push_trails<'a, F>(out: &mut String, trails: impl Iterator<Item = (&'a str, F)>)
 where
     F: Iterator<Item = &'a str>,
@@ -174,7 +175,7 @@ where
 
 /// `{"type":"subscribed","eventId":..,"positions":[..]` from the already
 /// serialised position frames of the snapshot, without its closing brace,
-/// so that `trails` can follow ([`push_trails`]).
+/// so that `trails` can follow (`broadcast/answer.rs`).
 pub(crate) fn open_subscribed_frame<'a>(
     event_id: &str,
     positions: impl Iterator<Item = &'a str>,
@@ -216,6 +217,8 @@ pub(crate) enum CloseReason {
     InboundFlood,
     /// An inbound frame over `LIVE_WS_MAX_MESSAGE_BYTES`: 1009.
     MessageTooBig,
+    /// An inbound message of more than 16 frames: 1008.
+    TooManyFragments,
     /// The WebSocket layer found a protocol error: 1002 (1007 for bad UTF-8).
     ProtocolError,
     /// Invalid UTF-8 in a text frame: 1007.
@@ -243,7 +246,9 @@ impl CloseReason {
             CloseReason::Shutdown { .. } => 1001,
             CloseReason::ProtocolError => 1002,
             CloseReason::InvalidPayload => 1007,
-            CloseReason::BackPressure | CloseReason::InboundFlood => 1008,
+            CloseReason::BackPressure
+            | CloseReason::InboundFlood
+            | CloseReason::TooManyFragments => 1008,
             CloseReason::MessageTooBig => 1009,
             CloseReason::HeartbeatTimeout | CloseReason::IoError | CloseReason::Internal => 1011,
             // The private-use range (RFC 6455 §7.4.2), after HTTP's 401.
@@ -259,6 +264,7 @@ impl CloseReason {
             CloseReason::BackPressure => "back-pressure",
             CloseReason::InboundFlood => "inbound-flood",
             CloseReason::MessageTooBig => "message-too-big",
+            CloseReason::TooManyFragments => "too-many-fragments",
             CloseReason::ProtocolError | CloseReason::InvalidPayload => "protocol-error",
             CloseReason::Shutdown { .. } => "shutdown",
             CloseReason::Revoked => "revoked",
@@ -277,6 +283,7 @@ impl fmt::Display for CloseReason {
             CloseReason::BackPressure => f.write_str("back-pressure threshold exceeded"),
             CloseReason::InboundFlood => f.write_str("inbound message rate exceeded"),
             CloseReason::MessageTooBig => f.write_str("message too big"),
+            CloseReason::TooManyFragments => f.write_str("too many fragments in one message"),
             CloseReason::ProtocolError => f.write_str("protocol error"),
             CloseReason::InvalidPayload => f.write_str("invalid UTF-8 in text frame"),
             CloseReason::Shutdown { retry_after_ms } => {

@@ -1,6 +1,5 @@
 //! The `broadcaster` thread's loop.
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,13 +10,14 @@ use prometheus::IntCounter;
 use tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
+use super::answer::Answers;
 use super::cache::Cache;
 use super::registry::Registry;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbound::{ClientHandle, Drain, OfferError, Outbound, OutboundKind, push_text_frame};
 use crate::position::{Position, now_ms};
-use crate::protocol::{CloseReason, open_subscribed_frame, push_trails, unsubscribed_frame};
+use crate::protocol::{CloseReason, unsubscribed_frame};
 
 /// What other threads ask of the broadcaster, in the order they ask it.
 #[derive(Debug)]
@@ -34,6 +34,10 @@ pub(crate) enum Command {
     Subscribe { client: Arc<ClientHandle>, event: String, trail: Option<usize> },
     /// Unregister and queue `unsubscribed`.
     Unsubscribe { client: Arc<ClientHandle>, event: String },
+    /// The client may no longer see `event` (its session was revalidated):
+    /// unregister and queue `unsubscribed` with `"reason":"forbidden"`,
+    /// after every position of the event routed before it.
+    Forbid { client: Arc<ClientHandle>, event: String },
     /// The connection ended: forget it.
     Disconnect { id: Uuid },
     /// A new device→event map.
@@ -72,18 +76,6 @@ const COST_SMOOTHING: u32 = 4;
 fn interval_for(cost: Duration) -> Duration {
     let product = PACE.as_micros().saturating_mul(cost.as_micros());
     Duration::from_micros(u64::try_from(product.isqrt()).unwrap_or(u64::MAX))
-}
-
-/// Most `subscribed` answers kept for sharing at once (see
-/// [`Broadcaster::subscribed_answer`]); past it they are all dropped.
-const MAX_SHARED_ANSWERS: usize = 64;
-
-/// `subscribed` answers shared by the subscribers that ask while the cache
-/// does not change, by event and trail, with their count of positions.
-#[derive(Debug, Default)]
-struct SharedAnswers {
-    generation: u64,
-    built: HashMap<(String, Option<usize>), (Arc<Outbound>, usize)>,
 }
 
 /// Frames for one event gathered since its last flush.
@@ -147,7 +139,8 @@ pub(crate) struct Broadcaster {
     device_map: Arc<HashMap<String, String>>,
     /// Events with subscribers, and the pacing of their fan-out.
     lanes: HashMap<String, Lane>,
-    answers: SharedAnswers,
+    /// `subscribed` answers built, held weakly (see `answer.rs`).
+    answers: Answers,
     metrics: Metrics,
     /// `livecast_outbound_messages_total` by [`OutboundKind`] (position,
     /// subscribed, unsubscribed), resolved once instead of per delivery.
@@ -160,10 +153,14 @@ impl Broadcaster {
     pub(crate) fn new(metrics: Metrics, config: &Config) -> Broadcaster {
         Broadcaster {
             registry: Registry::default(),
-            cache: Cache::new(config.cache_max_devices, config.trail_length),
+            cache: Cache::new(
+                config.cache_max_devices,
+                config.cache_max_bytes,
+                config.trail_length,
+            ),
             device_map: Arc::default(),
             lanes: HashMap::new(),
-            answers: SharedAnswers::default(),
+            answers: Answers::default(),
             outbound: (
                 metrics.outbound_messages.with_label_values(&[OutboundKind::Position.label()]),
                 metrics.outbound_messages.with_label_values(&[OutboundKind::Subscribed.label()]),
@@ -231,15 +228,16 @@ impl Broadcaster {
                 self.deliver(&client, &answer);
             }
             Command::Unsubscribe { client, event } => {
-                self.flush_event(&event);
-                self.registry.remove(&event, client.id);
-                self.forget_if_unwatched(&event);
-                self.update_gauge();
                 let frame = unsubscribed_frame(&event);
-                self.deliver(
-                    &client,
-                    &Arc::new(Outbound::single(OutboundKind::Unsubscribed, &frame)),
-                );
+                self.unsubscribe(&client, &event, &frame);
+            }
+            Command::Forbid { client, event } => {
+                let frame = serde_json::json!({
+                    "type": "unsubscribed",
+                    "eventId": event,
+                    "reason": "forbidden",
+                });
+                self.unsubscribe(&client, &event, &frame.to_string());
             }
             Command::Disconnect { id } => self.remove_client(id),
             Command::DeviceMap(map) => {
@@ -254,37 +252,30 @@ impl Broadcaster {
         }
     }
 
-    /// The `subscribed` answer for `event` (with `trail`), built once per
-    /// state of the cache: in a connect storm every subscriber of an event
-    /// gets the same shared bytes instead of its own copy of a snapshot
-    /// that may weigh hundreds of kilobytes with trails.
+    /// Unregisters `client` from `event` and queues `frame` (an
+    /// `unsubscribed`) behind the event's positions routed so far: nothing
+    /// of the event follows it.
+    fn unsubscribe(&mut self, client: &Arc<ClientHandle>, event: &str, frame: &str) {
+        self.flush_event(event);
+        self.registry.remove(event, client.id);
+        self.forget_if_unwatched(event);
+        self.update_gauge();
+        self.deliver(client, &Arc::new(Outbound::single(OutboundKind::Unsubscribed, frame)));
+    }
+
+    /// The `subscribed` answer for `event` with `trail`: cut from the
+    /// event's one answer for the cache as it is (built now if no queue
+    /// holds one), so that its cost here is a range per device, whatever
+    /// trail lengths other subscribers asked.
     fn subscribed_answer(&mut self, event: &str, trail: Option<usize>) -> Arc<Outbound> {
-        let generation = self.cache.generation();
-        if self.answers.generation != generation || self.answers.built.len() >= MAX_SHARED_ANSWERS {
-            self.answers.built.clear();
-            self.answers.generation = generation;
+        let (answer, built) = self.answers.get(&self.cache, event);
+        if built {
+            self.metrics.snapshot_builds.inc();
         }
-        let key = (event.to_owned(), trail);
-        if let Some((answer, count)) = self.answers.built.get(&key) {
-            #[allow(clippy::cast_precision_loss)] // a count of positions
-            self.metrics.snapshot_positions.observe(*count as f64);
-            return Arc::clone(answer);
-        }
-        // Positions in the answer, trails included.
-        let count = Cell::new(0usize);
-        let counted = |_: &&str| count.set(count.get() + 1);
-        let mut frame = open_subscribed_frame(event, self.cache.snapshot(event).inspect(counted));
-        if let Some(n) = trail {
-            let trails = self.cache.trails(event, n);
-            push_trails(&mut frame, trails.map(|(id, frames)| (id, frames.inspect(counted))));
-        }
-        frame.push('}');
-        let count = count.get();
+        let (entry, count) = answer.entry(trail);
         #[allow(clippy::cast_precision_loss)] // a count of positions
         self.metrics.snapshot_positions.observe(count as f64);
-        let answer = Arc::new(Outbound::single(OutboundKind::Subscribed, &frame));
-        self.answers.built.insert(key, (Arc::clone(&answer), count));
-        answer
+        Arc::new(entry)
     }
 
     /// Fills the cache from the stream's tail (oldest first), for devices
@@ -391,6 +382,7 @@ impl Broadcaster {
             wire: batch.wire,
             last_ts: batch.last_ts,
             drain: Drain::new(),
+            cut: None,
         });
         let mut failed = Vec::new();
         let mut delivered = 0;
@@ -473,6 +465,7 @@ impl Broadcaster {
         self.metrics
             .trail_positions
             .set(i64::try_from(self.cache.trail_positions()).unwrap_or(i64::MAX));
+        self.metrics.cache_bytes.set(i64::try_from(self.cache.bytes()).unwrap_or(i64::MAX));
     }
 }
 
@@ -498,6 +491,12 @@ mod tests {
             json!({"eventId":"e","deviceId":device,"lat":1,"lon":2,"ts":3,"seq":seq}),
         )
         .unwrap()
+    }
+
+    /// An entry's bytes (frame headers included) as text.
+    fn text(entry: &Outbound) -> String {
+        String::from_utf8_lossy(&entry.slices().flatten().copied().collect::<Vec<u8>>())
+            .into_owned()
     }
 
     fn broadcaster() -> Broadcaster {
@@ -536,14 +535,13 @@ mod tests {
         b.handle(Command::Positions(vec![position("d", 2)]));
         b.flush_all();
         let snapshot = rx_late.try_recv().unwrap();
-        let text = String::from_utf8_lossy(&snapshot.wire).into_owned();
-        assert!(text.contains("\"seq\":1") && !text.contains("\"seq\":2"), "{text}");
+        let shown = text(&snapshot);
+        assert!(shown.contains("\"seq\":1") && !shown.contains("\"seq\":2"), "{shown}");
         let live = rx_late.try_recv().unwrap();
-        let text = String::from_utf8_lossy(&live.wire).into_owned();
-        assert!(text.contains("\"seq\":2") && !text.contains("\"seq\":1"), "{text}");
+        let shown = text(&live);
+        assert!(shown.contains("\"seq\":2") && !shown.contains("\"seq\":1"), "{shown}");
         // The early subscriber saw both, in two entries, in order.
-        let seqs: Vec<String> =
-            rx_early.try_iter().map(|e| String::from_utf8_lossy(&e.wire).into_owned()).collect();
+        let seqs: Vec<String> = rx_early.try_iter().map(|e| text(&e)).collect();
         assert_eq!(seqs.len(), 2);
         assert!(seqs[0].contains("\"seq\":1") && seqs[1].contains("\"seq\":2"));
     }
@@ -632,6 +630,7 @@ mod tests {
             wire: Vec::new(),
             last_ts: None,
             drain: Drain::new(),
+            cut: None,
         }));
         lane.cost = Duration::from_secs(3600);
         b.handle(Command::Positions(vec![position("d", 2)]));
@@ -653,9 +652,9 @@ mod tests {
         let (late, rx_late, _s2) = client();
         b.handle(Command::Subscribe { client: Arc::clone(&late), event: "e".into(), trail: None });
         let held = rx_early.try_recv().unwrap();
-        assert!(String::from_utf8_lossy(&held.wire).contains("\"seq\":2"));
+        assert!(text(&held).contains("\"seq\":2"));
         let snapshot = rx_late.try_recv().unwrap();
-        assert!(String::from_utf8_lossy(&snapshot.wire).contains("\"seq\":2"));
+        assert!(text(&snapshot).contains("\"seq\":2"));
         assert!(rx_late.try_recv().is_err(), "seq 2 is in the snapshot, not sent again");
     }
 
@@ -699,32 +698,42 @@ mod tests {
     }
 
     #[test]
-    fn subscribers_of_an_unchanged_event_share_one_answer() {
-        let mut b = broadcaster();
-        b.handle(Command::Positions(vec![position("d", 1), position("d", 2)]));
+    fn subscribers_of_an_unchanged_event_share_one_answer_whatever_their_trails() {
+        let metrics = Metrics::new().unwrap();
+        let mut b = Broadcaster::new(metrics.clone(), &Config::default());
+        b.handle(Command::Positions(vec![position("d", 1), position("d", 2), position("d", 3)]));
         let (c1, rx1, _s1) = client();
         let (c2, rx2, _s2) = client();
         let (c3, rx3, _s3) = client();
-        for c in [&c1, &c2] {
-            b.handle(Command::Subscribe {
-                client: Arc::clone(c),
-                event: "e".into(),
-                trail: Some(5),
-            });
+        for (c, trail) in [(&c1, Some(5)), (&c2, Some(1)), (&c3, None)] {
+            b.handle(Command::Subscribe { client: Arc::clone(c), event: "e".into(), trail });
         }
-        let (a1, a2) = (rx1.try_recv().unwrap(), rx2.try_recv().unwrap());
-        assert!(Arc::ptr_eq(&a1, &a2), "built once for both");
-        let text = String::from_utf8_lossy(&a1.wire).into_owned();
-        assert!(text.contains("\"trails\"") && text.contains("\"seq\":2"), "{text}");
-        // A position changes the cache: the next answer is built anew.
-        b.handle(Command::Positions(vec![position("d", 3)]));
-        b.handle(Command::Subscribe { client: Arc::clone(&c3), event: "e".into(), trail: Some(5) });
-        let a3 = rx3.try_recv().unwrap();
-        assert!(!Arc::ptr_eq(&a1, &a3));
-        assert!(String::from_utf8_lossy(&a3.wire).contains("\"seq\":3"));
-        // Another trail length is another answer.
-        b.handle(Command::Subscribe { client: Arc::clone(&c3), event: "e".into(), trail: None });
-        let plain = rx3.try_recv().unwrap();
-        assert!(!String::from_utf8_lossy(&plain.wire).contains("trails"));
+        assert_eq!(metrics.snapshot_builds.get(), 1, "built once for three trail lengths");
+        let (a1, a2, a3) =
+            (rx1.try_recv().unwrap(), rx2.try_recv().unwrap(), rx3.try_recv().unwrap());
+        let t1 = text(&a1);
+        assert!(t1.contains("\"trails\"") && t1.contains("\"seq\":1"), "{t1}");
+        let t2 = text(&a2);
+        assert!(t2.contains("\"trails\"") && !t2.contains("\"seq\":1"), "{t2}");
+        assert!(!text(&a3).contains("trails"));
+        // Unrelated changes keep the answer; a change of the event builds anew.
+        b.handle(Command::Positions(vec![
+            Position::from_value(json!({"eventId":"other","deviceId":"x","lat":1,"lon":2,"ts":3}))
+                .unwrap(),
+        ]));
+        b.handle(Command::Subscribe { client: Arc::clone(&c3), event: "e".into(), trail: Some(2) });
+        assert_eq!(metrics.snapshot_builds.get(), 1);
+        let _ = rx3.try_recv().unwrap();
+        b.handle(Command::Positions(vec![position("d", 4)]));
+        b.flush_all();
+        let _ = rx3.try_recv().unwrap();
+        b.handle(Command::Subscribe { client: Arc::clone(&c3), event: "e".into(), trail: Some(2) });
+        assert_eq!(metrics.snapshot_builds.get(), 2);
+        assert!(text(&rx3.try_recv().unwrap()).contains("\"seq\":4"));
+        // That answer was taken and dropped: nothing holds it, it is gone,
+        // and the next subscriber builds it again.
+        b.handle(Command::Subscribe { client: Arc::clone(&c1), event: "e".into(), trail: Some(2) });
+        assert_eq!(metrics.snapshot_builds.get(), 3);
+        drop((a1, a2, a3));
     }
 }

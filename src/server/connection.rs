@@ -27,6 +27,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 use uuid::Uuid;
 
+use super::frames::{Frames, TooManyFragments};
 use super::handshake::{self, Upgraded};
 use super::sleep::Sleeper;
 use super::wire::Wire;
@@ -83,8 +84,8 @@ pub(super) fn run(
             return;
         }
     };
-    let ws =
-        WebSocket::from_partially_read(Wire::new(stream), leftover, Role::Server, Some(ws_config));
+    let frames = Frames::new(Wire::new(stream), &leftover);
+    let ws = WebSocket::from_partially_read(frames, leftover, Role::Server, Some(ws_config));
 
     let metrics = &shared.metrics;
     metrics.connections_opened.inc();
@@ -175,7 +176,7 @@ struct Connection<'a> {
     shared: &'a Shared,
     handle: Arc<ClientHandle>,
     rx: Receiver<Arc<Outbound>>,
-    ws: WebSocket<Wire<TcpStream>>,
+    ws: WebSocket<Frames<Wire<TcpStream>>>,
     identity: Identity,
     subscriptions: Vec<String>,
     state: State,
@@ -201,7 +202,7 @@ impl<'a> Connection<'a> {
         shared: &'a Shared,
         handle: Arc<ClientHandle>,
         rx: Receiver<Arc<Outbound>>,
-        ws: WebSocket<Wire<TcpStream>>,
+        ws: WebSocket<Frames<Wire<TcpStream>>>,
         identity: Identity,
         sleeper: Sleeper,
         clock: Clock,
@@ -346,8 +347,14 @@ impl<'a> Connection<'a> {
     /// Reads frames until the socket has no more.
     fn read_all(&mut self) -> Ended {
         loop {
-            match self.ws.read() {
+            let read = self.ws.read();
+            self.frames_seen();
+            match read {
                 Ok(message) => self.on_message(message)?,
+                Err(WsError::Io(e)) if TooManyFragments::is(&e) => {
+                    self.begin_close(CloseReason::TooManyFragments, true);
+                    return Ok(());
+                }
                 Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => {
                     self.readable = false;
                     return Ok(());
@@ -377,6 +384,15 @@ impl<'a> Connection<'a> {
                     return Err(self.closing_reason().unwrap_or(CloseReason::IoError));
                 }
             }
+        }
+    }
+
+    /// Any frame is a sign of life, even one that completes no message
+    /// (a fragment).
+    fn frames_seen(&mut self) {
+        if self.ws.get_mut().take_seen() {
+            self.last_seen = (self.clock)();
+            self.handle.last_seen_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -588,12 +604,39 @@ impl<'a> Connection<'a> {
     /// client logs in again instead of reconnecting as it is; an
     /// unavailable authority closes nobody (an outage must not log out a
     /// whole installation).
+    ///
+    /// A session that still validates has each of its subscriptions
+    /// authorized again: one no longer allowed ends with `unsubscribed`
+    /// (`"reason":"forbidden"`) and nothing more of that event.
     fn revalidate(&mut self) {
         let shared = self.shared;
         let result =
             auth::authenticate(shared.auth.as_ref(), &shared.metrics, &self.identity.credentials);
         match result {
-            Ok(_) => {}
+            Ok(_) => {
+                for event in self.subscriptions.clone() {
+                    let verdict = auth::authorize(
+                        shared.auth.as_ref(),
+                        &shared.metrics,
+                        &self.identity,
+                        &event,
+                    );
+                    match verdict {
+                        Ok(()) => {}
+                        Err(AuthzError::Forbidden) => {
+                            debug!("{}: subscription no longer allowed", self.handle.thread_name);
+                            self.subscriptions.retain(|e| *e != event);
+                            self.handle.subscriptions.lock().retain(|e| *e != event);
+                            let client = Arc::clone(&self.handle);
+                            let _ = shared.commands.send(Command::Forbid { client, event });
+                        }
+                        // An unavailable authority keeps the subscriptions,
+                        // as it keeps the session; the others are not asked
+                        // (each would wait out the same timeout).
+                        Err(AuthzError::Unavailable) => break,
+                    }
+                }
+            }
             Err(AuthError::Denied) => {
                 debug!(
                     "{} {}: session of user {} no longer valid",
@@ -752,7 +795,7 @@ mod tests {
             let sleeper = Sleeper::new(server.as_fd(), handle.wake_fd().as_fd()).expect("epoll");
             let config = ws_config(shared.config.max_message_bytes);
             let ws = WebSocket::from_partially_read(
-                Wire::new(server),
+                Frames::new(Wire::new(server), &[]),
                 Vec::new(),
                 Role::Server,
                 Some(config),
@@ -1062,5 +1105,45 @@ mod tests {
         assert_eq!(h.receive_close().0, 1009);
         assert_eq!(h.step_at(999), Ok(()), "the peer holds its end open");
         assert_eq!(h.step_at(1000), Err(CloseReason::MessageTooBig));
+    }
+
+    /// An authority that accepts every session and answers each event's
+    /// authorization from a table, counting the questions.
+    #[derive(Debug)]
+    struct PerEvent(Arc<parking_lot::Mutex<Vec<String>>>);
+
+    impl Authenticator for PerEvent {
+        fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError> {
+            Ok(Identity { user: "u".to_owned(), credentials: credentials.clone() })
+        }
+
+        fn authorize(&self, _who: &Identity, event: &str) -> Result<(), AuthzError> {
+            self.0.lock().push(event.to_owned());
+            match event {
+                "gone" => Err(AuthzError::Forbidden),
+                "down" => Err(AuthzError::Unavailable),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn revalidation_ends_forbidden_subscriptions_and_stops_at_an_unavailable_authority() {
+        let asked = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let shared = shared_with(Box::new(PerEvent(Arc::clone(&asked))), |config| {
+            config.auth_mode = AuthMode::Tokens;
+            config.auth_revalidate = Duration::from_secs(5);
+            config.ping_interval = Duration::from_secs(60);
+        });
+        let mut h = Harness::open(&shared);
+        for event in ["kept", "gone", "down", "later"] {
+            h.conn.subscriptions.push(event.to_owned());
+            h.handle.subscriptions.lock().push(event.to_owned());
+        }
+        assert_eq!(h.step_at(5000), Ok(()));
+        assert_eq!(h.conn.state, State::Open, "the session itself still validates");
+        assert_eq!(*asked.lock(), ["kept", "gone", "down"], "nothing asked after the outage");
+        assert_eq!(h.conn.subscriptions, ["kept", "down", "later"]);
+        assert_eq!(*h.handle.subscriptions.lock(), ["kept", "down", "later"]);
     }
 }

@@ -9,11 +9,14 @@
 //!   queued frames, read, heartbeat;
 //! - `sleep.rs`: the per-connection epoll set (socket + wake eventfd) the
 //!   thread blocks in;
+//! - `frames.rs`: inbound frame accounting under tungstenite (every frame
+//!   counts as a sign of life; at most 16 fragments per message);
 //! - `wire.rs`: the ordered output queue under tungstenite, written with
 //!   one `writev` per wake-up; shared pre-framed batches go out uncopied.
 
 mod acceptor;
 mod connection;
+mod frames;
 mod handshake;
 mod sleep;
 mod wire;

@@ -33,11 +33,26 @@ enum Chunk {
 }
 
 impl Chunk {
-    fn bytes(&self) -> &[u8] {
+    fn len(&self) -> usize {
         match self {
-            Chunk::Shared(entry) => &entry.wire,
-            Chunk::Owned(bytes) => bytes,
+            Chunk::Shared(entry) => entry.bytes(),
+            Chunk::Owned(bytes) => bytes.len(),
         }
+    }
+
+    /// The chunk's bytes from `offset` on, as slices (an entry cut from a
+    /// shared answer is several).
+    fn slices_from(&self, mut offset: usize) -> impl Iterator<Item = &[u8]> {
+        let (owned, shared) = match self {
+            Chunk::Shared(entry) => (None, Some(entry)),
+            Chunk::Owned(bytes) => (Some(bytes.as_slice()), None),
+        };
+        let slices = owned.into_iter().chain(shared.into_iter().flat_map(|e| e.slices()));
+        slices.filter_map(move |slice| {
+            let skip = offset.min(slice.len());
+            offset -= skip;
+            slice.get(skip..).filter(|rest| !rest.is_empty())
+        })
     }
 }
 
@@ -64,7 +79,7 @@ impl<S: Read + Write> Wire<S> {
 
     /// Queues a broadcaster batch (already framed) behind what is queued.
     pub(crate) fn push_shared(&mut self, entry: Arc<Outbound>) {
-        self.pending += entry.wire.len();
+        self.pending += entry.bytes();
         self.out.push_back(Chunk::Shared(entry));
     }
 
@@ -85,14 +100,13 @@ impl<S: Read + Write> Wire<S> {
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut n = 0;
-                for (i, chunk) in self.out.iter().take(MAX_IOVECS).enumerate() {
-                    let bytes = chunk.bytes();
-                    let bytes =
-                        if i == 0 { bytes.get(self.offset..).unwrap_or_default() } else { bytes };
-                    if let Some(slot) = slices.get_mut(n) {
-                        *slot = IoSlice::new(bytes);
-                        n += 1;
-                    }
+                let parts =
+                    self.out.iter().enumerate().flat_map(|(i, chunk)| {
+                        chunk.slices_from(if i == 0 { self.offset } else { 0 })
+                    });
+                for (slot, bytes) in slices.iter_mut().zip(parts) {
+                    *slot = IoSlice::new(bytes);
+                    n += 1;
                 }
                 match self.socket.write_vectored(slices.get(..n).unwrap_or_default()) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -112,7 +126,7 @@ impl<S: Read + Write> Wire<S> {
         self.pending -= n;
         while n > 0 {
             let Some(front) = self.out.front() else { break };
-            let left = front.bytes().len() - self.offset;
+            let left = front.len() - self.offset;
             if n < left {
                 self.offset += n;
                 return;
@@ -151,7 +165,7 @@ impl<S> Write for Wire<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::{OutboundKind, push_text_frame};
+    use crate::outbound::{Cut, OutboundKind, push_text_frame};
 
     /// A socket that takes at most `limit` bytes per call, then blocks,
     /// and counts calls: k queued frames must cost one `writev`.
@@ -234,6 +248,27 @@ mod tests {
         push_text_frame(&mut expected, b"0123456789");
         expected.extend_from_slice(b"abc");
         assert_eq!(wire.socket.written, expected);
+    }
+
+    #[test]
+    fn an_entry_cut_from_shared_bytes_goes_out_range_by_range() {
+        let shared: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(b"0123456789abcdef".to_vec());
+        // Partial writes that stop inside the header, inside a range and
+        // between ranges.
+        for limit in [1, 2, 4, 7] {
+            let mut entry = Outbound::single(OutboundKind::Subscribed, "");
+            entry.wire = b"<h>".to_vec();
+            entry.cut = Some(Cut::new(Arc::clone(&shared), vec![0..3, 5..6, 10..16]));
+            assert_eq!(entry.bytes(), 3 + 3 + 1 + 6);
+            let mut wire = Wire::new(Counting { limit: Some(limit), ..Counting::default() });
+            wire.push_shared(Arc::new(entry));
+            wire.write_all(b"!").unwrap();
+            while !wire.drain().unwrap() {
+                wire.socket.limit = Some(limit);
+            }
+            assert_eq!(wire.socket.written, b"<h>0125abcdef!", "limit {limit}");
+            assert!(!wire.is_blocked());
+        }
     }
 
     #[test]

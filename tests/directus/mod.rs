@@ -805,3 +805,27 @@ fn the_device_map_comes_from_directus_and_moves_devices_between_events() {
     assert_eq!((p["deviceId"].as_str(), seq_of(&p)), (Some("d-7"), 1));
     assert_eq!(srv.metric("livecast_device_map_size", &[]), 2.0);
 }
+
+#[test]
+fn revalidation_ends_a_subscription_directus_no_longer_allows() {
+    let fake = Fake::start();
+    fake.session("sess-a", "u-a");
+    fake.grant("u-a", &["e-1", "e-2"]);
+    let srv = directus_server(&fake.url(), |c| {
+        c.auth_revalidate = ms(150);
+        c.auth_cache_ttl = ms(50);
+    });
+    let ca = cookie("sess-a");
+    let mut a = srv.connect_with("/", &[(ca.0, &ca.1)]).expect("a");
+    a.subscribe("e-1");
+    a.subscribe("e-2");
+    // The user loses e-2 in Directus (403 FORBIDDEN from now on).
+    if let Some(grants) = fake.state.data.lock().grants.get_mut("u-a") {
+        grants.remove("e-2");
+    }
+    let v = a.recv_json();
+    assert_eq!(v, json!({"type": "unsubscribed", "eventId": "e-2", "reason": "forbidden"}));
+    srv.ingest_ok(&json!([pos("e-2", "d-2", 1), pos("e-1", "d-1", 2)]));
+    let p = a.recv_position();
+    assert_eq!((p["eventId"].as_str(), seq_of(&p)), (Some("e-1"), 2), "nothing of e-2: {p}");
+}

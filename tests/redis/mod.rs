@@ -410,3 +410,84 @@ fn a_restarted_instance_serves_the_same_trails_as_a_running_one() {
     assert_eq!(seqs("d-2"), [0]);
     assert_eq!(answer(&restarted), (latest, trails), "identical after a restart");
 }
+
+/// Reads `MONITOR` output from `redis` until a line contains `needle`;
+/// returns that line. A raw socket: the client library has no MONITOR
+/// mode on a blocking connection.
+fn monitor_until(
+    monitor: &mut std::net::TcpStream,
+    needle: &str,
+    mut poke: impl FnMut(),
+) -> String {
+    use std::io::Read;
+    monitor.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(line) = seen.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no {needle} in MONITOR output: {seen}");
+        poke();
+        let mut buf = [0u8; 4096];
+        match monitor.read(&mut buf) {
+            Ok(0) => panic!("MONITOR connection closed"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("MONITOR read: {e}"),
+        }
+    }
+}
+
+#[test]
+fn ingest_trims_the_stream_by_default() {
+    use std::io::Write;
+    let redis = Redis::start();
+    let key = unique_key("trim-default");
+    // The defaults, LIVE_STREAM_MAXLEN unset.
+    let server = livecast(&redis, &key, None);
+    let mut monitor = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    monitor.write_all(b"MONITOR\r\n").unwrap();
+    let mut seq = 0;
+    let line = monitor_until(&mut monitor, "\"XADD\"", || {
+        seq += 1;
+        server.ingest_ok(&json!([pos("e", "d-1", seq)]));
+    });
+    assert!(line.contains("\"MAXLEN\" \"~\" \"1000000\""), "{line}");
+}
+
+#[test]
+fn a_set_stream_maxlen_keeps_the_stream_near_it_and_zero_keeps_everything() {
+    let redis = Redis::start();
+    // Small nodes, so that the approximate trim is close to the bound.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("stream-node-max-entries")
+        .arg("10")
+        .query(&mut redis.conn())
+        .unwrap();
+    for (maxlen, most) in [(50usize, 60i64), (0, 300)] {
+        let key = unique_key("trim");
+        let server = Server::with(|c| {
+            c.redis_url = Some(livecast::Secret::new(redis.url()));
+            c.stream_key = key.clone();
+            c.batch_block = Duration::from_millis(100);
+            c.stream_maxlen = maxlen;
+        });
+        wait_ready(&server);
+        for chunk in 0..10 {
+            let batch: Vec<Value> = (0..30).map(|i| pos("e", "d-1", chunk * 30 + i)).collect();
+            server.ingest_ok(&Value::Array(batch));
+        }
+        let len: i64 = redis::cmd("XLEN").arg(&key).query(&mut redis.conn()).unwrap();
+        if maxlen == 0 {
+            assert_eq!(len, 300, "LIVE_STREAM_MAXLEN=0: nothing trimmed");
+        } else {
+            assert!((maxlen as i64..=most).contains(&len), "XLEN {len} for MAXLEN ~ {maxlen}");
+        }
+    }
+}
