@@ -3,10 +3,13 @@
 //! - `runtime.rs`: a small blocking HTTP/1.1 server (`http` accept thread,
 //!   one `http-N` thread per connection) over [`crate::http_codec`];
 //! - `assets.rs`: the client library's files (`/livecast.js`, `.d.ts`);
+//! - `trackers.rs`: the trackers' own protocols (`/ingest/osmand`,
+//!   `/ingest/owntracks`);
 //! - this file: the routes, run on the `http-N` threads.
 
 mod assets;
 pub(crate) mod runtime;
+mod trackers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -106,6 +109,9 @@ impl Handler for Routes {
         if head.method == "POST" && head.path == "/ingest" {
             return self.ingest_guard(head);
         }
+        if head.path == trackers::OSMAND || head.path == trackers::OWNTRACKS {
+            return self.tracker_guard(head);
+        }
         None
     }
 
@@ -121,6 +127,8 @@ impl Handler for Routes {
                 Response::text(405, "method not allowed\n").with_header("Allow", "GET, HEAD")
             }
             ("POST", "/ingest") => self.ingest(&req),
+            ("GET" | "POST", trackers::OSMAND) => self.osmand(&req),
+            ("POST", trackers::OWNTRACKS) => self.owntracks(&req),
             ("GET" | "HEAD", "/debug/connections") => self.connections(),
             ("GET" | "HEAD", "/") => Response::new(200)
                 .with_body("text/html; charset=utf-8", self.index.clone())
@@ -148,7 +156,8 @@ impl Handler for Routes {
 /// `None` for an unknown path (`404`).
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
-        "/ingest" => Some("POST"),
+        "/ingest" | trackers::OWNTRACKS => Some("POST"),
+        trackers::OSMAND => Some("GET, POST"),
         "/metrics" | "/healthz" | "/readyz" | "/debug/connections" | "/" => Some("GET, HEAD"),
         _ => None,
     }
@@ -383,6 +392,8 @@ mod tests {
             assert_eq!(allowed_methods(path), Some("GET, HEAD"), "{path}");
         }
         assert_eq!(allowed_methods("/ingest"), Some("POST"));
+        assert_eq!(allowed_methods("/ingest/owntracks"), Some("POST"));
+        assert_eq!(allowed_methods("/ingest/osmand"), Some("GET, POST"));
         assert_eq!(allowed_methods("/nope"), None);
     }
 }
