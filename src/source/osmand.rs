@@ -183,6 +183,14 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
         let (mut locations, mut device) = (None, None);
         while let Some(key) = map.next_key::<Key>()? {
             match key {
+                // Twice the same key is refused, as serde's derived
+                // structs do: which one counts would be a guess.
+                Key::Location if locations.is_some() => {
+                    return Err(de::Error::duplicate_field("location"));
+                }
+                Key::DeviceId if device.is_some() => {
+                    return Err(de::Error::duplicate_field("device_id"));
+                }
                 Key::Location => {
                     locations = Some(map.next_value_seed(LocationsSeed {
                         max_items: self.max_items,
@@ -466,6 +474,8 @@ mod tests {
         assert!(malformed(br#"{"location":{"coords":{"latitude":1,"longitude":1}}}"#));
         assert!(malformed(br#"{"device_id":"a"}"#));
         assert!(malformed(br#"{"device_id":"a","location":5}"#));
+        assert!(malformed(br#"{"device_id":"a","device_id":"b","location":{}}"#));
+        assert!(malformed(br#"{"device_id":"a","location":[],"location":{}}"#));
         assert!(malformed(br#"{"device_id":"a","location":{"coords":{"latitude":"1"}}}"#));
         let batch = from_json(br#"{"device_id":"a","location":{"coords":{}}}"#, &ctx()).unwrap();
         assert_eq!(batch.rejected, 1);
