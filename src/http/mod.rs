@@ -99,9 +99,10 @@ pub(crate) struct Routes {
 
 impl Handler for Routes {
     /// The checks made on the head alone, before any body byte is read or
-    /// any `100 Continue` sent (SPEC §4, §9): `/debug/*` credentials, and
+    /// any `100 Continue` sent (SPEC §4, §9, §10): `/debug/*` credentials,
     /// for `POST /ingest` in this order its token (401), the `Origin` (403)
-    /// and the `Content-Type` (415).
+    /// and the `Content-Type` (415), and for the tracker endpoints the
+    /// cross-site marks (403), then their token (401).
     fn check_head(&self, head: &RequestHead, _remote: SocketAddr) -> Option<Response> {
         if head.path == "/debug" || head.path.starts_with("/debug/") {
             return self.debug_guard(head);

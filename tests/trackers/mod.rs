@@ -134,7 +134,7 @@ fn osmand_query_forms_of_traccars_decoder_tests() {
     osmand_ok(
         &srv,
         &format!(
-            "id=861001000719969&lat=41.666667&lon=-0.883333&altitude=350.059479&speed=0.000000&batt=87&valid=0&{e}"
+            "id=861001000719969&lat=41.666667&lon=-0.883333&altitude=350.059479&speed=0.000000&batt=87&valid=0&accuracy=12.5&{e}"
         ),
     );
     let p = received(&mut c);
@@ -142,6 +142,7 @@ fn osmand_query_forms_of_traccars_decoder_tests() {
         (p["battery"].clone(), p["valid"].clone(), p.get("batt")),
         (json!(87.0), json!(false), None)
     );
+    assert_eq!((p["accuracy"].clone(), p["altitude"].clone()), (json!(12.5), json!(350.059479)));
 
     // `location=<lat>,<lon>`.
     osmand_ok(&srv, &format!("id=123456&timestamp=1377177267&location=60.5,30.25&{e}"));
