@@ -346,11 +346,12 @@ trackers() {
   {
     echo "# Tracker protocols: server CPU per report"
     echo
+    [ "$QUICK" = 1 ] && echo "Quick smoke run (\`BENCH_QUICK=1\`): short runs, CPU read in clock ticks (10 ms)." && echo
     echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), livecast commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "- $n trackers, each one report a second over a new connection, $s s per protocol, one server"
     echo "  (release, LOG_LEVEL=warn, no subscribers); pinning: $PINNING"
     echo "- Server CPU counts every thread: the accept thread, one thread per connection, the broadcaster"
-    echo "- Command: \`BENCH_SCENARIOS=trackers BENCH_SERVERS=livecast scripts/bench.sh\`"
+    echo "- Command: \`$( [ "$QUICK" = 1 ] && echo 'BENCH_QUICK=1 ')BENCH_SCENARIOS=trackers BENCH_SERVERS=livecast scripts/bench.sh\`"
     echo
     cat "$table"
   } >"$out"
