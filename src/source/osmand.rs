@@ -142,8 +142,9 @@ fn push_number(
 /// [`Refused::Malformed`] for a body that is not such JSON or has no
 /// `device_id`; [`Refused::TooMany`] for more than `max_items` locations.
 pub(crate) fn from_json(body: &[u8], ctx: &Context) -> Result<Batch, Refused> {
+    let text = tracker::utf8(body)?;
     let too_many = Cell::new(false);
-    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut de = serde_json::Deserializer::from_str(text);
     let walked = de
         .deserialize_map(BodyVisitor { max_items: ctx.max_items, too_many: &too_many })
         .and_then(|parsed| de.end().map(|()| parsed));
@@ -474,6 +475,8 @@ mod tests {
         assert!(malformed(br#"{"location":{"coords":{"latitude":1,"longitude":1}}}"#));
         assert!(malformed(br#"{"device_id":"a"}"#));
         assert!(malformed(br#"{"device_id":"a","location":5}"#));
+        // Found by the fuzzer: bytes that are not UTF-8 in a skipped key.
+        assert!(malformed(b"{\"device_id\":\"a\",\"location\":{\"x\x9d\":1}}"));
         assert!(malformed(br#"{"device_id":"a","device_id":"b","location":{}}"#));
         assert!(malformed(br#"{"device_id":"a","location":[],"location":{}}"#));
         assert!(malformed(br#"{"device_id":"a","location":{"coords":{"latitude":"1"}}}"#));

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Number, Value};
 
 use crate::position::Position;
-use crate::source::tracker::{Context, Fields, Refused, kmh_to_mps};
+use crate::source::tracker::{self, Context, Fields, Refused, kmh_to_mps};
 
 /// What one request carried.
 #[derive(Debug)]
@@ -69,13 +69,14 @@ pub(crate) fn parse(body: &[u8], sender: &Sender, ctx: &Context) -> Result<Messa
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Message::Ignored("empty"));
     }
+    let text = tracker::utf8(body)?;
     // A message is an object (serde would also read a struct from an
     // array).
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if text.trim_start().as_bytes().first() != Some(&b'{') {
         return Err(Refused::Malformed("an OwnTracks message is a JSON object".to_owned()));
     }
     // The type first: other messages' fields are not ours to type-check.
-    let head: Head = serde_json::from_slice(body)
+    let head: Head = serde_json::from_str(text)
         .map_err(|e| Refused::Malformed(format!("invalid OwnTracks message: {e}")))?;
     match head.kind.as_deref() {
         Some("location") => {}
@@ -85,7 +86,7 @@ pub(crate) fn parse(body: &[u8], sender: &Sender, ctx: &Context) -> Result<Messa
             return Ok(Message::Ignored(label));
         }
     }
-    let location: Location = serde_json::from_slice(body)
+    let location: Location = serde_json::from_str(text)
         .map_err(|e| Refused::Malformed(format!("invalid OwnTracks location: {e}")))?;
     location.into_position(sender, ctx).map(Message::Location)
 }
@@ -229,5 +230,7 @@ mod tests {
         assert_eq!(ignored(br#"{"_type":"status"}"#), Some("status"));
         assert_eq!(ignored(br#"{"_type":"a-new-one-every-request"}"#), Some("other"));
         assert_eq!(ignored(br#"{"lat":1}"#), Some("none"));
+        // Found by the fuzzer: bytes that are not UTF-8 in a skipped field.
+        assert_eq!(ignored(b"{\"_type\":\"lwt\",\"x\":\"\xa1\"}"), None);
     }
 }

@@ -256,6 +256,18 @@ fn with_offset(text: &str) -> String {
     }
 }
 
+/// A JSON body as text: JSON is UTF-8 (RFC 8259 §8.1), and serde skips
+/// the fields it ignores without checking their bytes, so the whole body is
+/// checked here, once.
+///
+/// # Errors
+/// [`Refused::Malformed`] naming the first bad byte's offset.
+pub(crate) fn utf8(body: &[u8]) -> Result<&str, Refused> {
+    std::str::from_utf8(body).map_err(|e| {
+        Refused::Malformed(format!("the body is not UTF-8 (byte {})", e.valid_up_to()))
+    })
+}
+
 /// The `name=value` pairs of a query string or an
 /// `application/x-www-form-urlencoded` body, percent-decoded (`+` is a
 /// space), in order; bytes that are not UTF-8 become U+FFFD.

@@ -14,8 +14,17 @@ fuzz_target!(|data: &[u8]| {
     let whole = serde_json::from_slice::<Value>(data);
     match osmand_json(data, limits) {
         Ok(batch) => {
+            for p in &batch.positions {
+                common::check_position(p, limits.max_position_bytes);
+            }
             let Ok(Value::Object(body)) = whole else {
-                panic!("accepted a body that is not a JSON object");
+                // serde skips the fields it ignores without building them:
+                // a lone surrogate escape there passes. The body must still
+                // be UTF-8 JSON by serde's own reading.
+                assert!(std::str::from_utf8(data).is_ok(), "accepted a body that is not UTF-8");
+                let skipped = serde_json::from_slice::<serde::de::IgnoredAny>(data);
+                assert!(skipped.is_ok(), "accepted a body that is not JSON: {whole:?}");
+                return;
             };
             let device = match body.get("device_id") {
                 Some(Value::String(s)) => s.clone(),
