@@ -15,7 +15,7 @@
 # Environment (defaults in brackets are the full run's):
 #   BENCH_SERVERS      servers to measure [livecast tokio-ref node-ref]
 #   BENCH_SCENARIOS    scenarios to run [small-fleet fanout-25 fanout-100
-#                      ramp-single ramp many-events idle storm slow]
+#                      ramp-single ramp many-events idle storm slow trackers]
 #   BENCH_WS_PORT, BENCH_HTTP_PORT   loopback ports [18480, 18490]
 #   BENCH_OUT          Markdown file to write
 #   BENCH_P99_LIMIT_MS ramp: a step is clean when p99 <= this [50]
@@ -50,7 +50,7 @@ if [ "$QUICK" = 1 ]; then
   : "${BENCH_OUT:=$BENCH/results-quick.md}"
 fi
 SERVERS=${BENCH_SERVERS:-livecast tokio-ref node-ref}
-SCENARIOS=${BENCH_SCENARIOS:-small-fleet fanout-25 fanout-100 ramp-single ramp many-events idle storm slow}
+SCENARIOS=${BENCH_SCENARIOS:-small-fleet fanout-25 fanout-100 ramp-single ramp many-events idle storm slow trackers}
 WS_PORT=${BENCH_WS_PORT:-18480}
 HTTP_PORT=${BENCH_HTTP_PORT:-18490}
 OUT=${BENCH_OUT:-$BENCH/results.md}
@@ -327,6 +327,37 @@ slow() {
   stop_server
 }
 
+# `trackers` (livecast only: the references speak no tracker protocol):
+# $TRACKERS_N phones each report once a second over a new connection, for
+# $TRACKERS_S s per protocol, to POST /ingest, then GET /ingest/osmand?...,
+# then POST /ingest/owntracks, on one server; the server's CPU-µs per
+# report of each, so the protocols' cost reads against POST /ingest's.
+# Writes its own table: scripts/bench/results-trackers.md.
+trackers() {
+  [ "$1" = livecast ] || return 0
+  local n=${TRACKERS_N:-500} s=${TRACKERS_S:-$([ "$QUICK" = 1 ] && echo 3 || echo 15)}
+  local out=$BENCH/results-trackers.md table=$LOGS/loadgen-$1-trackers.txt
+  start_server "$1" trackers
+  say "$1 trackers: $n phones, one report a second each, $s s per protocol"
+  printf '%s\n' "loadgen trackers --http http://127.0.0.1:$HTTP_PORT --server-pid \$PID --trackers $n --duration $s" >>"$COMMANDS"
+  "${LOADGEN_PIN[@]}" "$LOADGEN" trackers --http "http://127.0.0.1:$HTTP_PORT" --server-pid "$SERVER_PID" \
+    --trackers "$n" --duration "$s" --server-name "$1" >>"$RAW_DIR/$RUN_ID-trackers.jsonl" 2>"$table" || true
+  cat "$table" >&2
+  {
+    echo "# Tracker protocols: server CPU per report"
+    echo
+    [ "$QUICK" = 1 ] && echo "Quick smoke run (\`BENCH_QUICK=1\`): short runs, CPU read in clock ticks (10 ms)." && echo
+    echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC'), livecast commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "- $n trackers, each one report a second over a new connection, $s s per protocol, one server"
+    echo "  (release, LOG_LEVEL=warn, no subscribers); pinning: $PINNING"
+    echo "- Server CPU counts every thread: the accept thread, one thread per connection, the broadcaster"
+    echo "- Command: \`$( [ "$QUICK" = 1 ] && echo 'BENCH_QUICK=1 ')BENCH_SCENARIOS=trackers BENCH_SERVERS=livecast scripts/bench.sh\`"
+    echo
+    cat "$table"
+  } >"$out"
+  stop_server
+}
+
 STARTED=$(date +%s)
 for scenario in $SCENARIOS; do
   for server in $SERVERS; do
@@ -341,6 +372,7 @@ for scenario in $SCENARIOS; do
       idle) idle "$server" ;;
       storm) storm "$server" ;;
       slow) slow "$server" ;;
+      trackers) trackers "$server" ;;
       *) die "unknown scenario $scenario" ;;
     esac
   done

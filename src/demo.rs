@@ -1,12 +1,17 @@
 //! The demo feed (`livecast --demo`): a simulator that moves devices along
 //! smooth, plausible tracks in three events and posts their positions to a
-//! server's `POST /ingest`.
+//! server's HTTP port, in the three ways positions arrive there.
 //!
-//! It talks HTTP (ureq) to the ingest endpoint like any tracker gateway
-//! would, on purpose: what a newcomer watches in the dashboard then went
-//! through the real path (request parsing, validation, `INGEST_TOKEN`, Redis
-//! when configured, the broadcaster), so the demo also shows that path works
-//! on this machine, and cannot drift from it.
+//! It talks HTTP (ureq) like real senders would, on purpose: what a
+//! newcomer watches in the dashboard then went through the real path
+//! (request parsing, validation, `INGEST_TOKEN`, Redis when configured, the
+//! broadcaster), so the demo also shows that path works on this machine,
+//! and cannot drift from it. Half the devices are a gateway's, posted
+//! together to `POST /ingest`; the other half are phones, one request each:
+//! every fourth device (`boat-2`, `car-6`, …) posts as Traccar Client 9 does
+//! (JSON to `/ingest/osmand?event=…`), and every fourth from the fourth
+//! (`runner-4`, `boat-8`, …) as OwnTracks does (`/ingest/owntracks?event=…`
+//! with user `demo` and its device name: it shows as `demo/runner-4`).
 //!
 //! The three events, each with its own kind of motion, devices dealt to them
 //! in turn (device `n`, counted from 1, goes to event `(n - 1) % 3`):
@@ -17,8 +22,9 @@
 //! | `demo-regatta` | `boat-2`, `boat-5`, ... | wandering on Lake Geneva, 8–25 km/h |
 //! | `demo-rally` | `car-3`, `car-6`, ... | a hilly 25 km loop near Sion, 50–110 km/h |
 //!
-//! Every position carries `speed` (km/h) and `heading` (degrees clockwise
-//! from north), like the optional fields of a real tracker.
+//! Every position carries `speed` (m/s, the unit the tracker protocols'
+//! speeds become) and `heading` (degrees clockwise from north), like the
+//! optional fields of a real tracker.
 
 use std::fmt;
 use std::io;
@@ -50,8 +56,8 @@ pub struct DemoConfig {
     pub devices: usize,
     /// Time between two posts; every device reports once per post.
     pub interval: Duration,
-    /// Sent as `Authorization: Bearer` when the server requires
-    /// `INGEST_TOKEN`.
+    /// Sent when the server requires `INGEST_TOKEN`: as a bearer token, and
+    /// as the Basic password of the OwnTracks devices (as the app does).
     pub ingest_token: Option<Secret>,
     /// Seeds the tracks' randomness: the same seed moves the same way.
     pub seed: u64,
@@ -102,13 +108,14 @@ pub struct Demo {
 /// When the thread cannot be spawned.
 pub fn start(ingest: SocketAddr, config: DemoConfig) -> io::Result<Demo> {
     let mut world = World::new(&config);
-    let devices = world.devices.iter().map(|d| (d.event.to_owned(), d.id.clone())).collect();
+    let devices = world.devices.iter().map(|d| (d.event.to_owned(), d.shown_id())).collect();
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let interval = config.interval;
     let poster = Poster::new(ingest, config.ingest_token);
     let thread = crate::thread::spawn_named("demo-feed".into(), None, move || {
         info!(
-            "demo: {} devices report to http://{ingest}/ingest every {interval:?}",
+            "demo: {} devices report to http://{ingest}/ingest (and /ingest/osmand, \
+             /ingest/owntracks) every {interval:?}",
             world.devices.len()
         );
         let mut last = Instant::now();
@@ -117,7 +124,7 @@ pub fn start(ingest: SocketAddr, config: DemoConfig) -> io::Result<Demo> {
             let now = Instant::now();
             world.advance(now.duration_since(last).as_secs_f64());
             last = now;
-            match poster.post(&world.positions(now_ms())) {
+            match poster.post_all(&world, now_ms()) {
                 Ok(()) if failing => {
                     info!("demo: ingest works again");
                     failing = false;
@@ -153,7 +160,8 @@ impl Demo {
         events
     }
 
-    /// Every simulated device as `(event, device)`.
+    /// Every simulated device as `(event, device)`, the device by the id
+    /// the dashboard shows.
     pub fn devices(&self) -> &[(String, String)] {
         &self.devices
     }
@@ -210,7 +218,8 @@ fn now_ms() -> u64 {
 /// server has just timed out.
 struct Poster {
     agent: ureq::Agent,
-    url: String,
+    /// `http://<addr>`.
+    base: String,
     token: Option<Secret>,
 }
 
@@ -233,12 +242,65 @@ impl Poster {
             .timeout_recv_body(phase)
             .build()
             .new_agent();
-        Poster { agent, url: format!("http://{addr}/ingest"), token }
+        Poster { agent, base: format!("http://{addr}"), token }
+    }
+
+    /// Posts one tick: the gateway's devices in one `POST /ingest`, then
+    /// each phone in its own protocol. Every request is made; the first
+    /// failure is the answer.
+    fn post_all(&self, world: &World, ts: u64) -> io::Result<()> {
+        let mut outcome = self.post(&world.positions(ts, Reporter::Gateway));
+        for device in world.devices.iter().filter(|d| d.sender != Reporter::Gateway) {
+            let sent = self.post_tracker(device, ts);
+            if outcome.is_ok() {
+                outcome = sent;
+            }
+        }
+        outcome
+    }
+
+    /// Posts one phone's report as its app would.
+    fn post_tracker(&self, device: &Device, ts: u64) -> io::Result<()> {
+        let event = device.event;
+        let (path, body) = match device.sender {
+            Reporter::TraccarClient => ("osmand", device.traccar_client_body(ts)),
+            Reporter::OwnTracks => ("owntracks", device.owntracks_body(ts)),
+            Reporter::Gateway => return Ok(()),
+        };
+        let url = format!("{}/ingest/{path}?event={event}", self.base);
+        let request = self.agent.post(&url).header("Content-Type", "application/json");
+        let request = if device.sender == Reporter::OwnTracks {
+            let request =
+                request.header("X-Limit-U", OWNTRACKS_USER).header("X-Limit-D", &device.id);
+            match &self.token {
+                Some(token) => request.header(
+                    "Authorization",
+                    format!("Basic {}", base64(&format!("{OWNTRACKS_USER}:{}", token.expose()))),
+                ),
+                None => request,
+            }
+        } else {
+            match &self.token {
+                Some(token) => {
+                    request.header("Authorization", format!("Bearer {}", token.expose()))
+                }
+                None => request,
+            }
+        };
+        let mut response = request.send(&body.to_string()).map_err(io::Error::other)?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let answer =
+            response.body_mut().with_config().limit(64 * 1024).read_to_string().unwrap_or_default();
+        Err(io::Error::other(format!("/ingest/{path}: status {status}: {}", answer.trim())))
     }
 
     fn post(&self, positions: &Value) -> io::Result<()> {
         let body = positions.to_string();
-        let request = self.agent.post(&self.url).header("Content-Type", "application/json");
+        let url = format!("{}/ingest", self.base);
+        let request = self.agent.post(&url).header("Content-Type", "application/json");
         let request = match &self.token {
             Some(token) => request.header("Authorization", format!("Bearer {}", token.expose())),
             None => request,
@@ -267,10 +329,77 @@ impl Poster {
     }
 }
 
+/// How a device reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reporter {
+    /// In a batch to `POST /ingest`, as a gateway would.
+    Gateway,
+    /// Alone, as Traccar Client 9 (OsmAnd protocol, JSON body).
+    TraccarClient,
+    /// Alone, as OwnTracks in HTTP mode.
+    OwnTracks,
+}
+
+impl Reporter {
+    /// Device `n` (from 1): odd ones are the gateway's, then Traccar Client
+    /// and OwnTracks in turn.
+    fn of(n: usize) -> Reporter {
+        match n % 4 {
+            2 => Reporter::TraccarClient,
+            0 => Reporter::OwnTracks,
+            _ => Reporter::Gateway,
+        }
+    }
+}
+
+/// The user name of the demo's OwnTracks devices.
+const OWNTRACKS_USER: &str = "demo";
+
+/// `ms` since the epoch as `yyyy-MM-ddTHH:mm:ss.SSSZ`.
+fn iso8601(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // H. Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Standard base64 with padding, for a Basic `Authorization`.
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = byte(0) << 16 | byte(1) << 8 | byte(2);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            let digit = ALPHABET.get((n >> shift) as usize & 63).copied().unwrap_or(b'=');
+            out.push(if i <= chunk.len() { char::from(digit) } else { '=' });
+        }
+    }
+    out
+}
+
 /// One of the three demo events: where it is and how its devices move.
 struct Scenario {
     event: &'static str,
     prefix: &'static str,
+    /// What Traccar Client's activity recognition would say.
+    activity: &'static str,
     /// Centre of the area, degrees.
     lat: f64,
     lon: f64,
@@ -293,6 +422,7 @@ const SCENARIOS: [Scenario; 3] = [
     Scenario {
         event: "demo-marathon",
         prefix: "runner",
+        activity: "running",
         lat: 46.515,
         lon: 6.605,
         radius: 1_600.0,
@@ -304,6 +434,7 @@ const SCENARIOS: [Scenario; 3] = [
     Scenario {
         event: "demo-regatta",
         prefix: "boat",
+        activity: "in_vehicle",
         lat: 46.455,
         lon: 6.56,
         radius: 3_000.0,
@@ -315,6 +446,7 @@ const SCENARIOS: [Scenario; 3] = [
     Scenario {
         event: "demo-rally",
         prefix: "car",
+        activity: "in_vehicle",
         lat: 46.235,
         lon: 7.36,
         radius: 4_000.0,
@@ -329,6 +461,8 @@ const SCENARIOS: [Scenario; 3] = [
 /// scenario's centre and turned into degrees when posted.
 struct Device {
     id: String,
+    /// How it reports.
+    sender: Reporter,
     event: &'static str,
     scenario: &'static Scenario,
     north: f64,
@@ -381,6 +515,7 @@ impl World {
                 };
                 Device {
                     id: format!("{}-{n}", scenario.prefix),
+                    sender: Reporter::of(n),
                     event: scenario.event,
                     scenario,
                     north,
@@ -411,9 +546,12 @@ impl World {
         }
     }
 
-    /// The JSON array to post: one position per device, stamped `ts`.
-    fn positions(&self, ts: u64) -> Value {
-        Value::Array(self.devices.iter().map(|d| d.position(ts)).collect())
+    /// The JSON array to post to `POST /ingest`: one position per device
+    /// of `sender`, stamped `ts`.
+    fn positions(&self, ts: u64, sender: Reporter) -> Value {
+        Value::Array(
+            self.devices.iter().filter(|d| d.sender == sender).map(|d| d.position(ts)).collect(),
+        )
     }
 }
 
@@ -464,19 +602,76 @@ impl Device {
         self.east += self.speed * self.heading.sin() * dt;
     }
 
-    fn position(&self, ts: u64) -> Value {
+    /// Latitude and longitude (6 decimals), heading (whole degrees), speed
+    /// (m/s, 1 decimal), as reported.
+    fn fix(&self) -> (f64, f64, f64, f64) {
         let scenario = self.scenario;
         let lat = scenario.lat + self.north / METRES_PER_DEGREE;
         let lon = scenario.lon + self.east / (METRES_PER_DEGREE * scenario.lat.to_radians().cos());
         let heading = self.heading.to_degrees().rem_euclid(360.0);
+        (round_to(lat, 6), round_to(lon, 6), heading.round(), round_to(self.speed, 1))
+    }
+
+    fn position(&self, ts: u64) -> Value {
+        let (lat, lon, heading, speed) = self.fix();
         json!({
             "eventId": self.event,
             "deviceId": self.id,
-            "lat": round_to(lat, 6),
-            "lon": round_to(lon, 6),
+            "lat": lat,
+            "lon": lon,
             "ts": ts,
-            "speed": round_to(self.speed * 3.6, 1),
-            "heading": heading.round(),
+            "speed": speed,
+            "heading": heading,
+        })
+    }
+
+    /// The id the dashboard shows: OwnTracks devices are `<user>/<device>`.
+    fn shown_id(&self) -> String {
+        match self.sender {
+            Reporter::OwnTracks => format!("{OWNTRACKS_USER}/{}", self.id),
+            Reporter::Gateway | Reporter::TraccarClient => self.id.clone(),
+        }
+    }
+
+    /// What Traccar Client 9 posts: its location SDK's JSON, speed in m/s,
+    /// time in ISO 8601.
+    fn traccar_client_body(&self, ts: u64) -> Value {
+        let (lat, lon, heading, speed) = self.fix();
+        json!({
+            "location": {
+                "timestamp": iso8601(ts),
+                "coords": {
+                    "latitude": lat,
+                    "longitude": lon,
+                    "speed": speed,
+                    "heading": heading,
+                    "accuracy": 5,
+                    "altitude": -1,
+                },
+                "is_moving": true,
+                "battery": {"level": 0.8, "is_charging": false},
+                "activity": {"type": self.scenario.activity},
+            },
+            "device_id": self.id,
+        })
+    }
+
+    /// What OwnTracks posts: a `location` message, speed in km/h, time in
+    /// Unix seconds.
+    fn owntracks_body(&self, ts: u64) -> Value {
+        let (lat, lon, heading, _) = self.fix();
+        let tid: String = self.id.chars().take(1).chain(self.id.chars().last()).collect();
+        json!({
+            "_type": "location",
+            "lat": lat,
+            "lon": lon,
+            "tst": ts / 1000,
+            "vel": (self.speed * 3.6).round(),
+            "cog": heading,
+            "acc": 5,
+            "batt": 80,
+            "tid": tid,
+            "t": "t",
         })
     }
 }
@@ -546,6 +741,11 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
+    /// Every device's position, whatever its way of reporting.
+    fn all_positions(world: &World, ts: u64) -> Value {
+        Value::Array(world.devices.iter().map(|d| d.position(ts)).collect())
+    }
+
     fn distance_m(a: &Value, b: &Value) -> f64 {
         let f = |v: &Value, k: &str| v[k].as_f64().expect("number");
         let dn = (f(b, "lat") - f(a, "lat")) * METRES_PER_DEGREE;
@@ -574,13 +774,13 @@ mod tests {
     #[test]
     fn moves_at_plausible_speeds_and_stays_in_its_area() {
         let mut world = World::new(&DemoConfig { devices: 30, ..DemoConfig::default() });
-        let mut before = world.positions(0);
+        let mut before = all_positions(&world, 0);
         for second in 1..=600u64 {
             world.advance(1.0);
-            let after = world.positions(second * 1000);
+            let after = all_positions(&world, second * 1000);
             for (a, b) in before.as_array().unwrap().iter().zip(after.as_array().unwrap()) {
                 let moved = distance_m(a, b);
-                let kmh = b["speed"].as_f64().unwrap();
+                let kmh = b["speed"].as_f64().unwrap() * 3.6;
                 let event = b["eventId"].as_str().unwrap();
                 let scenario = SCENARIOS.iter().find(|s| s.event == event).unwrap();
                 assert!(moved > 0.5, "{} did not move: {moved} m", b["deviceId"]);
@@ -606,10 +806,20 @@ mod tests {
         let run = |seed| {
             let mut world = World::new(&DemoConfig { devices: 5, seed, ..DemoConfig::default() });
             world.advance(30.0);
-            world.positions(1)
+            all_positions(&world, 1)
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn iso8601_and_base64() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_749_995_112_862), "2025-06-15T13:45:12.862Z");
+        assert_eq!(iso8601(1_709_208_000_001), "2024-02-29T12:00:00.001Z");
+        assert_eq!(base64("demo:s3cret"), "ZGVtbzpzM2NyZXQ=");
+        assert_eq!(base64("ab"), "YWI=");
+        assert_eq!(base64("abc"), "YWJj");
     }
 
     #[test]
@@ -638,8 +848,10 @@ mod tests {
         let demo = start(addr, config).unwrap();
         assert_eq!(demo.events(), ["demo-marathon", "demo-regatta", "demo-rally"]);
         assert_eq!(demo.devices().len(), 4);
+        // One tick: the gateway's batch, then boat-2 as Traccar Client and
+        // runner-4 as OwnTracks; then the next tick's batch.
         let mut requests = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..4 {
             let (mut conn, _) = listener.accept().unwrap();
             conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut buf = vec![0u8; 64 * 1024];
@@ -665,23 +877,34 @@ mod tests {
                 }
                 assert!(n > 0, "connection closed early");
             }
-            conn.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 29\r\nConnection: close\r\n\r\n{\"accepted\":4,\"rejected\":[]}\n").unwrap();
+            conn.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 29\r\nConnection: close\r\n\r\n{\"accepted\":2,\"rejected\":[]}\n").unwrap();
             requests.push(String::from_utf8(got).unwrap());
         }
         assert!(started.elapsed() < Duration::from_secs(2));
-        for request in &requests {
+        let body = |request: &str| -> Value {
+            serde_json::from_str(request.split_once("\r\n\r\n").unwrap().1).unwrap()
+        };
+        for request in [&requests[0], &requests[3]] {
             assert!(request.starts_with("POST /ingest HTTP/1.1\r\n"), "{request}");
             // Header names are case-insensitive (ureq sends them lower-case).
             assert!(request.to_ascii_lowercase().contains("\r\nauthorization: bearer s3cret\r\n"));
-            let body: Value =
-                serde_json::from_str(request.split_once("\r\n\r\n").unwrap().1).unwrap();
             let ids: Vec<_> =
-                body.as_array().unwrap().iter().map(|p| p["deviceId"].clone()).collect();
-            assert_eq!(
-                ids,
-                [json!("runner-1"), json!("boat-2"), json!("car-3"), json!("runner-4")]
-            );
+                body(request).as_array().unwrap().iter().map(|p| p["deviceId"].clone()).collect();
+            assert_eq!(ids, [json!("runner-1"), json!("car-3")]);
         }
+        let traccar = &requests[1];
+        assert!(traccar.starts_with("POST /ingest/osmand?event=demo-regatta HTTP/1.1\r\n"));
+        assert!(traccar.to_ascii_lowercase().contains("\r\nauthorization: bearer s3cret\r\n"));
+        assert_eq!(body(traccar)["device_id"], "boat-2");
+        assert!(body(traccar)["location"]["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        let owntracks = requests[2].to_ascii_lowercase();
+        assert!(owntracks.starts_with("post /ingest/owntracks?event=demo-marathon http/1.1\r\n"));
+        // "demo:s3cret"
+        assert!(owntracks.contains("\r\nauthorization: basic zgvtbzpzm2nyzxq=\r\n"), "{owntracks}");
+        assert!(owntracks.contains("\r\nx-limit-u: demo\r\n"));
+        assert!(owntracks.contains("\r\nx-limit-d: runner-4\r\n"));
+        assert_eq!(body(&requests[2])["_type"], "location");
+        assert_eq!(demo.devices()[3].1, "demo/runner-4");
         // Refused from now on: the feed's next post fails fast.
         drop(listener);
         let stopping = Instant::now();

@@ -4,7 +4,7 @@
 
 use crate::position::Position;
 use crate::protocol;
-use crate::source::ingest;
+use crate::source::{ingest, osmand, owntracks, tracker};
 
 /// An inbound client message, as [`inbound`] parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,4 +154,93 @@ pub fn ingest_json(body: &[u8], limits: IngestLimits) -> Result<Ingest, IngestRe
 /// More than `max_items` non-blank lines (`413`).
 pub fn ingest_ndjson(body: &[u8], limits: IngestLimits) -> Result<Ingest, IngestRefused> {
     ingest::parse_ndjson(body, &limits.into()).map(Ingest::from).map_err(IngestRefused::from)
+}
+
+/// Why a tracker request (SPEC §10) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackerRefused {
+    /// `400` or `413`.
+    pub status: u16,
+    /// The text of the answer.
+    pub message: String,
+    /// Whether a position was refused (counted as rejected), rather than
+    /// the body.
+    pub position: bool,
+}
+
+impl From<tracker::Refused> for TrackerRefused {
+    fn from(r: tracker::Refused) -> TrackerRefused {
+        TrackerRefused { status: r.status(), message: r.to_string(), position: r.is_position() }
+    }
+}
+
+/// The context of one tracker request: no `?event=`, receipt time 1 ms
+/// past the epoch.
+fn tracker_context(limits: IngestLimits) -> tracker::Context {
+    tracker::Context {
+        event: None,
+        now_ms: 1,
+        max_position_bytes: limits.max_position_bytes,
+        max_items: limits.max_items,
+    }
+}
+
+/// An OsmAnd request's parameters, as `GET`/`POST /ingest/osmand` reads
+/// them: the URL's `query`, then a form body's.
+///
+/// # Errors
+/// The refusal the tracker gets.
+pub fn osmand_params(
+    query: &[u8],
+    form: &[u8],
+    limits: IngestLimits,
+) -> Result<ParsedPosition, TrackerRefused> {
+    let params = tracker::form_pairs(query).chain(tracker::form_pairs(form));
+    osmand::from_params(params, &tracker_context(limits)).map(ParsedPosition).map_err(Into::into)
+}
+
+/// The `name=value` pairs of a query or form body, decoded.
+pub fn form_pairs(input: &[u8]) -> Vec<(String, String)> {
+    tracker::form_pairs(input).collect()
+}
+
+/// A parsed request carrying several positions.
+#[derive(Debug)]
+pub struct TrackerBatch {
+    /// The valid positions, in body order.
+    pub positions: Vec<ParsedPosition>,
+    /// The reports refused as positions.
+    pub rejected: usize,
+}
+
+/// A Traccar Client 9 JSON body of `POST /ingest/osmand`.
+///
+/// # Errors
+/// What the whole body is refused for (`400`, `413`).
+pub fn osmand_json(body: &[u8], limits: IngestLimits) -> Result<TrackerBatch, TrackerRefused> {
+    let batch = osmand::from_json(body, &tracker_context(limits))?;
+    Ok(TrackerBatch {
+        positions: batch.positions.into_iter().map(ParsedPosition).collect(),
+        rejected: batch.rejected,
+    })
+}
+
+/// An OwnTracks message of `POST /ingest/owntracks` from `user`/`device`
+/// (the `X-Limit-U`/`X-Limit-D` headers): `Ok(Err(type))` for a message
+/// answered and ignored.
+///
+/// # Errors
+/// The refusal the app gets.
+pub fn owntracks(
+    body: &[u8],
+    user: Option<&str>,
+    device: Option<&str>,
+    limits: IngestLimits,
+) -> Result<Result<ParsedPosition, &'static str>, TrackerRefused> {
+    let sender =
+        owntracks::Sender { user: user.map(str::to_owned), device: device.map(str::to_owned) };
+    match owntracks::parse(body, &sender, &tracker_context(limits))? {
+        owntracks::Message::Location(p) => Ok(Ok(ParsedPosition(p))),
+        owntracks::Message::Ignored(kind) => Ok(Err(kind)),
+    }
 }

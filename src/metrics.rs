@@ -66,6 +66,9 @@ pub(crate) struct Metrics {
     pub(crate) redis_read_errors: IntCounter,
     pub(crate) redis_reconnects: IntCounter,
     pub(crate) redis_pending: IntGauge,
+    /// Tracker messages answered but not positions (SPEC §10), by
+    /// `protocol` and `type` (OwnTracks `lwt`, `empty`, …).
+    pub(crate) tracker_messages_ignored: IntCounterVec,
 }
 
 impl Metrics {
@@ -323,6 +326,17 @@ impl Metrics {
                 IntGauge::new(
                     "redis_pending",
                     "Entries delivered to this instance's group but not yet acknowledged",
+                )?,
+            )?,
+            tracker_messages_ignored: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tracker_messages_ignored_total",
+                        "Tracker messages answered and ignored (not positions), by protocol \
+                         and type",
+                    ),
+                    &["protocol", "type"],
                 )?,
             )?,
             registry,

@@ -3,10 +3,13 @@
 //! - `runtime.rs`: a small blocking HTTP/1.1 server (`http` accept thread,
 //!   one `http-N` thread per connection) over [`crate::http_codec`];
 //! - `assets.rs`: the client library's files (`/livecast.js`, `.d.ts`);
+//! - `trackers.rs`: the trackers' own protocols (`/ingest/osmand`,
+//!   `/ingest/owntracks`);
 //! - this file: the routes, run on the `http-N` threads.
 
 mod assets;
 pub(crate) mod runtime;
+mod trackers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -96,15 +99,19 @@ pub(crate) struct Routes {
 
 impl Handler for Routes {
     /// The checks made on the head alone, before any body byte is read or
-    /// any `100 Continue` sent (SPEC §4, §9): `/debug/*` credentials, and
+    /// any `100 Continue` sent (SPEC §4, §9, §10): `/debug/*` credentials,
     /// for `POST /ingest` in this order its token (401), the `Origin` (403)
-    /// and the `Content-Type` (415).
+    /// and the `Content-Type` (415), and for the tracker endpoints the
+    /// cross-site marks (403), then their token (401).
     fn check_head(&self, head: &RequestHead, _remote: SocketAddr) -> Option<Response> {
         if head.path == "/debug" || head.path.starts_with("/debug/") {
             return self.debug_guard(head);
         }
         if head.method == "POST" && head.path == "/ingest" {
             return self.ingest_guard(head);
+        }
+        if head.path == trackers::OSMAND || head.path == trackers::OWNTRACKS {
+            return self.tracker_guard(head);
         }
         None
     }
@@ -121,6 +128,8 @@ impl Handler for Routes {
                 Response::text(405, "method not allowed\n").with_header("Allow", "GET, HEAD")
             }
             ("POST", "/ingest") => self.ingest(&req),
+            ("GET" | "POST", trackers::OSMAND) => self.osmand(&req),
+            ("POST", trackers::OWNTRACKS) => self.owntracks(&req),
             ("GET" | "HEAD", "/debug/connections") => self.connections(),
             ("GET" | "HEAD", "/") => Response::new(200)
                 .with_body("text/html; charset=utf-8", self.index.clone())
@@ -148,7 +157,8 @@ impl Handler for Routes {
 /// `None` for an unknown path (`404`).
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
-        "/ingest" => Some("POST"),
+        "/ingest" | trackers::OWNTRACKS => Some("POST"),
+        trackers::OSMAND => Some("GET, POST"),
         "/metrics" | "/healthz" | "/readyz" | "/debug/connections" | "/" => Some("GET, HEAD"),
         _ => None,
     }
@@ -383,6 +393,8 @@ mod tests {
             assert_eq!(allowed_methods(path), Some("GET, HEAD"), "{path}");
         }
         assert_eq!(allowed_methods("/ingest"), Some("POST"));
+        assert_eq!(allowed_methods("/ingest/owntracks"), Some("POST"));
+        assert_eq!(allowed_methods("/ingest/osmand"), Some("GET, POST"));
         assert_eq!(allowed_methods("/nope"), None);
     }
 }

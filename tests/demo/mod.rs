@@ -1,6 +1,7 @@
-//! `livecast --demo`: the simulator posts through the real ingest path
-//! (HTTP to the server's own `POST /ingest`, with `INGEST_TOKEN` when one
-//! is set), and a subscriber sees its devices move.
+//! `livecast --demo`: the simulator posts through the real ingest paths
+//! (HTTP to the server's own `POST /ingest`, and as Traccar Client and
+//! OwnTracks to `/ingest/osmand` and `/ingest/owntracks`, with
+//! `INGEST_TOKEN` when one is set), and a subscriber sees its devices move.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -32,7 +33,9 @@ fn demo_feed_posts_with_the_ingest_token_and_subscribers_see_it_move() {
         // Without the token the ingest answers 401: positions arriving
         // show that the feed sent it.
         .env("INGEST_TOKEN", "demo-test-token")
-        .env("LIVE_DEMO_DEVICES", "3")
+        // runner-1 and car-3 through POST /ingest, boat-2 as Traccar
+        // Client, runner-4 as OwnTracks (user "demo").
+        .env("LIVE_DEMO_DEVICES", "4")
         .env("LIVE_DEMO_INTERVAL_MS", "100")
         .env("LOG_LEVEL", "info")
         .stdin(Stdio::null())
@@ -72,17 +75,31 @@ fn demo_feed_posts_with_the_ingest_token_and_subscribers_see_it_move() {
         if let Some(url) = line.strip_prefix("  WebSocket: ws://") {
             ws = url.split_whitespace().next().and_then(|u| u.trim_end_matches('/').parse().ok());
         }
-        dashboard |= line.contains("demo-marathon: 1 devices (runner-1)");
+        dashboard |= line.contains("demo-marathon: 2 devices (runner-1, demo/runner-4)");
     }
 
-    let mut client = Client::connect(ws.expect("ws address"), "/", &[]).expect("connect");
+    let ws = ws.expect("ws address");
+    let mut client = Client::connect(ws, "/", &[]).expect("connect");
     client.subscribe("demo-marathon");
-    // Two fresh reports of runner-1 (the feed posts every 100 ms), moving.
-    let first = client.recv_position();
-    let second = wait_second(&mut client, &first);
-    assert_eq!(first["deviceId"], "runner-1", "{first}");
-    assert!(second["ts"].as_i64() > first["ts"].as_i64(), "{first} then {second}");
-    assert!(second["speed"].as_f64().is_some_and(|kmh| kmh > 0.0), "{second}");
+    // Two fresh reports of each device (the feed posts every 100 ms),
+    // moving: runner-1 through POST /ingest, runner-4 as OwnTracks.
+    for device in ["runner-1", "demo/runner-4"] {
+        let first = wait_device(&mut client, device);
+        let second = wait_device(&mut client, device);
+        assert!(second["ts"].as_i64() >= first["ts"].as_i64(), "{first} then {second}");
+        assert!(second["speed"].as_f64().is_some_and(|mps| mps > 0.0), "{second}");
+    }
+    client.close();
+    // boat-2 as Traccar Client 9: its JSON's fields arrive mapped.
+    let mut client = Client::connect(ws, "/", &[]).expect("connect");
+    client.subscribe("demo-regatta");
+    let boat = wait_device(&mut client, "boat-2");
+    assert_eq!(
+        (boat["battery"].as_f64(), boat["moving"].as_bool()),
+        (Some(80.0), Some(true)),
+        "{boat}"
+    );
+    assert_eq!(boat["activity"], "in_vehicle", "{boat}");
     client.close();
 
     // SIGTERM stops the feed and the server; the feed never failed.
@@ -94,13 +111,13 @@ fn demo_feed_posts_with_the_ingest_token_and_subscribers_see_it_move() {
     assert!(!stderr.contains("ingest failed"), "the demo feed failed to post:\n{stderr}");
 }
 
-/// The next position of the same device as `first`.
-fn wait_second(client: &mut Client, first: &serde_json::Value) -> serde_json::Value {
+/// The next position of `device`.
+fn wait_device(client: &mut Client, device: &str) -> serde_json::Value {
     let end = Instant::now() + Duration::from_secs(5);
     loop {
-        assert!(Instant::now() < end, "no second position of {}", first["deviceId"]);
+        assert!(Instant::now() < end, "no position of {device}");
         let next = client.recv_position();
-        if next["deviceId"] == first["deviceId"] {
+        if next["deviceId"] == device {
             return next;
         }
     }

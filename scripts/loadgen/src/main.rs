@@ -23,6 +23,7 @@ mod probe;
 mod procfs;
 mod report;
 mod slow;
+mod trackers;
 mod wire;
 mod worker;
 
@@ -282,6 +283,10 @@ fn spawn<T: Send + 'static>(
 }
 
 fn main() -> ExitCode {
+    // `loadgen trackers ...`: the tracker protocols' cost (trackers.rs).
+    if std::env::args().nth(1).as_deref() == Some("trackers") {
+        return trackers::main(std::env::args().skip(2));
+    }
     let args = match parse_args(std::env::args()) {
         Ok(Some(args)) => args,
         Ok(None) => {
