@@ -141,6 +141,17 @@ impl Response {
         }
     }
 
+    /// The `421` of a `Host` the port does not answer (SPEC §9): a page of
+    /// a rebinding domain, or a proxy passing on a name missing from
+    /// `LIVE_PUBLIC_HOSTS`. Both ports answer it the same way.
+    pub(crate) fn misdirected() -> Self {
+        Response::text(
+            421,
+            "misdirected request: this server does not answer for that Host \
+             (LIVE_PUBLIC_HOSTS)\n",
+        )
+    }
+
     /// Adds a header field (duplicates allowed, e.g. for `Set-Cookie`).
     pub(crate) fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_owned(), value.to_owned()));

@@ -9,7 +9,7 @@ mod assets;
 pub(crate) mod runtime;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -51,9 +51,10 @@ pub(crate) struct OpsState {
 /// The configuration the routes read, taken from [`Config`] at start.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteSettings {
-    /// `HTTP_HOST`: without `DEBUG_TOKEN`, `/debug/*` answers only on a
-    /// loopback host.
-    pub(crate) http_host: IpAddr,
+    /// Whether the port is reachable from the network (`HTTP_HOST` off
+    /// loopback, or `LIVE_TRUSTED_PROXIES` set): without `DEBUG_TOKEN`,
+    /// `/debug/*` answers only when it is not.
+    pub(crate) exposed: bool,
     /// `DEBUG_TOKEN`.
     pub(crate) debug_token: Option<Secret>,
     /// `INGEST_TOKEN`.
@@ -73,7 +74,7 @@ impl RouteSettings {
     /// The routes' part of `config`.
     pub(crate) fn from_config(config: &Config) -> RouteSettings {
         RouteSettings {
-            http_host: config.http_host,
+            exposed: config.http_exposed(),
             debug_token: config.debug_token.clone(),
             ingest_token: config.ingest_token.clone(),
             allowed_origins: config.allowed_origins.clone(),
@@ -196,17 +197,18 @@ impl Routes {
     }
 
     /// `/debug/*` (SPEC §9): with `DEBUG_TOKEN` set, its bearer token is
-    /// required (401); without it, the routes answer only on a loopback
-    /// `HTTP_HOST` (403 otherwise), as they list users, client addresses
-    /// and events.
+    /// required (401); without it, the routes answer only on a port that is
+    /// not exposed (403 off loopback or behind a proxy), as they list
+    /// users, client addresses and events.
     fn debug_guard(&self, head: &RequestHead) -> Option<Response> {
         let config = &self.state.settings;
         match &config.debug_token {
             Some(token) if !bearer_matches(head, token) => Some(unauthorized()),
             Some(_) => None,
-            None if !config.http_host.to_canonical().is_loopback() => Some(Response::json(
+            None if config.exposed => Some(Response::json(
                 403,
-                &json!({"error": "/debug is refused off loopback unless DEBUG_TOKEN is set"}),
+                &json!({"error": "/debug is refused off loopback or behind a proxy unless \
+                                  DEBUG_TOKEN is set"}),
             )),
             None => None,
         }
