@@ -6,7 +6,8 @@
 #
 # Targets (scripts/fuzz/fuzz_targets/): inbound (client messages), position
 # (one position as JSON text), ingest_json and ingest_ndjson (POST /ingest
-# bodies), config (environment variables). Each asserts invariants, not only
+# bodies), config (environment variables), chunked (chunked request bodies
+# with extensions and trailers). Each asserts invariants, not only
 # the absence of panics: see the files.
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer=address). Only the
@@ -33,7 +34,7 @@ case $seconds in '' | *[!0-9]*)
   exit 2
   ;;
 esac
-all_targets=(inbound position ingest_json ingest_ndjson config)
+all_targets=(inbound position ingest_json ingest_ndjson config chunked)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 
