@@ -104,9 +104,11 @@ pub(crate) struct PortLimits {
     /// section of a chunked body); more gets `431`. Default 16 KiB, which
     /// fits any browser's cookies.
     pub(crate) max_head_bytes: usize,
-    /// Most connections served at once, i.e. connection threads. More are
-    /// answered `503` with `Retry-After: 1` by the accept thread. Default 256:
-    /// the ops port serves scrapers and operators, not the dashboards.
+    /// Most connections served at once, i.e. connection threads (SPEC §9
+    /// `HTTP_MAX_CONNECTIONS`). When full, the connection idle the longest
+    /// is closed to make room; when every one is busy with a request, the
+    /// accept thread answers `503` with `Retry-After: 1`. Default 256: the
+    /// ops port serves scrapers and operators, not the dashboards.
     pub(crate) max_connections: usize,
     /// Most connections per client IP (IPv6 by /64), past it `503`; 0 means
     /// unlimited. Default 32 (SPEC §9 `HTTP_MAX_CONNECTIONS_PER_IP`), so one
@@ -227,6 +229,7 @@ impl HttpServer {
             max_per_ip: limits.max_connections_per_ip,
             max_pending_per_ip: 0,
             trusted: limits.trusted_proxies.clone(),
+            evict_idle: true,
         };
         let admission = Admission::new("http", rules, refused);
         let shared = Arc::new(PortState {
@@ -975,24 +978,57 @@ mod tests {
     }
 
     #[test]
-    fn connections_over_the_cap_get_503() {
-        let server = start(PortLimits { max_connections: 1, ..test_limits() });
-        let mut first = Client::connect(&server);
-        first.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
-        assert_eq!(first.reply(false).status, 200);
-
-        let mut second = Client::connect(&server);
-        let r = second.reply(false);
-        assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
-        assert!(second.at_eof());
-
-        drop(first);
-        let served_again = wait_until(Instant::now() + Duration::from_secs(5), || {
+    fn a_full_port_closes_its_longest_idle_connection_else_503() {
+        // `/hold` stays in the handler until released.
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let released = Arc::new(AtomicBool::new(false));
+        let release = Arc::clone(&released);
+        let handler = move |req: Request| {
+            if req.path == "/hold" {
+                let _ = entered_tx.send(());
+                wait_until(Instant::now() + Duration::from_secs(10), || {
+                    released.load(Ordering::SeqCst)
+                });
+            }
+            echo(req)
+        };
+        let limits = PortLimits { max_connections: 3, ..test_limits() };
+        let server = start_with(limits, Arc::new(handler));
+        let mut idle = Client::connect(&server);
+        idle.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(idle.reply(false).status, 200);
+        let mut held = Vec::new();
+        for _ in 0..2 {
             let mut c = Client::connect(&server);
-            c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
-            c.reply(false).status == 200
+            c.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+            entered_rx.recv_timeout(Duration::from_secs(5)).expect("in the handler");
+            held.push(c);
+        }
+
+        // Full: the kept-alive connection makes room, the busy ones stay.
+        // (Retried: the idle thread marks itself idle an instant after its
+        // response, which the client may read first.)
+        let mut third = None;
+        let served = wait_until(Instant::now() + Duration::from_secs(5), || {
+            let mut c = Client::connect(&server);
+            c.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+            let ok = entered_rx.recv_timeout(Duration::from_millis(500)).is_ok();
+            third = Some(c);
+            ok
         });
-        assert!(served_again);
+        assert!(served, "no room made for a new connection");
+        assert!(idle.at_eof(), "the idle connection was closed");
+
+        // Every connection busy: 503.
+        let mut refused = Client::connect(&server);
+        let r = refused.reply(false);
+        assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
+        assert!(refused.at_eof());
+
+        release.store(true, Ordering::SeqCst);
+        for mut c in held.into_iter().chain(third) {
+            assert_eq!(c.reply(false).text(), "GET /hold ");
+        }
     }
 
     #[test]
