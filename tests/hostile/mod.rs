@@ -5,6 +5,7 @@
 //! Each test runs the `livecast` executable, so that `/proc/PID/task`
 //! counts the `ws-` threads of that server alone.
 
+mod edges; // SPEC §9, second round at the edges: Host, proxies, crowds, bodies, logs
 mod http; // SPEC §9 on the HTTP port: the request rules of issue 12
 
 use std::io::Write;
