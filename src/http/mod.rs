@@ -9,12 +9,14 @@ mod assets;
 pub(crate) mod runtime;
 
 use std::collections::HashMap;
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -93,6 +95,62 @@ pub(crate) struct Routes {
     index: Vec<u8>,
     /// `/livecast.js` and `/livecast.d.ts`, likewise.
     library: assets::ClientLibrary,
+    /// The connection threads' CPU times, for `/debug/connections`.
+    cpu: Mutex<CpuTimes>,
+}
+
+/// How long `/debug/connections` reuses the CPU times it read: a burst of
+/// requests (or a page polling it) at thousands of connections reads
+/// `/proc` once per period, not once per connection per request.
+const CPU_TIMES_TTL: Duration = Duration::from_secs(1);
+
+/// The CPU seconds of threads by OS thread id, read from procfs at most
+/// once per [`CPU_TIMES_TTL`] for the threads already known (a thread new
+/// since the last read is read at once).
+#[derive(Debug, Default)]
+struct CpuTimes {
+    /// When the cached times were read; `None` before the first read.
+    read_at: Option<Instant>,
+    by_tid: HashMap<i32, Option<f64>>,
+}
+
+impl CpuTimes {
+    /// The CPU seconds of each of `tids` (0: not started yet, no time).
+    fn of(&mut self, tids: &[i32]) -> HashMap<i32, Option<f64>> {
+        let stale = self.read_at.is_none_or(|at| at.elapsed() >= CPU_TIMES_TTL);
+        if stale {
+            self.by_tid.clear();
+            self.read_at = Some(Instant::now());
+        }
+        let mut buf = Vec::with_capacity(64);
+        let mut out = HashMap::with_capacity(tids.len());
+        for &tid in tids {
+            let cpu = *self.by_tid.entry(tid).or_insert_with(|| thread_cpu_seconds(tid, &mut buf));
+            out.insert(tid, cpu);
+        }
+        out
+    }
+}
+
+/// A thread's CPU time from `/proc/self/task/<tid>/schedstat` (its first
+/// field, nanoseconds on the CPU: a three-number file, cheaper for the
+/// kernel to produce than `stat`), else from `stat`.
+fn thread_cpu_seconds(tid: i32, buf: &mut Vec<u8>) -> Option<f64> {
+    if tid <= 0 {
+        return None;
+    }
+    buf.clear();
+    let read = std::fs::File::open(format!("/proc/self/task/{tid}/schedstat"))
+        .and_then(|mut f| f.read_to_end(buf));
+    let ns = read.ok().and_then(|_| {
+        let text = std::str::from_utf8(buf).ok()?;
+        text.split_ascii_whitespace().next()?.parse::<u64>().ok()
+    });
+    match ns {
+        #[allow(clippy::cast_precision_loss)] // nanoseconds stay far below 2^52 for years
+        Some(ns) => Some(ns as f64 / 1e9),
+        None => crate::thread::cpu_seconds(tid),
+    }
 }
 
 impl Handler for Routes {
@@ -183,7 +241,12 @@ impl Routes {
             .replace(WS_PORT_PLACEHOLDER, &ws_port.to_string())
             .replace(TRAIL_LENGTH_PLACEHOLDER, &state.settings.trail_length.to_string())
             .into_bytes();
-        Routes { state, index, library: assets::ClientLibrary::new(ws_port) }
+        Routes {
+            state,
+            index,
+            library: assets::ClientLibrary::new(ws_port),
+            cpu: Mutex::new(CpuTimes::default()),
+        }
     }
 
     fn readyz(&self) -> Response {
@@ -292,19 +355,24 @@ impl Routes {
         )
     }
 
+    /// `GET /debug/connections` (SPEC §7). The registry's lock is held only
+    /// to copy the handles (new connections register meanwhile), and the
+    /// threads' CPU times come from [`CpuTimes`], so that thousands of
+    /// connections cost one procfs pass a second, not one per request.
     fn connections(&self) -> Response {
-        let list: Vec<Value> = self
-            .state
-            .connections
-            .read()
-            .values()
-            .map(|c| {
-                let tid = c.tid.load(Ordering::Relaxed);
+        let handles: Vec<Arc<ClientHandle>> =
+            self.state.connections.read().values().cloned().collect();
+        let tids: Vec<i32> = handles.iter().map(|c| c.tid.load(Ordering::Relaxed)).collect();
+        let cpu = self.cpu.lock().of(&tids);
+        let list: Vec<Value> = handles
+            .iter()
+            .zip(&tids)
+            .map(|(c, &tid)| {
                 json!({
                     "id": c.id.to_string(),
                     "thread": c.thread_name,
                     "tid": tid,
-                    "cpuSeconds": crate::thread::cpu_seconds(tid),
+                    "cpuSeconds": cpu.get(&tid).copied().flatten(),
                     // A client behind a trusted proxy has no known port.
                     "remoteAddr": if c.remote.port() == 0 {
                         c.remote.ip().to_string()

@@ -409,3 +409,53 @@ fn misc_a_ping_id_comes_back_exactly_as_sent() {
         assert_eq!(text, format!(r#"{{"type":"pong","id":{id}}}"#));
     }
 }
+
+/// `read` system calls of a process so far (`syscr` of `/proc/PID/io`).
+fn read_syscalls(pid: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("proc io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscr:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no syscr in {io}"))
+}
+
+/// `/debug/connections` at thousands of connections: requests in a burst
+/// share one procfs pass for the threads' CPU times instead of reading
+/// `/proc` once per connection per request (counted in read syscalls).
+#[test]
+fn misc_debug_connections_reads_proc_once_per_burst() {
+    const PER_ADDRESS: usize = 1000;
+    let bin = Binary::start(&[("LOG_LEVEL", "warn")]);
+    let mut held = Vec::with_capacity(3 * PER_ADDRESS);
+    let raw = request("GET", "/", &bin.ws.to_string(), &upgrade_lines());
+    for a in 1..=3 {
+        for _ in 0..PER_ADDRESS {
+            let mut s = connect_from(&format!("127.0.0.{a}"), bin.ws);
+            s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            s.write_all(&raw).expect("send");
+            assert_eq!(head_status(&mut s), 101);
+            held.push(s);
+        }
+    }
+    let total = held.len();
+    let listed = |r: &crate::support::Response| r.json().as_array().map_or(0, Vec::len);
+    wait_until(DEADLINE, "every connection listed", || {
+        listed(&http_request(bin.http, "GET", "/debug/connections", &[], b"")) == total
+    });
+    let before = read_syscalls(&bin.pid());
+    let started = Instant::now();
+    for _ in 0..4 {
+        let r = http_request(bin.http, "GET", "/debug/connections", &[], b"");
+        assert_eq!(r.status, 200);
+        let list = r.json();
+        let list = list.as_array().expect("an array");
+        assert_eq!(list.len(), total);
+        assert!(list[0]["cpuSeconds"].is_number(), "{}", list[0]);
+    }
+    let reads = read_syscalls(&bin.pid()) - before;
+    eprintln!("4 requests at {total} connections: {reads} read calls in {:?}", started.elapsed());
+    // One pass reads each connection's file (2 calls: data, end); a burst
+    // over two seconds may take three. One pass per request would be four.
+    let pass = 2 * total as u64;
+    assert!(2 * reads < 7 * pass, "{reads} read calls for 4 requests at {total} connections");
+}
