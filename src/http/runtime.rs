@@ -503,6 +503,11 @@ fn serve_connection(
         if let Err(e) = written {
             return format!("write: {e}");
         }
+        // `write_all_by` left the time it had left as the socket's timeout:
+        // restore the whole bound for the next request's `100 Continue`.
+        if let Err(e) = stream.set_write_timeout(Some(limits.write_timeout)) {
+            return format!("set_write_timeout: {e}");
+        }
         if close {
             linger_close(stream);
             return "closed after response".to_owned();
