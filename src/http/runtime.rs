@@ -869,6 +869,24 @@ mod tests {
     }
 
     #[test]
+    fn a_host_the_port_does_not_answer_gets_421_before_any_body_byte() {
+        let hosts = HostRule::new(&[], "127.0.0.1".parse().expect("ip"));
+        let server = start(PortLimits { hosts, ..test_limits() });
+        let mut c = Client::connect(&server);
+        c.send(b"GET /a HTTP/1.1\r\nHost: rebind.example:80\r\n\r\n");
+        let r = c.reply(false);
+        assert_eq!((r.status, r.header("connection")), (421, None));
+        // Bodiless: the connection goes on, and a loopback name is served.
+        c.send(b"GET /b HTTP/1.1\r\nHost: localhost:9090\r\n\r\n");
+        assert_eq!(c.reply(false).text(), "GET /b ");
+        // With a body announced, that body is never read: close.
+        c.send(b"POST /c HTTP/1.1\r\nHost: rebind.example\r\nContent-Length: 5\r\n\r\n");
+        let r = c.reply(false);
+        assert_eq!((r.status, r.header("connection")), (421, Some("close")));
+        assert!(c.at_eof());
+    }
+
+    #[test]
     fn head_request_gets_length_but_no_body() {
         let server = start(test_limits());
         let mut c = Client::connect(&server);
