@@ -1226,6 +1226,8 @@ fn public_hosts(value: &str) -> Result<Vec<String>, String> {
     for entry in value.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
         let lower = entry.to_ascii_lowercase();
         let bare = lower.strip_prefix('[').and_then(|v| v.strip_suffix(']')).unwrap_or(&lower);
+        // A fully qualified `name.` is `name`, as `Host` values are read.
+        let bare = bare.strip_suffix('.').unwrap_or(bare);
         let name_ok = !bare.is_empty()
             && bare.len() <= 253
             && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
@@ -1694,7 +1696,7 @@ mod tests {
     #[test]
     fn public_hosts_are_names_without_scheme_or_port() {
         let config =
-            parse(&[("LIVE_PUBLIC_HOSTS", " Live.Example.org, 192.0.2.7,[2001:DB8::7], ::1 ,")])
+            parse(&[("LIVE_PUBLIC_HOSTS", " Live.Example.org., 192.0.2.7,[2001:DB8::7], ::1 ,")])
                 .unwrap();
         assert_eq!(config.public_hosts, ["live.example.org", "192.0.2.7", "2001:db8::7", "::1"]);
         for bad in ["https://live.example.org", "live.example.org:443", "a b", "x/y"] {

@@ -205,13 +205,26 @@ impl HostRule {
 
     /// Whether a request with this `Host` header value may be answered.
     pub(crate) fn allows(&self, host: Option<&str>) -> bool {
-        let Some(host) = host else { return true };
-        let name = host_name(host);
-        if self.names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            return true;
-        }
-        if self.loopback { is_loopback_name(name) } else { self.names.is_empty() }
+        host_allowed(&self.names, self.loopback, host)
     }
+}
+
+/// [`HostRule::allows`] without building the rule: for a port that checks
+/// rarely enough to read its settings each time (the WebSocket upgrade).
+/// `names` as in `LIVE_PUBLIC_HOSTS`, `bound` the listener's address.
+pub(crate) fn host_allowed_on(names: &[String], bound: IpAddr, host: Option<&str>) -> bool {
+    host_allowed(names, bound.to_canonical().is_loopback(), host)
+}
+
+/// The rule itself: listed names pass; then loopback names on a loopback
+/// listener, any name elsewhere when nothing is listed.
+fn host_allowed(names: &[String], loopback: bool, host: Option<&str>) -> bool {
+    let Some(host) = host else { return true };
+    let name = host_name(host);
+    if names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return true;
+    }
+    if loopback { is_loopback_name(name) } else { names.is_empty() }
 }
 
 /// The name part of a `Host` value: `[::1]:8080` → `::1`, `a.b:80` → `a.b`,

@@ -24,7 +24,7 @@ use crate::config::AuthMode;
 use crate::http_codec::{
     Framing, HeadError, RequestHead, Response, framing, lists_token, read_head, write_response,
 };
-use crate::proxy::HostRule;
+use crate::proxy::host_allowed_on;
 use crate::server::Shared;
 
 /// Largest upgrade request head accepted.
@@ -87,8 +87,8 @@ pub(super) fn perform(
 
     // SPEC §9: a `Host` this port does not answer (DNS rebinding) gets 421,
     // whatever the path.
-    let hosts = HostRule::new(&shared.config.public_hosts, shared.config.ws_host);
-    if !hosts.allows(head.header("host")) {
+    let config = &shared.config;
+    if !host_allowed_on(&config.public_hosts, config.ws_host, head.header("host")) {
         debug!("{remote}: Host not answered on this port");
         reply(shared, stream, &Response::misdirected());
         return None;
