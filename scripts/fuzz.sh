@@ -7,7 +7,8 @@
 # Targets (scripts/fuzz/fuzz_targets/): inbound (client messages), position
 # (one position as JSON text), ingest_json and ingest_ndjson (POST /ingest
 # bodies), config (environment variables), osmand_params, osmand_json and
-# owntracks (the tracker endpoints). Each asserts invariants, not only
+# owntracks (the tracker endpoints), chunked (chunked request bodies with
+# extensions and trailers). Each asserts invariants, not only
 # the absence of panics: see the files.
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer=address). Only the
@@ -34,7 +35,7 @@ case $seconds in '' | *[!0-9]*)
   exit 2
   ;;
 esac
-all_targets=(inbound position ingest_json ingest_ndjson config osmand_params osmand_json owntracks)
+all_targets=(inbound position ingest_json ingest_ndjson config osmand_params osmand_json owntracks chunked)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 

@@ -22,6 +22,13 @@
 //!   however its thread ends (tiny-http's `Registration`), so no count can
 //!   drift. A port that must close its connections at stop (the ops port)
 //!   also registers the socket with the slot ([`Slot::track`]).
+//! - Idle eviction ([`Rules::evict_idle`], the ops port, SPEC §9
+//!   "Crowds"): when the port is full, the tracked connection idle the
+//!   longest (kept alive between requests, or silent since its accept) is
+//!   shut down to make room, so that clients merely holding connections
+//!   cannot keep probes and scrapes out. Its slot is released when its
+//!   thread sees the end, an instant later; meanwhile it no longer counts
+//!   against the cap.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -113,6 +120,9 @@ pub(crate) struct Rules {
     /// Peers exempt from the per-IP limits, whose `X-Forwarded-For` names
     /// the client.
     pub(crate) trusted: TrustedProxies,
+    /// When the port is full, close the longest-idle tracked connection to
+    /// make room instead of refusing (ports that track their sockets).
+    pub(crate) evict_idle: bool,
 }
 
 /// Counts of one client IP.
@@ -131,6 +141,12 @@ struct Tracked {
     /// True while a request is being served; `stop` closes idle (not busy)
     /// connections without waiting.
     busy: bool,
+    /// Since when the connection has been idle (its accept, or the end of
+    /// its last response): the longest idle is evicted first.
+    idle_since: Instant,
+    /// Shut down to make room; its slot is still held until its thread
+    /// ends, but no longer counts against the cap.
+    evicted: bool,
 }
 
 /// Everything under [`Admission`]'s lock. Held only for map updates, never
@@ -138,6 +154,9 @@ struct Tracked {
 #[derive(Debug, Default)]
 struct Counts {
     open: usize,
+    /// Evicted connections whose slot is not released yet (counted in
+    /// `open`, not against the cap).
+    evicting: usize,
     next_id: u64,
     per_ip: HashMap<IpAddr, PerIp>,
     tracked: HashMap<u64, Tracked>,
@@ -204,11 +223,15 @@ impl Admission {
         let key = self.key_of(peer);
         let pending = self.rules.max_pending_per_ip > 0;
         let mut counts = self.counts.lock();
-        if counts.open >= self.rules.max_connections {
+        if let Some(key) = key {
+            self.check_ip(&counts, key, pending)?;
+        }
+        if counts.open.saturating_sub(counts.evicting) >= self.rules.max_connections
+            && !(self.rules.evict_idle && evict_longest_idle(&mut counts, self.port))
+        {
             return Err(Refusal::Capacity);
         }
         if let Some(key) = key {
-            self.check_ip(&counts, key, pending)?;
             let entry = counts.per_ip.entry(key).or_default();
             entry.open += 1;
             entry.pending += usize::from(pending);
@@ -286,6 +309,23 @@ impl Admission {
         }
         Ok(())
     }
+}
+
+/// Shuts down the tracked connection idle the longest (not serving a
+/// request, not already evicted) and counts it as leaving; false when every
+/// tracked connection is busy.
+fn evict_longest_idle(counts: &mut Counts, port: &str) -> bool {
+    let oldest =
+        counts.tracked.values_mut().filter(|t| !t.busy && !t.evicted).min_by_key(|t| t.idle_since);
+    let Some(tracked) = oldest else { return false };
+    tracked.evicted = true;
+    let _ = tracked.stream.shutdown(Shutdown::Both);
+    debug!(
+        "{port}: full: closed a connection idle for {:?} to make room",
+        tracked.idle_since.elapsed()
+    );
+    counts.evicting += 1;
+    true
 }
 
 /// Gives back `open` (and `pending`) of `key`, dropping empty entries so the
@@ -395,7 +435,8 @@ impl Slot {
     /// Registers a clone of the connection's socket so that the port's stop
     /// can shut it down ([`Admission::begin_stop`], [`Admission::shut_all`]).
     pub(crate) fn track(&self, stream: TcpStream) {
-        self.admission.counts.lock().tracked.insert(self.id, Tracked { stream, busy: false });
+        let tracked = Tracked { stream, busy: false, idle_since: Instant::now(), evicted: false };
+        self.admission.counts.lock().tracked.insert(self.id, tracked);
     }
 
     /// Marks the connection idle, between requests. False when the port is
@@ -407,6 +448,7 @@ impl Slot {
         }
         if let Some(tracked) = counts.tracked.get_mut(&self.id) {
             tracked.busy = false;
+            tracked.idle_since = Instant::now();
         }
         true
     }
@@ -425,7 +467,9 @@ impl Drop for Slot {
         if let Some(key) = self.key {
             release_ip(&mut counts, key, self.pending);
         }
-        counts.tracked.remove(&self.id);
+        if counts.tracked.remove(&self.id).is_some_and(|t| t.evicted) {
+            counts.evicting = counts.evicting.saturating_sub(1);
+        }
         counts.open = counts.open.saturating_sub(1);
         drop(counts);
         self.admission.released.notify_all();
@@ -737,6 +781,40 @@ mod tests {
         assert_eq!(direct.forwarded_client(["203.0.113.9"]).unwrap(), ip("192.0.2.1"));
         drop((p1, p2, p3, p4, direct));
         assert!(a.counts.lock().per_ip.is_empty());
+    }
+
+    #[test]
+    fn a_full_port_evicts_its_longest_idle_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let a = admission(Rules { max_connections: 2, evict_idle: true, ..Rules::default() });
+        let mut peers = Vec::new();
+        let mut slot = || {
+            let client = TcpStream::connect(addr).unwrap();
+            let (server_side, _) = listener.accept().unwrap();
+            let slot = a.admit(ip("10.0.0.1")).unwrap();
+            slot.track(server_side.try_clone().unwrap());
+            peers.push((client, server_side));
+            slot
+        };
+        let older = slot();
+        std::thread::sleep(Duration::from_millis(5));
+        let busy = slot();
+        busy.enter_busy();
+        std::thread::sleep(Duration::from_millis(5));
+        // Full: the idle one goes, the busy one stays.
+        let third = a.admit(ip("10.0.0.2")).expect("room made");
+        let (older_client, _) = &mut peers[0];
+        older_client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(older_client.read(&mut [0u8; 8]).unwrap(), 0, "evicted: EOF");
+        assert_eq!(a.open(), 3, "the evicted slot is held until its thread ends");
+        // Nothing idle left to evict (the new slot tracks no socket).
+        assert_eq!(a.admit(ip("10.0.0.3")).unwrap_err(), Refusal::Capacity);
+        drop(older);
+        assert_eq!(a.admit(ip("10.0.0.3")).unwrap_err(), Refusal::Capacity);
+        drop((busy, third));
+        assert_eq!(a.counts.lock().evicting, 0);
+        assert_eq!(a.open(), 0);
     }
 
     /// A peer that always has more to send, counting the reads it serves.

@@ -393,37 +393,37 @@ fn check_combinations(config: &Config, problems: &mut Vec<Problem>) {
     // says so explicitly.
     if config.auth_mode == AuthMode::None
         && !config.auth_allow_insecure
-        && !config.ws_host.to_canonical().is_loopback()
+        && config.ws_exposed()
         && sound(&["LIVE_AUTH_MODE", "LIVE_WS_HOST", "LIVE_AUTH_ALLOW_INSECURE"])
+        && sound(&["LIVE_TRUSTED_PROXIES"])
     {
         problems.push(Problem {
             variable: "LIVE_AUTH_MODE",
             value: Shown::Nothing,
             reason: format!(
-                "mode none (the default) lets anyone subscribe to any event, but \
-                 LIVE_WS_HOST={} is not a loopback address; set LIVE_AUTH_MODE=tokens or \
-                 directus, or LIVE_WS_HOST=127.0.0.1, or LIVE_AUTH_ALLOW_INSECURE=1 to \
-                 accept anonymous access from the network",
-                config.ws_host
+                "mode none (the default) lets anyone subscribe to any event, but {}; set \
+                 LIVE_AUTH_MODE=tokens or directus, or LIVE_AUTH_ALLOW_INSECURE=1 to accept \
+                 anonymous access from the network",
+                exposure(config.ws_host, "LIVE_WS_HOST")
             ),
         });
     }
     // SPEC §9: an ingest port reachable from the network must not take
     // positions from anyone unless the operator says so.
-    if !config.http_host.to_canonical().is_loopback()
+    if config.http_exposed()
         && config.ingest_token.is_none()
         && !config.ingest_allow_anonymous
         && sound(&["HTTP_HOST", "INGEST_TOKEN", "INGEST_ALLOW_ANONYMOUS"])
+        && sound(&["LIVE_TRUSTED_PROXIES"])
     {
         problems.push(Problem {
             variable: "INGEST_TOKEN",
             value: Shown::Nothing,
             reason: format!(
-                "HTTP_HOST={} is not a loopback address, so anyone who reaches it could post \
-                 positions into any event; set INGEST_TOKEN (trackers then send \
-                 Authorization: Bearer <token>), or HTTP_HOST=127.0.0.1, or \
+                "{}, so anyone who reaches it could post positions into any event; set \
+                 INGEST_TOKEN (trackers then send Authorization: Bearer <token>), or \
                  INGEST_ALLOW_ANONYMOUS=1 to accept positions from anyone",
-                config.http_host
+                exposure(config.http_host, "HTTP_HOST")
             ),
         });
     }
@@ -444,6 +444,36 @@ fn check_combinations(config: &Config, problems: &mut Vec<Problem>) {
                      need different ports"
                 .to_owned(),
         });
+    }
+}
+
+impl Config {
+    /// Whether the WebSocket port is reachable from the network (SPEC §9):
+    /// bound off loopback, or behind a proxy (`LIVE_TRUSTED_PROXIES` set),
+    /// which forwards the public's requests from a loopback peer. Every rule
+    /// that depends on exposure asks this, never the bind address alone.
+    pub fn ws_exposed(&self) -> bool {
+        !self.ws_host.to_canonical().is_loopback() || !self.trusted_proxies.is_empty()
+    }
+
+    /// Whether the HTTP port is reachable from the network: as
+    /// [`Config::ws_exposed`], for `HTTP_HOST`.
+    pub fn http_exposed(&self) -> bool {
+        !self.http_host.to_canonical().is_loopback() || !self.trusted_proxies.is_empty()
+    }
+}
+
+/// Why a port counts as exposed, for a start refusal: its off-loopback
+/// address (and the remedy of binding it to loopback), or the proxies in
+/// front of it.
+fn exposure(host: IpAddr, variable: &str) -> String {
+    if host.to_canonical().is_loopback() {
+        format!(
+            "LIVE_TRUSTED_PROXIES is set: behind a reverse proxy the port is reachable from \
+             the network, whatever {variable} is"
+        )
+    } else {
+        format!("{variable}={host} is not a loopback address (or set {variable}=127.0.0.1)")
     }
 }
 
@@ -622,7 +652,8 @@ config_table! {
             "Connections, handshaking ones included; past it an upgrade gets 503.",
             |v| count(v, 1);
         /// Connections per client IP, past it 503; 0 means unlimited.
-        max_connections_per_ip: usize, "LIVE_WS_MAX_CONNECTIONS_PER_IP", [Is "0"],
+        /// Peers in `LIVE_TRUSTED_PROXIES` are exempt (their clients count).
+        max_connections_per_ip: usize, "LIVE_WS_MAX_CONNECTIONS_PER_IP", [Is "1000"],
             "Connections per client IP, past it 503; 0 means unlimited.",
             |v| count(v, 0);
         /// Connections per client IP still in the WebSocket handshake; past
@@ -709,6 +740,11 @@ config_table! {
         debug_token: Option<Secret>, "DEBUG_TOKEN", [Secret],
             "Bearer token for GET /debug/*; unset: /debug/* is refused off loopback.",
             secret;
+        /// HTTP connections at once; when full, the longest-idle kept-alive
+        /// connection is closed to make room, else 503.
+        http_max_connections: usize, "HTTP_MAX_CONNECTIONS", [Is "256"],
+            "HTTP connections at once; when full, the longest-idle one is closed.",
+            |v| count(v, 1);
         /// HTTP connections per client IP (IPv6 by /64); past it 503.
         http_max_connections_per_ip: usize, "HTTP_MAX_CONNECTIONS_PER_IP", [Is "32"],
             "HTTP connections per client IP (IPv6: per /64); past it 503.",
@@ -717,11 +753,22 @@ config_table! {
         http_head_timeout: Duration, "HTTP_HEAD_TIMEOUT_MS", [Is "10000"],
             "Time an HTTP client has to send a whole request head.",
             |v| millis(v, 1);
+        /// Time a whole HTTP response has to be written, however the client
+        /// reads it; past it the connection is closed.
+        http_write_timeout: Duration, "HTTP_WRITE_TIMEOUT_MS", [Is "30000"],
+            "Time to write a whole HTTP response; past it the connection is closed.",
+            |v| millis(v, 1);
         /// Comma list of addresses or CIDRs of reverse proxies whose
         /// `X-Forwarded-For` names the client.
         trusted_proxies: TrustedProxies, "LIVE_TRUSTED_PROXIES", [Unset],
             "Proxies (addresses/CIDRs) whose X-Forwarded-For names the client.",
             TrustedProxies::parse;
+        /// Comma list of the names (`Host` header, any port) both ports
+        /// answer; other names get 421. Unset: on a loopback listener only
+        /// loopback addresses and `localhost`, elsewhere any name.
+        public_hosts: Vec<String>, "LIVE_PUBLIC_HOSTS", [Unset],
+            "Host names both ports answer (others get 421); set it behind a proxy.",
+            public_hosts;
     }
     group "Authentication" {
         /// How upgrades are authenticated and subscribes authorized.
@@ -1223,6 +1270,37 @@ fn origin(entry: &str) -> Option<String> {
     (scheme_ok && host_ok && port_ok).then_some(lower)
 }
 
+/// `LIVE_PUBLIC_HOSTS`: host names (DNS names, IPv4 addresses, IPv6 ones
+/// with or without brackets), without scheme or port, stored lowercased and
+/// without brackets as [`crate::proxy::HostRule`] compares them.
+fn public_hosts(value: &str) -> Result<Vec<String>, String> {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        let lower = entry.to_ascii_lowercase();
+        let bare = lower.strip_prefix('[').and_then(|v| v.strip_suffix(']')).unwrap_or(&lower);
+        // A fully qualified `name.` is `name`, as `Host` values are read.
+        let bare = bare.strip_suffix('.').unwrap_or(bare);
+        let name_ok = !bare.is_empty()
+            && bare.len() <= 253
+            && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if name_ok || bare.parse::<std::net::Ipv6Addr>().is_ok() {
+            good.push(bare.to_owned());
+        } else {
+            bad.push(format!("{entry:?}"));
+        }
+    }
+    if bad.is_empty() {
+        Ok(good)
+    } else {
+        Err(format!(
+            "expected host names without scheme or port (live.example.org, 192.0.2.7, \
+             [2001:db8::7]), got {}",
+            bad.join(", ")
+        ))
+    }
+}
+
 /// Hostname plus a random suffix, so that two instances on one host differ.
 fn default_instance_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -1645,6 +1723,37 @@ mod tests {
         }
         for host in ["127.0.0.1", "::1", "localhost"] {
             assert!(parse(&[("HTTP_HOST", host)]).is_ok(), "{host}");
+        }
+    }
+
+    #[test]
+    fn behind_a_proxy_the_ports_count_as_exposed() {
+        // SPEC §9: a loopback listener behind a trusted proxy serves the
+        // public: the same rules as off loopback.
+        let proxied = ("LIVE_TRUSTED_PROXIES", "127.0.0.1,::1");
+        let err = rejected(&[proxied]);
+        assert_eq!(names(&err), ["LIVE_AUTH_MODE", "INGEST_TOKEN"]);
+        assert!(err.to_string().contains("LIVE_TRUSTED_PROXIES is set"), "{err}");
+        let config =
+            parse(&[proxied, ("LIVE_AUTH_ALLOW_INSECURE", "1"), ("INGEST_TOKEN", "s3cret")])
+                .unwrap();
+        assert!(config.ws_exposed() && config.http_exposed());
+        assert!(
+            parse(&[proxied, ("LIVE_AUTH_ALLOW_INSECURE", "1"), ("INGEST_ALLOW_ANONYMOUS", "1")])
+                .is_ok()
+        );
+        let config = Config::default();
+        assert!(!config.ws_exposed() && !config.http_exposed());
+    }
+
+    #[test]
+    fn public_hosts_are_names_without_scheme_or_port() {
+        let config =
+            parse(&[("LIVE_PUBLIC_HOSTS", " Live.Example.org., 192.0.2.7,[2001:DB8::7], ::1 ,")])
+                .unwrap();
+        assert_eq!(config.public_hosts, ["live.example.org", "192.0.2.7", "2001:db8::7", "::1"]);
+        for bad in ["https://live.example.org", "live.example.org:443", "a b", "x/y"] {
+            assert_eq!(names(&rejected(&[("LIVE_PUBLIC_HOSTS", bad)])), ["LIVE_PUBLIC_HOSTS"]);
         }
     }
 

@@ -244,3 +244,77 @@ pub fn owntracks(
         owntracks::Message::Ignored(kind) => Ok(Err(kind)),
     }
 }
+
+/// What [`chunked_body`] made of its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunked {
+    /// The decoded body.
+    pub body: Vec<u8>,
+    /// Input bytes the body took on the wire (the rest is the next request).
+    pub wire_bytes: usize,
+}
+
+/// Decodes `input` as the chunked body of a `POST`, as both HTTP ports do,
+/// with `max_body_bytes` as the body bound, reading at most `step` bytes
+/// per read (so that lines straddle reads).
+///
+/// # Errors
+/// The status the request would get (`400`, `413`), or `None` when the
+/// input ended before the body did (the peer closed).
+pub fn chunked_body(
+    input: &[u8],
+    max_body_bytes: usize,
+    step: usize,
+) -> Result<Chunked, Option<u16>> {
+    use crate::http_codec::{BodyLimits, RequestHead, read_body};
+    let head = RequestHead {
+        method: "POST".to_owned(),
+        path: "/".to_owned(),
+        query: None,
+        version: 1,
+        headers: vec![("Transfer-Encoding".to_owned(), "chunked".to_owned())],
+    };
+    let limits = BodyLimits {
+        max_body_bytes,
+        max_trailer_bytes: 16 * 1024,
+        timeout: std::time::Duration::from_secs(60),
+    };
+    let mut stream = SliceStream { rest: input, step: step.max(1) };
+    let mut buf = Vec::new();
+    match read_body(&mut stream, &mut buf, &head, &limits) {
+        Ok(body) => Ok(Chunked { body, wire_bytes: input.len() - stream.rest.len() - buf.len() }),
+        Err(e) => Err(e.status()),
+    }
+}
+
+/// A byte slice read `step` bytes at a time, as a socket would deliver it.
+struct SliceStream<'a> {
+    rest: &'a [u8],
+    step: usize,
+}
+
+impl std::io::Read for SliceStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(out.len()).min(self.rest.len());
+        let (now, later) = self.rest.split_at(n);
+        out.get_mut(..n).unwrap_or_default().copy_from_slice(now);
+        self.rest = later;
+        Ok(n)
+    }
+}
+
+impl std::io::Write for SliceStream<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl crate::http_codec::TimedRead for SliceStream<'_> {
+    fn set_read_timeout(&mut self, _: Option<std::time::Duration>) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -201,10 +201,12 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
     let limits = PortLimits {
         max_body_bytes: config.ingest_max_body_bytes,
         max_head_bytes: 16 * 1024,
-        max_connections: 256,
+        max_connections: config.http_max_connections,
         max_connections_per_ip: config.http_max_connections_per_ip,
         trusted_proxies: config.trusted_proxies.clone(),
         read_timeout: Duration::from_secs(30),
+        write_timeout: config.http_write_timeout,
+        hosts: proxy::HostRule::new(&config.public_hosts, config.http_host),
         head_timeout: config.http_head_timeout,
         idle_timeout: Duration::from_secs(60),
     };

@@ -3,7 +3,15 @@
 //! Only `main` calls [`init`], on its own thread; the library only uses `log`
 //! macros, and each line is formatted on the thread that logs it. Log lines
 //! never carry tokens or cookies: no code logs a header value or a query.
+//!
+//! Every message's control characters are escaped here, in the formatter
+//! ([`escape_controls`]), whoever logged it: peer-controlled text (an
+//! event id, a path, a WebSocket payload that tungstenite logs verbatim at
+//! `trace`) can never end a line and forge the next one (SPEC §9 "Logs").
+//! One mechanism for every call site, the libraries' included.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::LogFormat;
@@ -23,13 +31,14 @@ pub fn init(level: log::LevelFilter, format: LogFormat) -> Result<(), log::SetLo
         .level_for("ureq_proto", http_client);
     let dispatch = match format {
         LogFormat::Text => dispatch.format(|out, message, record| {
+            let message = message.to_string();
             out.finish(format_args!(
                 "{} {:<5} [{}] {}: {}",
                 rfc3339_now(),
                 record.level(),
                 std::thread::current().name().unwrap_or("?"),
                 record.target(),
-                message
+                escape_controls(&message)
             ));
         }),
         LogFormat::Json => dispatch.format(|out, message, record| {
@@ -38,12 +47,32 @@ pub fn init(level: log::LevelFilter, format: LogFormat) -> Result<(), log::SetLo
                 "level": record.level().as_str(),
                 "thread": std::thread::current().name().unwrap_or("?"),
                 "target": record.target(),
-                "msg": message.to_string(),
+                "msg": escape_controls(&message.to_string()),
             });
             out.finish(format_args!("{line}"));
         }),
     };
     dispatch.chain(std::io::stderr()).apply()
+}
+
+/// `text` with every control character (C0, DEL, C1) and Unicode line or
+/// paragraph separator written as a Rust escape (`\n`, `\u{1b}`), so that
+/// one message stays one line whatever it quotes; borrowed when there is
+/// nothing to escape (the common case).
+pub(crate) fn escape_controls(text: &str) -> Cow<'_, str> {
+    let needs = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !text.chars().any(needs) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if needs(c) {
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A JSON error as its kind and place only (`invalid JSON at line 3 column
@@ -85,6 +114,20 @@ fn rfc3339_now() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn controls_are_escaped_so_a_message_stays_one_line() {
+        use super::escape_controls;
+        assert!(matches!(escape_controls("plain ü text"), std::borrow::Cow::Borrowed(_)));
+        let forged =
+            "e\n2026-01-01T00:00:00.000Z INFO  [x] livecast: forged\r\u{1b}[2J\u{85}\u{2028}";
+        let escaped = escape_controls(forged);
+        assert!(!escaped.chars().any(|c| c.is_control() || c == '\u{2028}'), "{escaped}");
+        assert_eq!(
+            escaped,
+            "e\\n2026-01-01T00:00:00.000Z INFO  [x] livecast: forged\\r\\u{1b}[2J\\u{85}\\u{2028}"
+        );
+    }
+
     #[test]
     fn timestamp_shape() {
         let t = super::rfc3339_now();

@@ -6,7 +6,10 @@
 
 use std::fmt;
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::position::{check_event_id, push_json_str};
 
@@ -44,7 +47,7 @@ impl Inbound {
             None => return Err("type is required".to_owned()),
         };
         if kind == "ping" {
-            return parse_ping_id(obj.remove("id")).map(Inbound::Ping);
+            return ping_id(text).map(Inbound::Ping);
         }
         let event = |obj: &mut serde_json::Map<String, Value>| match obj.remove("eventId") {
             Some(Value::String(s)) => check_event_id(s).map_err(str::to_owned),
@@ -82,17 +85,22 @@ pub(crate) fn named_event(text: &str) -> Option<String> {
     }
 }
 
-/// A ping's `id`: any JSON scalar, kept as its JSON text so that the pong
-/// echoes it as sent (a number stays a number); an object or array is
-/// refused, so that an echo costs no more than a scalar's worth of bytes
-/// and a client cannot make the server build structures.
-fn parse_ping_id(id: Option<Value>) -> Result<Option<String>, String> {
-    match id {
+/// A ping's `id`: any JSON scalar, kept as the exact JSON text it was sent
+/// as (SPEC §9 "Echoes": a 30-digit integer stays 30 digits, `1.50`
+/// stays `1.50`), read from the frame as a raw value rather than through
+/// a `Value`, whose numbers are `f64`. An object or array is refused, so
+/// that an echo costs no more than a scalar's worth of bytes and a client
+/// cannot make the server build structures. Of two `id` fields, the last
+/// counts (as everywhere else in the message).
+fn ping_id(text: &str) -> Result<Option<String>, String> {
+    let fields: BTreeMap<String, &RawValue> =
+        serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    match fields.get("id").map(|raw| raw.get()) {
         None => Ok(None),
-        Some(Value::Object(_) | Value::Array(_)) => {
+        Some(id) if id.starts_with(['{', '[']) => {
             Err("id must be a JSON scalar (string, number, boolean or null)".to_owned())
         }
-        Some(scalar) => Ok(Some(scalar.to_string())),
+        Some(id) => Ok(Some(id.to_owned())),
     }
 }
 
@@ -353,12 +361,25 @@ mod tests {
             (r#"{"type":"ping","id":"a\"b\u00e9"}"#, json!({"type": "pong", "id": "a\"b\u{e9}"})),
             (r#"{"type":"ping","id":true,"x":[1]}"#, json!({"type": "pong", "id": true})),
             (r#"{"type":"ping","id":null}"#, json!({"type": "pong", "id": null})),
+            (r#"{"type":"ping","id":1,"id":2}"#, json!({"type": "pong", "id": 2})),
         ] {
             let Ok(Inbound::Ping(id)) = Inbound::parse(ping) else {
                 panic!("{ping} is a ping");
             };
             let frame: Value = serde_json::from_str(&pong_frame(id.as_deref())).unwrap();
             assert_eq!(frame, pong, "{ping}");
+        }
+    }
+
+    #[test]
+    fn ping_ids_come_back_as_the_same_json_text() {
+        for id in ["123456789012345678901234567890", "1.50", "-0", "1E+2", r#""\ud83d\ude00""#] {
+            let ping = format!(r#"{{"type":"ping", "id": {id} }}"#);
+            let Ok(Inbound::Ping(Some(got))) = Inbound::parse(&ping) else {
+                panic!("{ping} is a ping with an id");
+            };
+            assert_eq!(got, id);
+            assert_eq!(pong_frame(Some(&got)), format!(r#"{{"type":"pong","id":{id}}}"#));
         }
     }
 

@@ -1,4 +1,5 @@
-//! Who the client is: trusted reverse proxies and per-IP grouping (SPEC §9).
+//! Who the client is and what it may ask for: trusted reverse proxies,
+//! per-IP grouping, and the `Host` names a port answers (SPEC §9).
 //!
 //! Used by both ports' accept paths and by the code that reads request
 //! heads. Pure functions over addresses and header values: no I/O, no
@@ -9,6 +10,10 @@
 //! `X-Forwarded-For` entry that is not itself trusted (entries to the left
 //! of it could have been written by the client, so they prove nothing).
 //! Any other peer's `X-Forwarded-For` is ignored.
+//!
+//! [`HostRule`] is the DNS-rebinding guard: a page of a domain that an
+//! attacker re-points at 127.0.0.1 reaches a loopback listener with the
+//! attacker's name in `Host`, which the rule refuses (`421`).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -166,6 +171,80 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
     address.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
+/// Which `Host` names a port answers (SPEC §9 "Host"); others get `421`.
+///
+/// - on a port bound to a loopback address: loopback addresses and
+///   `localhost`, with any port, and the names of `LIVE_PUBLIC_HOSTS`;
+/// - on any other port: the names of `LIVE_PUBLIC_HOSTS` when set, else
+///   any name.
+///
+/// Loopback names stay allowed on a loopback port when the list is set
+/// (where the SPEC lists only the names): local probes and scrapes
+/// (`curl 127.0.0.1:9090/healthz`, Prometheus on the host) keep working
+/// behind a proxy, and no rebinding page can send a loopback `Host` (its
+/// `Host` is its own domain).
+///
+/// A request without `Host` (only HTTP/1.0 may omit it) passes: browsers,
+/// the only clients DNS rebinding can steer, always send one. The rule
+/// follows the listener's address, not its exposure: behind a proxy that
+/// passes the public name on, that name must be listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HostRule {
+    /// Lowercased names without brackets or port.
+    names: Vec<String>,
+    /// The port is bound to a loopback address.
+    loopback: bool,
+}
+
+impl HostRule {
+    /// The rule of a port bound to `bound`, given `LIVE_PUBLIC_HOSTS`
+    /// (lowercased, without brackets, as the configuration stores them).
+    pub(crate) fn new(public_hosts: &[String], bound: IpAddr) -> HostRule {
+        HostRule { names: public_hosts.to_vec(), loopback: bound.to_canonical().is_loopback() }
+    }
+
+    /// Whether a request with this `Host` header value may be answered.
+    pub(crate) fn allows(&self, host: Option<&str>) -> bool {
+        host_allowed(&self.names, self.loopback, host)
+    }
+}
+
+/// [`HostRule::allows`] without building the rule: for a port that checks
+/// rarely enough to read its settings each time (the WebSocket upgrade).
+/// `names` as in `LIVE_PUBLIC_HOSTS`, `bound` the listener's address.
+pub(crate) fn host_allowed_on(names: &[String], bound: IpAddr, host: Option<&str>) -> bool {
+    host_allowed(names, bound.to_canonical().is_loopback(), host)
+}
+
+/// The rule itself: listed names pass; then loopback names on a loopback
+/// listener, any name elsewhere when nothing is listed.
+fn host_allowed(names: &[String], loopback: bool, host: Option<&str>) -> bool {
+    let Some(host) = host else { return true };
+    let name = host_name(host);
+    if names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return true;
+    }
+    if loopback { is_loopback_name(name) } else { names.is_empty() }
+}
+
+/// The name part of a `Host` value: `[::1]:8080` → `::1`, `a.b:80` → `a.b`,
+/// a trailing dot dropped (`localhost.` is `localhost`).
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+/// `localhost` or a loopback address literal (`127.0.0.0/8`, `::1`,
+/// `::ffff:127.x.y.z`).
+fn is_loopback_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
 /// The values of every `X-Forwarded-For` field of a request head, in order,
 /// for [`TrustedProxies::client_ip`].
 pub(crate) fn forwarded_for(headers: &[(String, String)]) -> impl Iterator<Item = &str> {
@@ -233,6 +312,31 @@ mod tests {
         // An untrusted peer's header is ignored.
         assert_eq!(t.client_ip(ip("192.0.2.1"), ["203.0.113.7"]), ip("192.0.2.1"));
         assert_eq!(TrustedProxies::default().client_ip(peer, ["203.0.113.7"]), peer);
+    }
+
+    #[test]
+    fn the_host_rule_follows_the_list_then_the_listener() {
+        let loopback = HostRule::new(&[], ip("127.0.0.1"));
+        for ok in
+            ["127.0.0.1:8080", "localhost", "LOCALHOST:9090", "[::1]:80", "127.1.2.3", "localhost."]
+        {
+            assert!(loopback.allows(Some(ok)), "{ok}");
+        }
+        for refused in
+            ["rebind.attacker.example", "rebind.attacker.example:8080", "", "[::2]", "10.0.0.1"]
+        {
+            assert!(!loopback.allows(Some(refused)), "{refused}");
+        }
+        assert!(loopback.allows(None), "no Host: not a browser");
+        let anywhere = HostRule::new(&[], ip("0.0.0.0"));
+        assert!(anywhere.allows(Some("rebind.attacker.example")));
+        let listed =
+            HostRule::new(&["live.example.org".to_owned(), "::1".to_owned()], ip("127.0.0.1"));
+        assert!(listed.allows(Some("Live.Example.org:443")) && listed.allows(Some("[::1]:8080")));
+        assert!(listed.allows(Some("127.0.0.1:8080")) && !listed.allows(Some("evil.example")));
+        let public = HostRule::new(&["live.example.org".to_owned()], ip("0.0.0.0"));
+        assert!(public.allows(Some("live.example.org")));
+        assert!(!public.allows(Some("127.0.0.1")) && !public.allows(Some("evil.example")));
     }
 
     #[test]

@@ -12,12 +12,14 @@ pub(crate) mod runtime;
 mod trackers;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::io::Read as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -54,9 +56,10 @@ pub(crate) struct OpsState {
 /// The configuration the routes read, taken from [`Config`] at start.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteSettings {
-    /// `HTTP_HOST`: without `DEBUG_TOKEN`, `/debug/*` answers only on a
-    /// loopback host.
-    pub(crate) http_host: IpAddr,
+    /// Whether the port is reachable from the network (`HTTP_HOST` off
+    /// loopback, or `LIVE_TRUSTED_PROXIES` set): without `DEBUG_TOKEN`,
+    /// `/debug/*` answers only when it is not.
+    pub(crate) exposed: bool,
     /// `DEBUG_TOKEN`.
     pub(crate) debug_token: Option<Secret>,
     /// `INGEST_TOKEN`.
@@ -76,7 +79,7 @@ impl RouteSettings {
     /// The routes' part of `config`.
     pub(crate) fn from_config(config: &Config) -> RouteSettings {
         RouteSettings {
-            http_host: config.http_host,
+            exposed: config.http_exposed(),
             debug_token: config.debug_token.clone(),
             ingest_token: config.ingest_token.clone(),
             allowed_origins: config.allowed_origins.clone(),
@@ -95,6 +98,62 @@ pub(crate) struct Routes {
     index: Vec<u8>,
     /// `/livecast.js` and `/livecast.d.ts`, likewise.
     library: assets::ClientLibrary,
+    /// The connection threads' CPU times, for `/debug/connections`.
+    cpu: Mutex<CpuTimes>,
+}
+
+/// How long `/debug/connections` reuses the CPU times it read: a burst of
+/// requests (or a page polling it) at thousands of connections reads
+/// `/proc` once per period, not once per connection per request.
+const CPU_TIMES_TTL: Duration = Duration::from_secs(1);
+
+/// The CPU seconds of threads by OS thread id, read from procfs at most
+/// once per [`CPU_TIMES_TTL`] for the threads already known (a thread new
+/// since the last read is read at once).
+#[derive(Debug, Default)]
+struct CpuTimes {
+    /// When the cached times were read; `None` before the first read.
+    read_at: Option<Instant>,
+    by_tid: HashMap<i32, Option<f64>>,
+}
+
+impl CpuTimes {
+    /// The CPU seconds of each of `tids` (0: not started yet, no time).
+    fn of(&mut self, tids: &[i32]) -> HashMap<i32, Option<f64>> {
+        let stale = self.read_at.is_none_or(|at| at.elapsed() >= CPU_TIMES_TTL);
+        if stale {
+            self.by_tid.clear();
+            self.read_at = Some(Instant::now());
+        }
+        let mut buf = Vec::with_capacity(64);
+        let mut out = HashMap::with_capacity(tids.len());
+        for &tid in tids {
+            let cpu = *self.by_tid.entry(tid).or_insert_with(|| thread_cpu_seconds(tid, &mut buf));
+            out.insert(tid, cpu);
+        }
+        out
+    }
+}
+
+/// A thread's CPU time from `/proc/self/task/<tid>/schedstat` (its first
+/// field, nanoseconds on the CPU: a three-number file, cheaper for the
+/// kernel to produce than `stat`), else from `stat`.
+fn thread_cpu_seconds(tid: i32, buf: &mut Vec<u8>) -> Option<f64> {
+    if tid <= 0 {
+        return None;
+    }
+    buf.clear();
+    let read = std::fs::File::open(format!("/proc/self/task/{tid}/schedstat"))
+        .and_then(|mut f| f.read_to_end(buf));
+    let ns = read.ok().and_then(|_| {
+        let text = std::str::from_utf8(buf).ok()?;
+        text.split_ascii_whitespace().next()?.parse::<u64>().ok()
+    });
+    match ns {
+        #[allow(clippy::cast_precision_loss)] // nanoseconds stay far below 2^52 for years
+        Some(ns) => Some(ns as f64 / 1e9),
+        None => crate::thread::cpu_seconds(tid),
+    }
 }
 
 impl Handler for Routes {
@@ -192,7 +251,12 @@ impl Routes {
             .replace(WS_PORT_PLACEHOLDER, &ws_port.to_string())
             .replace(TRAIL_LENGTH_PLACEHOLDER, &state.settings.trail_length.to_string())
             .into_bytes();
-        Routes { state, index, library: assets::ClientLibrary::new(ws_port) }
+        Routes {
+            state,
+            index,
+            library: assets::ClientLibrary::new(ws_port),
+            cpu: Mutex::new(CpuTimes::default()),
+        }
     }
 
     fn readyz(&self) -> Response {
@@ -206,17 +270,18 @@ impl Routes {
     }
 
     /// `/debug/*` (SPEC §9): with `DEBUG_TOKEN` set, its bearer token is
-    /// required (401); without it, the routes answer only on a loopback
-    /// `HTTP_HOST` (403 otherwise), as they list users, client addresses
-    /// and events.
+    /// required (401); without it, the routes answer only on a port that is
+    /// not exposed (403 off loopback or behind a proxy), as they list
+    /// users, client addresses and events.
     fn debug_guard(&self, head: &RequestHead) -> Option<Response> {
         let config = &self.state.settings;
         match &config.debug_token {
             Some(token) if !bearer_matches(head, token) => Some(unauthorized()),
             Some(_) => None,
-            None if !config.http_host.to_canonical().is_loopback() => Some(Response::json(
+            None if config.exposed => Some(Response::json(
                 403,
-                &json!({"error": "/debug is refused off loopback unless DEBUG_TOKEN is set"}),
+                &json!({"error": "/debug is refused off loopback or behind a proxy unless \
+                                  DEBUG_TOKEN is set"}),
             )),
             None => None,
         }
@@ -300,19 +365,24 @@ impl Routes {
         )
     }
 
+    /// `GET /debug/connections` (SPEC §7). The registry's lock is held only
+    /// to copy the handles (new connections register meanwhile), and the
+    /// threads' CPU times come from [`CpuTimes`], so that thousands of
+    /// connections cost one procfs pass a second, not one per request.
     fn connections(&self) -> Response {
-        let list: Vec<Value> = self
-            .state
-            .connections
-            .read()
-            .values()
-            .map(|c| {
-                let tid = c.tid.load(Ordering::Relaxed);
+        let handles: Vec<Arc<ClientHandle>> =
+            self.state.connections.read().values().cloned().collect();
+        let tids: Vec<i32> = handles.iter().map(|c| c.tid.load(Ordering::Relaxed)).collect();
+        let cpu = self.cpu.lock().of(&tids);
+        let list: Vec<Value> = handles
+            .iter()
+            .zip(&tids)
+            .map(|(c, &tid)| {
                 json!({
                     "id": c.id.to_string(),
                     "thread": c.thread_name,
                     "tid": tid,
-                    "cpuSeconds": crate::thread::cpu_seconds(tid),
+                    "cpuSeconds": cpu.get(&tid).copied().flatten(),
                     // A client behind a trusted proxy has no known port.
                     "remoteAddr": if c.remote.port() == 0 {
                         c.remote.ip().to_string()

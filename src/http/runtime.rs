@@ -44,9 +44,9 @@ use crate::accept::{Acceptor, Admission, Port, Refusal, Rules, Slot};
 use crate::http_codec::{
     BodyLimits, ConnectionHeader, Framing, HeadError, READ_CHUNK, ReadFail, Request, RequestHead,
     Response, encode_response, framing, has_token, read_append, read_body, read_head_buffered,
-    read_with_deadline, wants_keep_alive, write_response,
+    read_with_deadline, wants_keep_alive,
 };
-use crate::proxy::TrustedProxies;
+use crate::proxy::{HostRule, TrustedProxies};
 use crate::thread::spawn_named;
 
 /// How long a closing connection keeps reading (and discarding) what the peer
@@ -104,9 +104,11 @@ pub(crate) struct PortLimits {
     /// section of a chunked body); more gets `431`. Default 16 KiB, which
     /// fits any browser's cookies.
     pub(crate) max_head_bytes: usize,
-    /// Most connections served at once, i.e. connection threads. More are
-    /// answered `503` with `Retry-After: 1` by the accept thread. Default 256:
-    /// the ops port serves scrapers and operators, not the dashboards.
+    /// Most connections served at once, i.e. connection threads (SPEC §9
+    /// `HTTP_MAX_CONNECTIONS`). When full, the connection idle the longest
+    /// is closed to make room; when every one is busy with a request, the
+    /// accept thread answers `503` with `Retry-After: 1`. Default 256: the
+    /// ops port serves scrapers and operators, not the dashboards.
     pub(crate) max_connections: usize,
     /// Most connections per client IP (IPv6 by /64), past it `503`; 0 means
     /// unlimited. Default 32 (SPEC §9 `HTTP_MAX_CONNECTIONS_PER_IP`), so one
@@ -116,10 +118,18 @@ pub(crate) struct PortLimits {
     /// request is the one its `X-Forwarded-For` names, and that client is
     /// held to the limit (SPEC §9 `LIVE_TRUSTED_PROXIES`). Default none.
     pub(crate) trusted_proxies: TrustedProxies,
-    /// Time allowed for a request body, counted from the end of its head;
-    /// also the per-`write` timeout of responses. Default 10 s; raise it for
-    /// large ingest bodies on slow links. Must not be zero.
+    /// Time allowed for a request body, counted from the end of its head.
+    /// Default 10 s; raise it for large ingest bodies on slow links. Must
+    /// not be zero.
     pub(crate) read_timeout: Duration,
+    /// Time allowed for writing one whole response, however slowly the
+    /// peer reads (SPEC §9 `HTTP_WRITE_TIMEOUT_MS`): a deadline for the
+    /// response, not for each `write`, so a reader taking a few bytes now
+    /// and then cannot hold the thread for long. Default 30 s. Must not be
+    /// zero.
+    pub(crate) write_timeout: Duration,
+    /// The `Host` names answered; others get `421` (SPEC §9). Default: any.
+    pub(crate) hosts: HostRule,
     /// Time allowed for a whole request head (SPEC §9 `HTTP_HEAD_TIMEOUT_MS`),
     /// counted from the connection's accept for the first request and from
     /// the end of the previous response for the next one on a keep-alive
@@ -154,6 +164,8 @@ impl Default for PortLimits {
             max_connections_per_ip: 32,
             trusted_proxies: TrustedProxies::default(),
             read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            hosts: HostRule::default(),
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
         }
@@ -202,12 +214,14 @@ impl HttpServer {
         refused: Option<IntCounterVec>,
     ) -> io::Result<HttpServer> {
         if limits.read_timeout.is_zero()
+            || limits.write_timeout.is_zero()
             || limits.idle_timeout.is_zero()
             || limits.head_timeout.is_zero()
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "http limits: read_timeout, head_timeout and idle_timeout must be positive",
+                "http limits: read_timeout, write_timeout, head_timeout and idle_timeout must \
+                 be positive",
             ));
         }
         let rules = Rules {
@@ -215,6 +229,7 @@ impl HttpServer {
             max_per_ip: limits.max_connections_per_ip,
             max_pending_per_ip: 0,
             trusted: limits.trusted_proxies.clone(),
+            evict_idle: true,
         };
         let admission = Admission::new("http", rules, refused);
         let shared = Arc::new(PortState {
@@ -356,7 +371,8 @@ fn serve_connection(
     accepted_at: Instant,
 ) -> String {
     let limits = &shared.limits;
-    if let Err(e) = stream.set_write_timeout(Some(limits.read_timeout)) {
+    // A bound for the writes outside `write_all_by` (a `100 Continue`).
+    if let Err(e) = stream.set_write_timeout(Some(limits.write_timeout)) {
         return format!("set_write_timeout: {e}");
     }
     // Bytes received but not consumed: the start of the next request when
@@ -394,7 +410,7 @@ fn serve_connection(
                     shared.admission.refused(Refusal::HeadTimeout, remote.ip());
                 }
                 if let Some(status) = e.status() {
-                    reject(stream, status, &e.to_string());
+                    reject(stream, status, &e.to_string(), limits.write_timeout);
                 }
                 return e.to_string();
             }
@@ -405,7 +421,7 @@ fn serve_connection(
             Ok(ip) => ip,
             Err(why) => {
                 shared.admission.refused(why, remote.ip());
-                reject(stream, 503, "too many connections from this client");
+                reject(stream, 503, "too many connections from this client", limits.write_timeout);
                 return format!("refused: {why}");
             }
         };
@@ -414,9 +430,10 @@ fn serve_connection(
         let method = head.method.clone();
         let path = head.path.clone();
 
-        // The head alone may settle the request (credentials, content
-        // type): then no `100 Continue` goes out and no body byte is read.
-        let early =
+        // The head alone may settle the request (a `Host` this port does
+        // not answer, credentials, content type): then no `100 Continue`
+        // goes out and no body byte is read.
+        let early = if limits.hosts.allows(head.header("host")) {
             match catch_unwind(AssertUnwindSafe(|| shared.handler.check_head(&head, remote))) {
                 Ok(early) => early,
                 Err(_) => {
@@ -426,7 +443,10 @@ fn serve_connection(
                             .with_header("Connection", "close"),
                     )
                 }
-            };
+            }
+        } else {
+            Some(Response::misdirected())
+        };
         let (resp, panicked) = match early {
             Some(resp) => {
                 // The body is left unread: the connection can go on only
@@ -440,7 +460,7 @@ fn serve_connection(
                     Ok(body) => body,
                     Err(e) => {
                         if let Some(status) = e.status() {
-                            reject(stream, status, &e.to_string());
+                            reject(stream, status, &e.to_string(), limits.write_timeout);
                         }
                         return e.to_string();
                     }
@@ -475,8 +495,18 @@ fn serve_connection(
         };
         // Methods are case-sensitive (RFC 9110 §9.1).
         let with_body = method != "HEAD";
-        if let Err(e) = stream.write_all(&encode_response(&resp, conn, with_body)) {
+        let written = write_all_by(
+            stream,
+            &encode_response(&resp, conn, with_body),
+            Instant::now() + limits.write_timeout,
+        );
+        if let Err(e) = written {
             return format!("write: {e}");
+        }
+        // `write_all_by` left the time it had left as the socket's timeout:
+        // restore the whole bound for the next request's `100 Continue`.
+        if let Err(e) = stream.set_write_timeout(Some(limits.write_timeout)) {
+            return format!("set_write_timeout: {e}");
         }
         if close {
             linger_close(stream);
@@ -487,11 +517,44 @@ fn serve_connection(
 }
 
 /// Answers an unusable request with `status` and closes the connection.
-fn reject(stream: &mut TcpStream, status: u16, detail: &str) {
+fn reject(stream: &mut TcpStream, status: u16, detail: &str, write_timeout: Duration) {
     let resp = Response::text(status, format!("{detail}\n"));
-    if write_response(stream, &resp, true).is_ok() {
+    let bytes = encode_response(&resp, ConnectionHeader::Close, true);
+    if write_all_by(stream, &bytes, Instant::now() + write_timeout).is_ok() {
         linger_close(stream);
     }
+}
+
+/// Writes all of `bytes` by `deadline`: the socket's write timeout is set to
+/// the time left before each `write`, so a peer that reads a few bytes now
+/// and then cannot stretch one response past the deadline (SPEC §9
+/// `HTTP_WRITE_TIMEOUT_MS`), as a per-write timeout would let it.
+///
+/// # Errors
+/// The deadline passes (`TimedOut`) or the socket fails.
+fn write_all_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "response not taken in time"));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+            // A timed-out write is `WouldBlock` on Unix; the loop checks
+            // the clock.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Half-closes, then discards what the peer still sends for a moment, so the
@@ -528,6 +591,8 @@ mod tests {
             max_connections_per_ip: 0,
             trusted_proxies: TrustedProxies::default(),
             read_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(2),
+            hosts: HostRule::default(),
             head_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(5),
         }
@@ -804,6 +869,24 @@ mod tests {
     }
 
     #[test]
+    fn a_host_the_port_does_not_answer_gets_421_before_any_body_byte() {
+        let hosts = HostRule::new(&[], "127.0.0.1".parse().expect("ip"));
+        let server = start(PortLimits { hosts, ..test_limits() });
+        let mut c = Client::connect(&server);
+        c.send(b"GET /a HTTP/1.1\r\nHost: rebind.example:80\r\n\r\n");
+        let r = c.reply(false);
+        assert_eq!((r.status, r.header("connection")), (421, None));
+        // Bodiless: the connection goes on, and a loopback name is served.
+        c.send(b"GET /b HTTP/1.1\r\nHost: localhost:9090\r\n\r\n");
+        assert_eq!(c.reply(false).text(), "GET /b ");
+        // With a body announced, that body is never read: close.
+        c.send(b"POST /c HTTP/1.1\r\nHost: rebind.example\r\nContent-Length: 5\r\n\r\n");
+        let r = c.reply(false);
+        assert_eq!((r.status, r.header("connection")), (421, Some("close")));
+        assert!(c.at_eof());
+    }
+
+    #[test]
     fn head_request_gets_length_but_no_body() {
         let server = start(test_limits());
         let mut c = Client::connect(&server);
@@ -918,24 +1001,57 @@ mod tests {
     }
 
     #[test]
-    fn connections_over_the_cap_get_503() {
-        let server = start(PortLimits { max_connections: 1, ..test_limits() });
-        let mut first = Client::connect(&server);
-        first.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
-        assert_eq!(first.reply(false).status, 200);
-
-        let mut second = Client::connect(&server);
-        let r = second.reply(false);
-        assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
-        assert!(second.at_eof());
-
-        drop(first);
-        let served_again = wait_until(Instant::now() + Duration::from_secs(5), || {
+    fn a_full_port_closes_its_longest_idle_connection_else_503() {
+        // `/hold` stays in the handler until released.
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let released = Arc::new(AtomicBool::new(false));
+        let release = Arc::clone(&released);
+        let handler = move |req: Request| {
+            if req.path == "/hold" {
+                let _ = entered_tx.send(());
+                wait_until(Instant::now() + Duration::from_secs(10), || {
+                    released.load(Ordering::SeqCst)
+                });
+            }
+            echo(req)
+        };
+        let limits = PortLimits { max_connections: 3, ..test_limits() };
+        let server = start_with(limits, Arc::new(handler));
+        let mut idle = Client::connect(&server);
+        idle.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(idle.reply(false).status, 200);
+        let mut held = Vec::new();
+        for _ in 0..2 {
             let mut c = Client::connect(&server);
-            c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
-            c.reply(false).status == 200
+            c.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+            entered_rx.recv_timeout(Duration::from_secs(5)).expect("in the handler");
+            held.push(c);
+        }
+
+        // Full: the kept-alive connection makes room, the busy ones stay.
+        // (Retried: the idle thread marks itself idle an instant after its
+        // response, which the client may read first.)
+        let mut third = None;
+        let served = wait_until(Instant::now() + Duration::from_secs(5), || {
+            let mut c = Client::connect(&server);
+            c.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n");
+            let ok = entered_rx.recv_timeout(Duration::from_millis(500)).is_ok();
+            third = Some(c);
+            ok
         });
-        assert!(served_again);
+        assert!(served, "no room made for a new connection");
+        assert!(idle.at_eof(), "the idle connection was closed");
+
+        // Every connection busy: 503.
+        let mut refused = Client::connect(&server);
+        let r = refused.reply(false);
+        assert_eq!((r.status, r.header("retry-after")), (503, Some("1")));
+        assert!(refused.at_eof());
+
+        release.store(true, Ordering::SeqCst);
+        for mut c in held.into_iter().chain(third) {
+            assert_eq!(c.reply(false).text(), "GET /hold ");
+        }
     }
 
     #[test]

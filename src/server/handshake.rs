@@ -21,7 +21,10 @@ use tungstenite::handshake::derive_accept_key;
 use crate::accept::Slot;
 use crate::auth::{self, AuthError, Credentials, Identity};
 use crate::config::AuthMode;
-use crate::http_codec::{HeadError, RequestHead, Response, lists_token, read_head, write_response};
+use crate::http_codec::{
+    Framing, HeadError, RequestHead, Response, framing, lists_token, read_head, write_response,
+};
+use crate::proxy::host_allowed_on;
 use crate::server::Shared;
 
 /// Largest upgrade request head accepted.
@@ -78,6 +81,31 @@ pub(super) fn perform(
                 stream,
                 &Response::text(503, "too many connections\n").with_header("Retry-After", "5"),
             );
+            return None;
+        }
+    }
+
+    // SPEC §9: a `Host` this port does not answer (DNS rebinding) gets 421,
+    // whatever the path.
+    let config = &shared.config;
+    if !host_allowed_on(&config.public_hosts, config.ws_host, head.header("host")) {
+        debug!("{remote}: Host not answered on this port");
+        reply(shared, stream, &Response::misdirected());
+        return None;
+    }
+    // The HTTP port's framing rules (SPEC §9): ambiguous or unsupported
+    // body framing is refused; and neither an upgrade nor `/auth/check`
+    // carries a body, whose bytes would otherwise be read as frames.
+    match framing(&head) {
+        Ok(Framing::Length(0)) => {}
+        Ok(_) => {
+            reply(shared, stream, &Response::text(400, "this request carries no body\n"));
+            return None;
+        }
+        Err(e) => {
+            debug!("{remote}: {e}");
+            let status = e.status().unwrap_or(400);
+            reply(shared, stream, &Response::text(status, format!("{e}\n")));
             return None;
         }
     }

@@ -84,6 +84,7 @@ impl Shared {
             max_per_ip: config.max_connections_per_ip,
             max_pending_per_ip: config.max_pending_per_ip,
             trusted: config.trusted_proxies.clone(),
+            evict_idle: false,
         };
         let admission = Admission::new("websocket", rules, Some(metrics.ws_refused.clone()));
         Shared {

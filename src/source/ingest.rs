@@ -11,12 +11,18 @@
 //! the first [`MAX_LISTED_REJECTIONS`] rejections are kept (the others are
 //! counted); and a body with more than `max_items` items stops parsing at
 //! the first item too many.
+//!
+//! The walk only checks each item's syntax (as raw JSON text); the item is
+//! then parsed on its own, so one that JSON cannot represent in memory (a
+//! number out of `f64`'s range, a lone surrogate, nesting past the
+//! parser's depth) rejects that item only (SPEC §9 "Bodies").
 
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize as _, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::position::Position;
 
@@ -151,13 +157,18 @@ impl<'de> Visitor<'de> for BodyVisitor<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
         let mut parsed = Parsed::default();
         let mut index = 0;
-        // One item at a time: its `Value` lives only until it is a position.
-        while let Some(item) = seq.next_element::<Value>()? {
+        // One item at a time, first as its raw text (syntax only), then
+        // as a `Value` that lives only until it is a position: an item the
+        // second step refuses is that item's rejection, not the body's.
+        while let Some(item) = seq.next_element::<&RawValue>()? {
             if index >= self.limits.max_items {
                 *self.too_many = true;
                 return Err(de::Error::custom("too many items"));
             }
-            parsed.take(index, item, self.limits);
+            match serde_json::from_str::<Value>(item.get()) {
+                Ok(value) => parsed.take(index, value, self.limits),
+                Err(e) => parsed.reject(index, format!("invalid JSON: {e}")),
+            }
             index += 1;
         }
         Ok(parsed)
@@ -235,6 +246,28 @@ mod tests {
         );
         let p = parse_json(br#"{"deviceId":"a","lat":1}"#, &LIMITS).unwrap();
         assert_eq!((p.positions.len(), p.rejected_count), (0, 1));
+    }
+
+    #[test]
+    fn an_item_json_cannot_represent_rejects_that_item_only() {
+        let good = |d: &str| format!(r#"{{"deviceId":"{d}","lat":1,"lon":1,"ts":1}}"#);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [
+            r#"{"deviceId":"x","lat":1e400,"lon":1,"ts":1}"#.to_owned(),
+            r#"{"deviceId":"\ud800","lat":1,"lon":1,"ts":1}"#.to_owned(),
+            format!(r#"{{"deviceId":"x","lat":1,"lon":1,"ts":1,"deep":{deep}}}"#),
+            deep.clone(),
+        ] {
+            let body = format!("[{},{bad},{}]", good("a"), good("b"));
+            let p = parse_json(body.as_bytes(), &LIMITS).unwrap_or_else(|e| panic!("{bad}: {e}"));
+            assert_eq!(p.positions.len(), 2, "{bad}");
+            assert_eq!(p.rejected.iter().map(|r| r.index).collect::<Vec<_>>(), [1], "{bad}");
+            let ndjson = format!("{}\n{bad}\n{}\n", good("a"), good("b"));
+            let p = parse_ndjson(ndjson.as_bytes(), &LIMITS).unwrap();
+            assert_eq!((p.positions.len(), p.rejected[0].index), (2, 1), "{bad}");
+        }
+        // Bad syntax is still the body's fault.
+        assert!(matches!(parse_json(b"[{\"a\":1},{]", &LIMITS), Err(Refused::Malformed(_))));
     }
 
     #[test]

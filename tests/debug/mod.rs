@@ -85,11 +85,18 @@ fn debug_connections_shows_the_forwarded_client_of_a_trusted_proxy_only() {
     use crate::support::Client;
     let forwarded = [("X-Forwarded-For", "198.51.100.4, 203.0.113.7")];
 
+    // Behind a proxy the port is exposed: /debug needs DEBUG_TOKEN.
     let srv = Server::with(|c| {
         c.trusted_proxies = livecast::TrustedProxies::parse("127.0.0.1").unwrap();
+        c.debug_token = Some(livecast::Secret::new("dbg"));
     });
     let _c = Client::connect(srv.ws, "/", &forwarded).expect("connect through the proxy");
-    let conns = srv.wait_connections(1);
+    let auth = [("Authorization", "Bearer dbg")];
+    let conns = crate::support::wait_for(crate::support::DEADLINE, "the connection listed", || {
+        let r = crate::support::http_request(srv.http, "GET", "/debug/connections", &auth, b"");
+        let list = r.json().as_array().cloned().unwrap_or_default();
+        (list.len() == 1).then_some(list)
+    });
     assert_eq!(conns[0]["remoteAddr"], "203.0.113.7", "{conns:?}");
 
     let untrusting = Server::start();

@@ -5,6 +5,7 @@
 //! Each test runs the `livecast` executable, so that `/proc/PID/task`
 //! counts the `ws-` threads of that server alone.
 
+mod edges; // SPEC §9, second round at the edges: Host, proxies, crowds, bodies, logs
 mod http; // SPEC §9 on the HTTP port: the request rules of issue 12
 
 use std::io::Write;
@@ -308,7 +309,7 @@ fn the_per_ip_limit_refuses_past_it_and_counts_per_address() {
 /// abrupt close).
 fn keepalive_get(stream: &mut TcpStream, path: &str, headers: &[(&str, &str)]) -> Option<u16> {
     use std::io::Read;
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: livecast\r\n");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -355,7 +356,7 @@ fn metric_of(bin: &Binary, name: &str, labels: &[(&str, &str)]) -> f64 {
     use std::io::Read;
     let mut s = connect_from("127.0.0.3", bin.http);
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: livecast\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
