@@ -63,7 +63,9 @@ fn main() -> ExitCode {
         Ok(server) => server,
         Err(e) => {
             error!("{e}");
-            return ExitCode::from(1);
+            // An unusable TLS pair is a configuration error.
+            let code = if matches!(e, livecast::StartError::Tls(_)) { 2 } else { 1 };
+            return ExitCode::from(code);
         }
     };
     print_banner(&server);
@@ -112,12 +114,13 @@ fn print_demo_banner(server: &livecast::Server, demo: &livecast::demo::Demo) {
 /// Tells a newcomer where to connect and how to post a position.
 fn print_banner(server: &livecast::Server) {
     let (ws, http) = (server.ws_addr(), server.http_addr());
+    let (wss, https) = server.schemes();
     println!(
         "livecast {} is live\n  \
-         WebSocket: ws://{ws}/\n  \
-         HTTP:      http://{http}/  (/metrics /healthz /readyz /debug/connections, POST /ingest)\n\n  \
-         Watch:  websocat ws://{ws}/   then send  {{\"type\":\"subscribe\",\"eventId\":\"demo\"}}\n  \
-         Post:   curl -X POST http://{http}/ingest -H 'Content-Type: application/json' \\\n            \
+         WebSocket: {wss}://{ws}/\n  \
+         HTTP:      {https}://{http}/  (/metrics /healthz /readyz /debug/connections, POST /ingest)\n\n  \
+         Watch:  websocat {wss}://{ws}/   then send  {{\"type\":\"subscribe\",\"eventId\":\"demo\"}}\n  \
+         Post:   curl -X POST {https}://{http}/ingest -H 'Content-Type: application/json' \\\n            \
          -d '{{\"eventId\":\"demo\",\"deviceId\":\"d-1\",\"lat\":46.52,\"lon\":6.63,\"ts\":'$(date +%s%3N)'}}'\n\n  \
          Stop with Ctrl-C (graceful: clients get close 1001).",
         env!("CARGO_PKG_VERSION")

@@ -23,5 +23,6 @@ mod lifecycle; // SPEC §2.6, §7: binary, configuration, shutdown
 mod metrics; // SPEC §7: Prometheus metrics
 mod protocol; // SPEC §2.4, §3: JSON messages, errors, limits
 mod redis; // SPEC §4: the Redis Stream source, several instances
+mod tls; // SPEC §11: TLS on both ports, reloads, bad pairs
 mod trails; // SPEC §3: device trails in the snapshot
 mod transport; // SPEC §1-§2: WS port, handshake, limits, threads

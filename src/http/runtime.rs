@@ -48,6 +48,7 @@ use crate::http_codec::{
 };
 use crate::proxy::TrustedProxies;
 use crate::thread::spawn_named;
+use crate::transport::{HandshakeError, Stream, Tls};
 
 /// How long a closing connection keeps reading (and discarding) what the peer
 /// still sends after our last response. Closing a socket with unread input
@@ -132,6 +133,10 @@ pub(crate) struct PortLimits {
     /// closed, when shorter than `head_timeout`. Default 30 s. Must not be
     /// zero.
     pub(crate) idle_timeout: Duration,
+    /// Not a limit: the port's TLS (`TLS_CERT_FILE`, `HTTP_TLS`); `None`
+    /// serves plain HTTP. The TLS handshake is part of the first head, due
+    /// within `head_timeout` of the accept.
+    pub(crate) tls: Option<Tls>,
 }
 
 impl PortLimits {
@@ -156,6 +161,7 @@ impl Default for PortLimits {
             read_timeout: Duration::from_secs(10),
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -308,6 +314,11 @@ struct HttpPort {
 
 impl Port for HttpPort {
     fn refusal(&self, why: Refusal) -> Vec<u8> {
+        // The accept thread does no TLS handshake: a TLS port's refusal is
+        // a close.
+        if self.shared.limits.tls.is_some() {
+            return Vec::new();
+        }
         let detail = match why {
             Refusal::PerIp => "too many connections from your address\n",
             _ => "too many connections\n",
@@ -331,7 +342,13 @@ impl Port for HttpPort {
         let id = slot.id();
         let shared = Arc::clone(&self.shared);
         let spawned = spawn_named(format!("http-{}", self.counter), None, move || {
-            let mut stream = stream;
+            let mut stream = match Stream::new(stream, shared.limits.tls.as_ref()) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    warn!("http: {remote} dropped: cannot set up TLS: {e}");
+                    return;
+                }
+            };
             let end = serve_connection(&shared, &mut slot, &mut stream, remote, accepted_at);
             debug!("http: {remote} connection ended: {end}");
         });
@@ -351,11 +368,18 @@ impl Port for HttpPort {
 fn serve_connection(
     shared: &PortState,
     slot: &mut Slot,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     remote: SocketAddr,
     accepted_at: Instant,
 ) -> String {
     let limits = &shared.limits;
+    // Under TLS, the handshake first: part of the first head's time.
+    if let Err(e) = stream.handshake(accepted_at + limits.head_timeout) {
+        if matches!(e, HandshakeError::Timeout) {
+            shared.admission.refused(Refusal::HeadTimeout, remote.ip());
+        }
+        return e.to_string();
+    }
     if let Err(e) = stream.set_write_timeout(Some(limits.read_timeout)) {
         return format!("set_write_timeout: {e}");
     }
@@ -487,7 +511,7 @@ fn serve_connection(
 }
 
 /// Answers an unusable request with `status` and closes the connection.
-fn reject(stream: &mut TcpStream, status: u16, detail: &str) {
+fn reject(stream: &mut Stream, status: u16, detail: &str) {
     let resp = Response::text(status, format!("{detail}\n"));
     if write_response(stream, &resp, true).is_ok() {
         linger_close(stream);
@@ -496,7 +520,8 @@ fn reject(stream: &mut TcpStream, status: u16, detail: &str) {
 
 /// Half-closes, then discards what the peer still sends for a moment, so the
 /// final close does not turn into an RST that destroys our last response.
-fn linger_close(stream: &mut TcpStream) {
+fn linger_close(stream: &mut Stream) {
+    stream.close_notify();
     let _ = stream.shutdown(Shutdown::Write);
     let until = Instant::now() + LINGER_TIMEOUT;
     let mut scratch = [0u8; 4096];
@@ -530,6 +555,7 @@ mod tests {
             read_timeout: Duration::from_secs(2),
             head_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 
