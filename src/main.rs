@@ -72,7 +72,8 @@ fn main() -> ExitCode {
     let demo = match demo_config {
         None => None,
         Some(demo_config) => {
-            let demo_config = livecast::demo::DemoConfig { ingest_token, ..demo_config };
+            let https = server.schemes().1 == "https";
+            let demo_config = livecast::demo::DemoConfig { ingest_token, https, ..demo_config };
             // Through the real ingest path: HTTP to our own port.
             let ingest = livecast::demo::reachable(server.http_addr());
             match livecast::demo::start(ingest, demo_config) {
@@ -103,7 +104,9 @@ fn main() -> ExitCode {
 fn print_demo_banner(server: &livecast::Server, demo: &livecast::demo::Demo) {
     let events = demo.events();
     let first = events.first().copied().unwrap_or_default();
-    println!("\n  Demo dashboard: {}", livecast::demo::dashboard_url(server.http_addr(), first));
+    let https = server.schemes().1 == "https";
+    let url = livecast::demo::dashboard_url(server.http_addr(), first, https);
+    println!("\n  Demo dashboard: {url}");
     for event in &events {
         let ids: Vec<&str> =
             demo.devices().iter().filter(|(e, _)| e == event).map(|(_, d)| d.as_str()).collect();

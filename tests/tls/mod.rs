@@ -528,3 +528,62 @@ fn silent_sockets_neither_delay_a_handshake_nor_outlive_the_timeout() {
         assert!(lived < timeout + Duration::from_secs(3), "outlived the timeout: {lived:?}");
     }
 }
+
+#[test]
+fn the_demo_posts_over_https_and_a_wss_client_sees_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = TempDir::new("tls-demo");
+    let pair = Pair::make(dir.path(), "a", "ec");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_livecast"))
+        .arg("--demo")
+        .env_clear()
+        .env("LIVE_WS_PORT", "0")
+        .env("HTTP_PORT", "0")
+        .env("TLS_CERT_FILE", &pair.cert)
+        .env("TLS_KEY_FILE", &pair.key)
+        .env("LIVE_DEMO_DEVICES", "3")
+        .env("LIVE_DEMO_INTERVAL_MS", "100")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn livecast --demo");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    crate::support::spawn("demo-stdout", move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
+    let (mut ws_addr, mut dashboard) = (None, None);
+    let end = Instant::now() + DEADLINE;
+    while ws_addr.is_none() || dashboard.is_none() {
+        let line = rx.recv_timeout(end.saturating_duration_since(Instant::now()));
+        let line = line.unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("no banner with wss:// and the https dashboard");
+        });
+        if let Some(rest) = line.strip_prefix("  WebSocket: wss://") {
+            ws_addr = rest.trim_end_matches('/').parse::<SocketAddr>().ok();
+        }
+        if let Some(rest) = line.strip_prefix("  Demo dashboard: https://") {
+            dashboard = Some(rest.to_owned());
+        }
+    }
+    let trust = client_config(&[&pair]);
+    let dashboard = dashboard.expect("dashboard");
+    let (host, path) = dashboard.split_once('/').expect("a path");
+    let http: SocketAddr = host.parse().expect("the dashboard's address");
+    let (status, page) = https(http, &trust, "GET", &format!("/{path}"), "");
+    assert_eq!(status, 200, "{page}");
+
+    let mut ws = wss_connect(ws_addr.expect("ws"), &trust);
+    subscribe(&mut ws, "demo-marathon");
+    let got = recv_position(&mut ws);
+    assert!(got["deviceId"].as_str().is_some_and(|d| d.starts_with("runner-")), "{got}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
