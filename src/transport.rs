@@ -665,3 +665,184 @@ impl AsFd for Stream {
         self.socket().as_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The non-blocking TLS stream against a real rustls client over
+    //! loopback: a full socket leaves a backlog that the loop's POLLOUT and
+    //! `flush` must finish, and nothing is lost or reordered.
+
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+    use super::*;
+
+    /// A self-signed pair for `localhost`, made by `openssl` in a fresh
+    /// directory.
+    fn pair(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("livecast-unit-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (cert, key)
+    }
+
+    fn client_config(cert: &Path) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(cert).unwrap()).unwrap();
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    /// Waits until `stream`'s socket is writable.
+    fn wait_writable(stream: &Stream) {
+        let mut fds = [PollFd::new(stream, PollFlags::OUT)];
+        poll(&mut fds, Some(&Timespec { tv_sec: 5, tv_nsec: 0 })).unwrap();
+    }
+
+    #[test]
+    fn a_full_socket_leaves_a_backlog_that_flush_finishes_in_order() {
+        let (cert, key) = pair("backlog");
+        let setup = TlsSetup::load(&cert, &key).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = client_config(&cert);
+        let (go, ready) = mpsc::channel::<()>();
+        let total = 8 << 20;
+        let client = crate::thread::spawn_named("test-client".into(), None, move || {
+            let sock = TcpStream::connect(addr).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let conn = ClientConnection::new(config, name).unwrap();
+            let mut stream = StreamOwned::new(conn, sock);
+            stream.write_all(b"hello").unwrap();
+            stream.flush().unwrap();
+            // Reads nothing until the server has filled the socket.
+            ready.recv().unwrap();
+            let mut got = vec![0u8; total];
+            stream.read_exact(&mut got).unwrap();
+            got
+        })
+        .unwrap();
+        let (sock, _) = listener.accept().unwrap();
+        let mut stream = Stream::new(sock, Some(&setup.tls())).unwrap();
+        stream.handshake(Instant::now() + Duration::from_secs(10)).unwrap();
+        stream.set_nonblocking(true).unwrap();
+
+        // The client's first bytes, read until WouldBlock.
+        let mut hello = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hello.len() < 5 {
+            assert!(Instant::now() < deadline, "no hello");
+            let mut buf = [0u8; 64];
+            match stream.read(&mut buf) {
+                Ok(n) => hello.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [PollFd::new(&stream, PollFlags::IN)];
+                    poll(&mut fds, Some(&Timespec { tv_sec: 1, tv_nsec: 0 })).unwrap();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(hello, b"hello");
+
+        // Writes until the socket refuses: a backlog is left.
+        let data: Vec<u8> = (0..total).map(|i| u8::try_from(i % 251).unwrap()).collect();
+        let mut sent = 0;
+        loop {
+            match stream.write(&data[sent..(sent + 100_000).min(total)]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(sent < total, "8 MiB fit in the socket: the test proves nothing");
+        }
+        assert!(stream.wants_write(), "a refused write leaves encrypted bytes behind");
+        assert!(matches!(stream.flush(), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+
+        // The reader starts; the rest goes out as room appears.
+        go.send(()).unwrap();
+        while sent < total || stream.wants_write() {
+            assert!(Instant::now() < deadline + Duration::from_secs(10), "stalled at {sent}");
+            wait_writable(&stream);
+            if sent < total {
+                match stream.write(&data[sent..(sent + 100_000).min(total)]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            } else {
+                match stream.flush() {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        assert!(client.join().unwrap() == data, "every byte, in order");
+        let _ = std::fs::remove_dir_all(cert.parent().unwrap());
+    }
+
+    #[test]
+    fn a_plain_first_byte_ends_the_handshake_at_once_and_silence_at_the_deadline() {
+        let (cert, key) = pair("plain");
+        let setup = TlsSetup::load(&cert, &key).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+
+        let mut plain = TcpStream::connect(addr).unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let (sock, _) = listener.accept().unwrap();
+        let mut stream = Stream::new(sock, Some(&setup.tls())).unwrap();
+        let started = Instant::now();
+        let err = stream.handshake(started + Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, HandshakeError::NotTls), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        let _silent = TcpStream::connect(addr).unwrap();
+        let (sock, _) = listener.accept().unwrap();
+        let mut stream = Stream::new(sock, Some(&setup.tls())).unwrap();
+        let started = Instant::now();
+        let err = stream.handshake(started + Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, HandshakeError::Timeout), "{err}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(2), "{took:?}");
+        let _ = std::fs::remove_dir_all(cert.parent().unwrap());
+    }
+
+    #[test]
+    fn a_reload_with_a_bad_pair_keeps_the_old_one() {
+        let (cert, key) = pair("reload-a");
+        let (other_cert, other_key) = pair("reload-b");
+        let setup = TlsSetup::load(&cert, &key).unwrap();
+        let before = Arc::clone(&setup.store.current.read());
+        std::fs::copy(&other_cert, &cert).unwrap();
+        let err = setup.reload().unwrap_err();
+        assert!(err.to_string().contains("is not the key of the certificate"), "{err}");
+        assert!(Arc::ptr_eq(&before, &setup.store.current.read()), "the old pair stays");
+        std::fs::copy(&other_key, &key).unwrap();
+        setup.reload().unwrap();
+        assert!(!Arc::ptr_eq(&before, &setup.store.current.read()), "the new pair is in");
+        let _ = std::fs::remove_dir_all(cert.parent().unwrap());
+        let _ = std::fs::remove_dir_all(other_cert.parent().unwrap());
+    }
+}
