@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 
 use log::error;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
@@ -50,7 +50,9 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     // Registered before the start, so that a signal during it is not lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    // SIGHUP reloads the TLS pair (the server's `tls-reload` thread has
+    // its own handler); here it must only not stop the process.
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
             error!("cannot install signal handlers: {e}");
@@ -89,8 +91,16 @@ fn main() -> ExitCode {
             }
         }
     };
-    if let Some(signal) = signals.forever().next() {
+    let tls = server.schemes().0 == "wss";
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            if !tls {
+                log::info!("SIGHUP: nothing to reload (TLS is off)");
+            }
+            continue;
+        }
         log::info!("signal {signal}: stopping");
+        break;
     }
     // The feed first, so that it does not post into a stopping server.
     if let Some(demo) = demo {

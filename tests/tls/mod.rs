@@ -587,3 +587,13 @@ fn the_demo_posts_over_https_and_a_wss_client_sees_it() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn sighup_without_tls_is_logged_and_does_not_stop_the_server() {
+    let bin = Binary::start(&[]);
+    bin.signal("-HUP");
+    wait_until(DEADLINE, "the SIGHUP log line", || bin.stderr().contains("nothing to reload"));
+    let health = crate::support::http_request(bin.http, "GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 200);
+    bin.signal("-TERM");
+}
