@@ -272,7 +272,15 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
     let acceptor = Acceptor::start("acceptor", ws_listener, Arc::clone(&shared.admission), ws_port)
         .map_err(StartError::Spawn)?;
     let tls_reloader = match tls {
-        Some(setup) => Some(transport::Reloader::start(setup).map_err(StartError::Spawn)?),
+        Some(setup) => {
+            let metrics = transport::TlsMetrics {
+                reloads: shared.metrics.tls_reloads.clone(),
+                expiry: shared.metrics.tls_certificate_expiry.clone(),
+            };
+            metrics.expiry.set(setup.not_after().unwrap_or(0));
+            setup.log_serving("loaded at start");
+            Some(transport::Reloader::start(setup, metrics).map_err(StartError::Spawn)?)
+        }
         None => None,
     };
     let (ws_scheme, http_scheme) = schemes(tls_ports);

@@ -64,6 +64,10 @@ pub(crate) struct Metrics {
     pub(crate) redis_read_errors: IntCounter,
     pub(crate) redis_reconnects: IntCounter,
     pub(crate) redis_pending: IntGauge,
+    /// Reloads of the TLS pair, by result (`ok`, `error`).
+    pub(crate) tls_reloads: IntCounterVec,
+    /// `notAfter` of the certificate served, in seconds since the epoch.
+    pub(crate) tls_certificate_expiry: IntGauge,
 }
 
 impl Metrics {
@@ -305,6 +309,23 @@ impl Metrics {
                 IntGauge::new(
                     "redis_pending",
                     "Entries delivered to this instance's group but not yet acknowledged",
+                )?,
+            )?,
+            tls_reloads: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tls_reloads_total",
+                        "Reloads of the TLS certificate pair, by result",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            tls_certificate_expiry: reg(
+                r,
+                IntGauge::new(
+                    "tls_certificate_expiry_timestamp_seconds",
+                    "notAfter of the TLS certificate served (0: TLS off or unknown)",
                 )?,
             )?,
             registry,

@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info};
 use parking_lot::RwLock;
+use prometheus::{IntCounterVec, IntGauge};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -231,6 +232,27 @@ impl TlsSetup {
         Ok(())
     }
 
+    /// `notAfter` of the certificate served, in seconds since the epoch.
+    pub(crate) fn not_after(&self) -> Option<i64> {
+        let pair = Arc::clone(&self.store.current.read());
+        pair.cert.first().and_then(|cert| not_after(cert.as_ref()))
+    }
+
+    /// Logs what is served, and when it expires.
+    pub(crate) fn log_serving(&self, why: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        match self.not_after() {
+            Some(at) => info!(
+                "TLS: serving the certificate of {} ({why}); it expires in {} days",
+                self.cert.display(),
+                (at - now).div_euclid(86_400)
+            ),
+            None => info!("TLS: serving the certificate of {} ({why})", self.cert.display()),
+        }
+    }
+
     /// The files' stamps, to notice a change.
     fn stamps(&self) -> (Option<Stamp>, Option<Stamp>) {
         (stamp(&self.cert), stamp(&self.key))
@@ -264,7 +286,7 @@ impl Reloader {
     ///
     /// # Errors
     /// The pipe, the signal handler or the thread cannot be made.
-    pub(crate) fn start(setup: Arc<TlsSetup>) -> io::Result<Reloader> {
+    pub(crate) fn start(setup: Arc<TlsSetup>, metrics: TlsMetrics) -> io::Result<Reloader> {
         let (wake_rx, wake) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
         wake.set_nonblocking(true)?;
@@ -273,7 +295,7 @@ impl Reloader {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = crate::thread::spawn_named("tls-reload".into(), None, move || {
-            watch(&setup, &wake_rx, &flag);
+            watch(&setup, &metrics, &wake_rx, &flag);
         });
         match thread {
             Ok(thread) => Ok(Reloader { stop, wake, signal: Some(signal), thread: Some(thread) }),
@@ -303,9 +325,17 @@ impl Drop for Reloader {
     }
 }
 
+/// What the reloader counts: `livecast_tls_reloads_total{result}` and
+/// `livecast_tls_certificate_expiry_timestamp_seconds`.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsMetrics {
+    pub(crate) reloads: IntCounterVec,
+    pub(crate) expiry: IntGauge,
+}
+
 /// The reloader's loop: wakes on `SIGHUP` (or the stop), or every
 /// [`WATCH_PERIOD`] to compare the stamps.
-fn watch(setup: &TlsSetup, wake: &UnixStream, stop: &AtomicBool) {
+fn watch(setup: &TlsSetup, metrics: &TlsMetrics, wake: &UnixStream, stop: &AtomicBool) {
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
     let mut seen = setup.stamps();
     // A change not yet reloaded: the stamps it was seen with.
@@ -335,14 +365,89 @@ fn watch(setup: &TlsSetup, wake: &UnixStream, stop: &AtomicBool) {
         settling = None;
         seen = now;
         match setup.reload() {
-            Ok(()) => info!(
-                "TLS: certificate pair reloaded ({why}) from {} and {}",
-                setup.cert.display(),
-                setup.key.display()
-            ),
-            Err(e) => error!("TLS: {e}; still serving the previous certificate pair ({why})"),
+            Ok(()) => {
+                metrics.reloads.with_label_values(&["ok"]).inc();
+                metrics.expiry.set(setup.not_after().unwrap_or(0));
+                setup.log_serving(&format!("certificate pair reloaded: {why}"));
+            }
+            Err(e) => {
+                metrics.reloads.with_label_values(&["error"]).inc();
+                error!("TLS: {e}; still serving the previous certificate pair ({why})");
+            }
         }
     }
+}
+
+/// The `notAfter` of a DER X.509 certificate, in seconds since the epoch;
+/// `None` when the DER is not shaped like a certificate.
+///
+/// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version
+/// OPTIONAL, serialNumber, signature, issuer, validity SEQUENCE {
+/// notBefore, notAfter }, ... }, ... } (RFC 5280 §4.1).
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert, _) = der_tlv(der).filter(|(tag, _, _)| *tag == 0x30)?;
+    let (_, tbs, _) = der_tlv(cert).filter(|(tag, _, _)| *tag == 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = der_tlv(rest)?.2;
+    }
+    for _ in 0..3 {
+        // serialNumber, signature, issuer
+        rest = der_tlv(rest)?.2;
+    }
+    let (_, validity, _) = der_tlv(rest).filter(|(tag, _, _)| *tag == 0x30)?;
+    let (tag, time, _) = der_tlv(der_tlv(validity)?.2)?;
+    der_time(tag, time)
+}
+
+/// One DER item: (tag, contents, what follows).
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at_checked(n)?;
+        (bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)), rest)
+    };
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((tag, contents, rest))
+}
+
+/// A UTCTime (`YYMMDDHHMMSSZ`, tag 0x17) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`, tag 0x18), in seconds since the epoch.
+fn der_time(tag: u8, text: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let digits = |s: &str| -> Option<i64> {
+        s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse().ok()).flatten()
+    };
+    let (year, rest) = match tag {
+        0x17 => {
+            let yy = digits(text.get(..2)?)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
+        }
+        0x18 => (digits(text.get(..4)?)?, text.get(4..)?),
+        _ => return None,
+    };
+    if rest.len() != 10 {
+        return None;
+    }
+    let field = |i: usize| digits(rest.get(i..i + 2)?);
+    let (month, day) = (field(0)?, field(2)?);
+    let (hour, minute, second) = (field(4)?, field(6)?, field(8)?);
+    // H. Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 // ---------------------------------------------------------------------------
@@ -826,6 +931,26 @@ mod tests {
         assert!(matches!(err, HandshakeError::Timeout), "{err}");
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(290) && took < Duration::from_secs(2), "{took:?}");
+        let _ = std::fs::remove_dir_all(cert.parent().unwrap());
+    }
+
+    #[test]
+    fn not_after_reads_the_certificates_validity() {
+        assert_eq!(der_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(der_time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(der_time(0x18, b"20270306120000Z"), Some(1_804_334_400));
+        assert_eq!(der_time(0x18, b"2027030612000Z"), None);
+        assert_eq!(der_tlv(&[0x30, 0x85, 1, 1, 1, 1, 1]), None, "no 5-byte lengths");
+        assert_eq!(not_after(b"\x30\x03\x02\x01\x01"), None);
+        // openssl's "-days 2": two days from now.
+        let (cert, key) = pair("expiry");
+        let setup = TlsSetup::load(&cert, &key).unwrap();
+        let now = i64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+        )
+        .unwrap();
+        let left = setup.not_after().unwrap() - now;
+        assert!((2 * 86_400 - 120..=2 * 86_400 + 5).contains(&left), "{left}");
         let _ = std::fs::remove_dir_all(cert.parent().unwrap());
     }
 

@@ -218,6 +218,21 @@ fn https(
     (status, text)
 }
 
+/// A sample of `/metrics` (over https), 0 when absent.
+fn metric(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str, labels: &str) -> f64 {
+    let (status, page) = https(addr, config, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    let prefix = format!("{name}{labels} ");
+    page.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// `livecast_tls_reloads_total{result}`.
+fn reloads(addr: SocketAddr, config: &Arc<ClientConfig>, result: &str) -> f64 {
+    metric(addr, config, "livecast_tls_reloads_total", &format!("{{result=\"{result}\"}}"))
+}
+
 /// `POST /ingest` over https, expecting 202.
 #[track_caller]
 fn ingest(addr: SocketAddr, config: &Arc<ClientConfig>, positions: &Value) {
@@ -436,7 +451,7 @@ fn sighup_switches_new_handshakes_while_an_open_connection_keeps_working() {
     let (status, answer) = https(bin.http, &trust, "POST", "/ingest", &body);
     assert_eq!(status, 202, "{answer}");
     assert_eq!(recv_position(&mut open)["deviceId"], "d", "the open connection");
-    assert!(bin.stderr().contains("reloaded (SIGHUP)"), "{}", bin.stderr());
+    assert!(bin.stderr().contains("certificate pair reloaded: SIGHUP"), "{}", bin.stderr());
     assert_no_key_material(&bin.stderr(), &[&a, &b]);
     bin.signal("-TERM");
 }
@@ -460,14 +475,16 @@ fn a_file_change_switches_new_handshakes_and_a_bad_one_keeps_the_old_pair() {
     ingest(srv.http, &trust, &json!([pos("watch", "d", 1)]));
     assert_eq!(recv_position(&mut open)["deviceId"], "d", "the open connection");
 
-    // A mismatched change (c's certificate, b's key) is not taken: after
-    // more than the settle time, b is still served.
+    assert_eq!(reloads(srv.http, &trust, "ok"), 1.0);
+    let expiry = metric(srv.http, &trust, "livecast_tls_certificate_expiry_timestamp_seconds", "");
+    let now = crate::support::now_ms() as f64 / 1000.0;
+    assert!((now + 86_400.0..now + 3.0 * 86_400.0).contains(&expiry), "{expiry} at {now}");
+
+    // A mismatched change (c's certificate, b's key) is tried, and not
+    // taken: b is still served.
     replace(&c.cert, &live.cert);
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
-        assert_eq!(presented(srv.ws, &trust), b.der(), "a bad pair keeps the old one");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(DEADLINE, "a failed reload", || reloads(srv.http, &trust, "error") >= 1.0);
+    assert_eq!(presented(srv.ws, &trust), b.der(), "a bad pair keeps the old one");
     // Its key arrives: now the pair is whole and taken.
     replace(&c.key, &live.key);
     wait_until(DEADLINE, "new handshakes get c", || presented(srv.ws, &trust) == c.der());
