@@ -614,3 +614,30 @@ fn sighup_without_tls_is_logged_and_does_not_stop_the_server() {
     assert_eq!(health.status, 200);
     bin.signal("-TERM");
 }
+
+#[test]
+fn a_refusal_by_a_limit_on_a_tls_port_is_a_close_without_a_plain_503() {
+    let dir = TempDir::new("tls-refuse");
+    let pair = Pair::make(dir.path(), "a", "ec");
+    let srv = server(&pair, |config| {
+        config.max_pending_per_ip = 1;
+        config.http_max_connections_per_ip = 1;
+        config.handshake_timeout = Duration::from_secs(10);
+        config.http_head_timeout = Duration::from_secs(10);
+    });
+    let trust = client_config(&[&pair]);
+    for port in [srv.ws, srv.http] {
+        // One silent connection holds the address's only place (accepted
+        // first: the backlog is FIFO).
+        let _held = TcpStream::connect(port).expect("connect");
+        let refused = TcpStream::connect(port).expect("connect");
+        refused.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let _ = (&refused).read_to_end(&mut got);
+        assert!(got.is_empty(), "a refusal on TLS port {port} answered {got:?}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "closed after {took:?}: not refused at accept");
+        assert!(tls_connect(port, &trust).is_err(), "refused: no handshake on {port}");
+    }
+}
