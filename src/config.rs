@@ -1710,4 +1710,22 @@ mod tests {
             assert!(line.chars().count() <= 80, "help line over 80 columns: {line}");
         }
     }
+
+    #[test]
+    fn tls_needs_both_files_and_http_tls_is_on_or_off() {
+        let both = parse(&[("TLS_CERT_FILE", "/c.pem"), ("TLS_KEY_FILE", "/k.pem")]).unwrap();
+        assert_eq!(both.tls_cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(both.tls_key_file, Some(PathBuf::from("/k.pem")));
+        assert!(both.http_tls, "the HTTP port follows by default");
+        let err = rejected(&[("TLS_CERT_FILE", "/c.pem")]);
+        assert_eq!(names(&err), ["TLS_CERT_FILE"]);
+        assert!(err.to_string().contains("set without TLS_KEY_FILE"), "{err}");
+        assert_eq!(names(&rejected(&[("TLS_KEY_FILE", "/k.pem")])), ["TLS_KEY_FILE"]);
+        for (text, on) in
+            [("off", false), ("OFF", false), ("0", false), ("on", true), ("yes", true)]
+        {
+            assert_eq!(parse(&[("HTTP_TLS", text)]).unwrap().http_tls, on, "{text}");
+        }
+        assert!(rejected(&[("HTTP_TLS", "maybe")]).to_string().contains("expected on or off"));
+    }
 }
