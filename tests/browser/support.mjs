@@ -28,6 +28,8 @@ export const tls = process.env.LIVECAST_TLS === "1";
 export const outDir = path.join(targetDir, tls ? "browser-test-tls" : "browser-test");
 /** The HTTP port's scheme: `https` in TLS mode. */
 export const httpScheme = tls ? "https" : "http";
+/** The WebSocket port's scheme: `wss` in TLS mode. */
+export const wsScheme = tls ? "wss" : "ws";
 const tlsEnv = {};
 if (tls) {
   const cert = path.join(scratch, "tls.crt");
