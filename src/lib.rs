@@ -36,7 +36,9 @@
 //! side's state and hands it its parts: `server::Shared` for the
 //! connection threads, `http::OpsState` for the routes (the connection
 //! registry and the `accepting` flag are shared between the two). `auth`
-//! and `source` (the device map) reach Directus through `directus`.
+//! and `source` (the device map) reach Directus through `directus`. Both
+//! ports' connection threads read and write through `transport`, plain TCP
+//! or TLS (`TLS_CERT_FILE`), another leaf: one connection loop either way.
 //!
 //! Use [`start`] to run a server and [`Server::stop`] to stop it.
 #![cfg_attr(
