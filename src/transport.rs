@@ -482,10 +482,15 @@ impl std::fmt::Display for HandshakeError {
 }
 
 /// A connection's byte stream: the socket itself, or a TLS session over it.
+///
+/// `P` is the plain socket: a `TcpStream` from the accept to the upgrade;
+/// the connection loop may put another handle of the same socket there (one
+/// shared with another writer: a TLS session never is, it belongs to its
+/// thread).
 #[derive(Debug)]
-pub(crate) enum Stream {
+pub(crate) enum Stream<P = TcpStream> {
     /// Plain TCP.
-    Plain(TcpStream),
+    Plain(P),
     /// TLS over TCP, the session owned by the connection's thread.
     Tls(Box<TlsStream>),
 }
@@ -608,16 +613,9 @@ impl Stream {
     pub(crate) fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         self.socket().set_nodelay(nodelay)
     }
+}
 
-    /// Shuts the TCP socket down (no `close_notify`: see
-    /// [`Stream::close_notify`]).
-    ///
-    /// # Errors
-    /// As [`TcpStream::shutdown`].
-    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.socket().shutdown(how)
-    }
-
+impl<P> Stream<P> {
     /// Under TLS, sends `close_notify` (best effort, not waiting for room):
     /// the end of the data, before a response-ending shutdown.
     pub(crate) fn close_notify(&mut self) {
@@ -634,6 +632,22 @@ impl Stream {
             Stream::Plain(_) => false,
             Stream::Tls(tls) => tls.conn.wants_write(),
         }
+    }
+}
+
+impl<P: AsFd> Stream<P> {
+    /// Shuts the TCP socket down (no `close_notify`: see
+    /// [`Stream::close_notify`]).
+    ///
+    /// # Errors
+    /// As [`TcpStream::shutdown`].
+    pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        let how = match how {
+            Shutdown::Read => rustix::net::Shutdown::Read,
+            Shutdown::Write => rustix::net::Shutdown::Write,
+            Shutdown::Both => rustix::net::Shutdown::Both,
+        };
+        Ok(rustix::net::shutdown(self.as_fd(), how)?)
     }
 }
 
@@ -694,7 +708,7 @@ impl TlsStream {
     }
 }
 
-impl Read for Stream {
+impl<P: Read> Read for Stream<P> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let tls = match self {
             Stream::Plain(sock) => return sock.read(buf),
@@ -718,7 +732,7 @@ impl Read for Stream {
     }
 }
 
-impl Write for Stream {
+impl<P: Write> Write for Stream<P> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(sock) => sock.write(buf),
@@ -765,9 +779,12 @@ impl TimedRead for Stream {
     }
 }
 
-impl AsFd for Stream {
+impl<P: AsFd> AsFd for Stream<P> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket().as_fd()
+        match self {
+            Stream::Plain(sock) => sock.as_fd(),
+            Stream::Tls(tls) => tls.sock.as_fd(),
+        }
     }
 }
 
