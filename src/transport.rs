@@ -164,9 +164,17 @@ fn pem_problem(e: &rustls::pki_types::pem::Error) -> &'static str {
 }
 
 /// The pair new handshakes get; replaced whole by a reload.
-#[derive(Debug)]
 pub(crate) struct CertStore {
     current: RwLock<Arc<CertifiedKey>>,
+}
+
+/// Shows nothing of the pair: a `{:?}` of the server's state (which holds
+/// the TLS configuration, and through it this store) must never carry the
+/// certificate or anything about the key.
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore").finish_non_exhaustive()
+    }
 }
 
 impl ResolvesServerCert for CertStore {
