@@ -636,3 +636,48 @@ fn a_refusal_by_a_limit_on_a_tls_port_is_a_close_without_a_plain_503() {
         assert!(tls_connect(port, &trust).is_err(), "refused: no handshake on {port}");
     }
 }
+
+#[test]
+fn a_tls_client_that_stops_reading_is_closed_for_back_pressure_and_the_others_get_everything() {
+    let dir = TempDir::new("tls-bp");
+    let pair = Pair::make(dir.path(), "a", "ec");
+    let srv = server(&pair, |c| {
+        c.queue_capacity = 4;
+        c.backpressure_threshold_bytes = 256 * 1024;
+    });
+    let trust = client_config(&[&pair]);
+    let mut slow = wss_connect(srv.ws, &trust);
+    rustix::net::sockopt::set_socket_recv_buffer_size(&slow.get_ref().sock, 4096).expect("rcvbuf");
+    subscribe(&mut slow, "tls-bp");
+    let mut normal = wss_connect(srv.ws, &trust);
+    subscribe(&mut normal, "tls-bp");
+
+    // 8 MB of positions, more than any socket buffers hold; the normal
+    // client reads each batch before the next is posted.
+    let pad = "x".repeat(8000);
+    let mut seq = 0;
+    for _ in 0..10 {
+        let batch: Vec<Value> = (0..100)
+            .map(|_| {
+                seq += 1;
+                let mut p = pos("tls-bp", "d", seq);
+                p["pad"] = json!(pad);
+                p
+            })
+            .collect();
+        ingest(srv.http, &trust, &Value::from(batch));
+        for want in seq - 99..=seq {
+            assert_eq!(recv_position(&mut normal)["seq"], want, "the normal client, in order");
+        }
+    }
+    wait_until(DEADLINE, "the slow TLS client closed for back-pressure", || {
+        metric(srv.http, &trust, "livecast_backpressure_closes_total", "") >= 1.0
+    });
+    // Its close frame cannot reach it: it is dropped at the close's grace.
+    wait_until(DEADLINE, "the slow client gone", || {
+        metric(srv.http, &trust, "livecast_connections_open", "") == 1.0
+    });
+    let frame = json!([pos("tls-bp", "d", seq + 1)]);
+    ingest(srv.http, &trust, &frame);
+    assert_eq!(recv_position(&mut normal)["seq"], seq + 1, "the normal client goes on");
+}
