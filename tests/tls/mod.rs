@@ -681,3 +681,39 @@ fn a_tls_client_that_stops_reading_is_closed_for_back_pressure_and_the_others_ge
     ingest(srv.http, &trust, &frame);
     assert_eq!(recv_position(&mut normal)["seq"], seq + 1, "the normal client goes on");
 }
+
+#[test]
+fn https_keeps_a_connection_alive_across_requests_pipelined_or_not() {
+    let dir = TempDir::new("tls-keepalive");
+    let pair = Pair::make(dir.path(), "a", "ec");
+    let srv = server(&pair, |_| {});
+    let trust = client_config(&[&pair]);
+    let mut stream = tls_connect(srv.http, &trust).expect("TLS handshake");
+    let get = |path: &str, close: bool| {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{connection}\r\n")
+    };
+    // One request, its answer, then two in one write (one TLS record).
+    stream.write_all(get("/healthz", false).as_bytes()).expect("write");
+    stream.flush().expect("flush");
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+        let n = stream.read(&mut chunk).expect("the first answer");
+        assert!(n > 0, "closed after one request");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let pipelined = format!("{}{}", get("/healthz", false), get("/readyz", true));
+    stream.write_all(pipelined.as_bytes()).expect("write");
+    stream.flush().expect("flush");
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 3, "three answers on one connection: {text}");
+}
