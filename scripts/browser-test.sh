@@ -4,7 +4,8 @@
 # and checks the page's DOM, across a server restart, in tokens mode and with
 # `livecast --demo`; client.test.mjs (issue 14) drives the client library
 # /livecast.js from a page on another origin through a drain, a restart, a
-# stopped server, error frames and a revoked token. Screenshots:
+# stopped server, error frames and a revoked token; then both once more with
+# TLS (LIVECAST_TLS=1: https:// and wss://). Screenshots:
 # target/browser-test/*.png; the README's scripts/dashboard.png is written
 # when missing, or refreshed with LIVECAST_UPDATE_SCREENSHOT=1.
 #
@@ -46,4 +47,10 @@ step "browser test ($("$CHROMIUM" --version 2>/dev/null | head -n1))"
 export CHROMIUM
 # One file at a time: each starts its own servers and Chromium.
 node --test --test-reporter=spec --test-concurrency=1 \
+    tests/browser/dashboard.test.mjs tests/browser/client.test.mjs
+
+# Once more with TLS: https:// and wss:// (a self-signed pair made by the
+# harness; Chromium with --ignore-certificate-errors).
+step "browser test with TLS"
+LIVECAST_TLS=1 node --test --test-reporter=spec --test-concurrency=1 \
     tests/browser/dashboard.test.mjs tests/browser/client.test.mjs

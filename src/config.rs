@@ -427,6 +427,32 @@ fn check_combinations(config: &Config, problems: &mut Vec<Problem>) {
             ),
         });
     }
+    // TLS needs both files: one alone is a mistake, not "plain".
+    for (given, set, other, missing) in [
+        (
+            "TLS_CERT_FILE",
+            config.tls_cert_file.is_some(),
+            "TLS_KEY_FILE",
+            config.tls_key_file.is_none(),
+        ),
+        (
+            "TLS_KEY_FILE",
+            config.tls_key_file.is_some(),
+            "TLS_CERT_FILE",
+            config.tls_cert_file.is_none(),
+        ),
+    ] {
+        if set && missing && sound(&["TLS_CERT_FILE", "TLS_KEY_FILE"]) {
+            problems.push(Problem {
+                variable: given,
+                value: Shown::Nothing,
+                reason: format!(
+                    "set without {other}: TLS needs both the certificate chain and its private \
+                     key (PEM files)"
+                ),
+            });
+        }
+    }
     // Caught here because SPEC §7 wants every bad value reported before any
     // port is bound, rather than as an "address in use" from the second bind.
     let overlap = config.ws_host == config.http_host
@@ -769,6 +795,21 @@ config_table! {
         public_hosts: Vec<String>, "LIVE_PUBLIC_HOSTS", [Unset],
             "Host names both ports answer (others get 421); set it behind a proxy.",
             public_hosts;
+    }
+    group "TLS (both ports; reloaded on SIGHUP and when either file changes)" {
+        /// PEM certificate chain, the server's certificate first; with
+        /// `TLS_KEY_FILE`, both ports speak TLS 1.2/1.3.
+        tls_cert_file: Option<PathBuf>, "TLS_CERT_FILE", [Unset],
+            "PEM certificate chain; with TLS_KEY_FILE, wss:// and https://.",
+            path;
+        /// PEM private key of that certificate (PKCS#8, RSA or EC).
+        tls_key_file: Option<PathBuf>, "TLS_KEY_FILE", [Unset],
+            "PEM private key of TLS_CERT_FILE's certificate (PKCS#8, RSA or EC).",
+            path;
+        /// Whether the HTTP port speaks TLS too when a pair is given.
+        http_tls: bool, "HTTP_TLS", [Is "on"],
+            "off keeps the HTTP port plain when TLS is on (e.g. a local Prometheus).",
+            on_off;
     }
     group "Authentication" {
         /// How upgrades are authenticated and subscribes authorized.
@@ -1140,6 +1181,15 @@ fn trail_length(value: &str) -> Result<usize, String> {
         ));
     }
     Ok(n)
+}
+
+/// `on/off`, or any [`boolean`] spelling.
+fn on_off(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => boolean(value).map_err(|_| "expected on or off".to_owned()),
+    }
 }
 
 /// `1/0`, `true/false`, `yes/no`, any case.
@@ -1821,5 +1871,23 @@ mod tests {
         for line in help.lines() {
             assert!(line.chars().count() <= 80, "help line over 80 columns: {line}");
         }
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_http_tls_is_on_or_off() {
+        let both = parse(&[("TLS_CERT_FILE", "/c.pem"), ("TLS_KEY_FILE", "/k.pem")]).unwrap();
+        assert_eq!(both.tls_cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(both.tls_key_file, Some(PathBuf::from("/k.pem")));
+        assert!(both.http_tls, "the HTTP port follows by default");
+        let err = rejected(&[("TLS_CERT_FILE", "/c.pem")]);
+        assert_eq!(names(&err), ["TLS_CERT_FILE"]);
+        assert!(err.to_string().contains("set without TLS_KEY_FILE"), "{err}");
+        assert_eq!(names(&rejected(&[("TLS_KEY_FILE", "/k.pem")])), ["TLS_KEY_FILE"]);
+        for (text, on) in
+            [("off", false), ("OFF", false), ("0", false), ("on", true), ("yes", true)]
+        {
+            assert_eq!(parse(&[("HTTP_TLS", text)]).unwrap().http_tls, on, "{text}");
+        }
+        assert!(rejected(&[("HTTP_TLS", "maybe")]).to_string().contains("expected on or off"));
     }
 }

@@ -61,6 +61,11 @@ pub struct DemoConfig {
     pub ingest_token: Option<Secret>,
     /// Seeds the tracks' randomness: the same seed moves the same way.
     pub seed: u64,
+    /// The HTTP port speaks TLS (`TLS_CERT_FILE`): post over https. Its
+    /// certificate is not verified: the feed connects to the address its
+    /// own process has just bound, and a certificate names the public host,
+    /// not that address.
+    pub https: bool,
 }
 
 impl fmt::Debug for DemoConfig {
@@ -71,6 +76,7 @@ impl fmt::Debug for DemoConfig {
             .field("interval", &self.interval)
             .field("ingest_token", &self.ingest_token.as_ref().map(|_| "<redacted>"))
             .field("seed", &self.seed)
+            .field("https", &self.https)
             .finish()
     }
 }
@@ -82,6 +88,7 @@ impl Default for DemoConfig {
             interval: crate::Config::default().demo_interval,
             ingest_token: None,
             seed: 0x5eed_1ace,
+            https: false,
         }
     }
 }
@@ -111,12 +118,13 @@ pub fn start(ingest: SocketAddr, config: DemoConfig) -> io::Result<Demo> {
     let devices = world.devices.iter().map(|d| (d.event.to_owned(), d.shown_id())).collect();
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let interval = config.interval;
-    let poster = Poster::new(ingest, config.ingest_token);
+    let poster = Poster::new(ingest, config.ingest_token, config.https);
     let thread = crate::thread::spawn_named("demo-feed".into(), None, move || {
         info!(
-            "demo: {} devices report to http://{ingest}/ingest (and /ingest/osmand, \
+            "demo: {} devices report to {}/ingest (and /ingest/osmand, \
              /ingest/owntracks) every {interval:?}",
-            world.devices.len()
+            world.devices.len(),
+            poster.base
         );
         let mut last = Instant::now();
         let mut failing = false;
@@ -201,9 +209,11 @@ pub fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The dashboard's URL on the HTTP port `http`, opened on `event`.
-pub fn dashboard_url(http: SocketAddr, event: &str) -> String {
-    format!("http://{}/?event={event}", reachable(http))
+/// The dashboard's URL on the HTTP port `http` (`https` when it speaks
+/// TLS), opened on `event`.
+pub fn dashboard_url(http: SocketAddr, event: &str, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{}/?event={event}", reachable(http))
 }
 
 fn now_ms() -> u64 {
@@ -218,14 +228,16 @@ fn now_ms() -> u64 {
 /// server has just timed out.
 struct Poster {
     agent: ureq::Agent,
-    /// `http://<addr>`.
+    /// `http://<addr>` (`https://` when the HTTP port speaks TLS).
     base: String,
     token: Option<Secret>,
 }
 
 impl Poster {
-    fn new(addr: SocketAddr, token: Option<Secret>) -> Poster {
+    fn new(addr: SocketAddr, token: Option<Secret>, https: bool) -> Poster {
         let phase = Some(IO_TIMEOUT);
+        // Our own listener (see `DemoConfig::https`).
+        let tls = ureq::tls::TlsConfig::builder().disable_verification(https).build();
         let agent = ureq::Agent::config_builder()
             // A refusal's status and body are what the log should say.
             .http_status_as_error(false)
@@ -240,9 +252,11 @@ impl Poster {
             .timeout_send_body(phase)
             .timeout_recv_response(phase)
             .timeout_recv_body(phase)
+            .tls_config(tls)
             .build()
             .new_agent();
-        Poster { agent, base: format!("http://{addr}"), token }
+        let scheme = if https { "https" } else { "http" };
+        Poster { agent, base: format!("{scheme}://{addr}"), token }
     }
 
     /// Posts one tick: the gateway's devices in one `POST /ingest`, then
@@ -825,7 +839,14 @@ mod tests {
     #[test]
     fn urls_use_loopback_for_unspecified_addresses() {
         let any: SocketAddr = "0.0.0.0:9090".parse().unwrap();
-        assert_eq!(dashboard_url(any, "demo-rally"), "http://127.0.0.1:9090/?event=demo-rally");
+        assert_eq!(
+            dashboard_url(any, "demo-rally", false),
+            "http://127.0.0.1:9090/?event=demo-rally"
+        );
+        assert_eq!(
+            dashboard_url(any, "demo-rally", true),
+            "https://127.0.0.1:9090/?event=demo-rally"
+        );
         let any6: SocketAddr = "[::]:1".parse().unwrap();
         assert_eq!(reachable(any6), "[::1]:1".parse::<SocketAddr>().unwrap());
         let host: SocketAddr = "10.1.2.3:80".parse().unwrap();
@@ -843,6 +864,7 @@ mod tests {
             interval: Duration::from_millis(100),
             ingest_token: Some(Secret::new("s3cret")),
             seed: 7,
+            https: false,
         };
         let started = Instant::now();
         let demo = start(addr, config).unwrap();

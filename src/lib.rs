@@ -36,7 +36,9 @@
 //! side's state and hands it its parts: `server::Shared` for the
 //! connection threads, `http::OpsState` for the routes (the connection
 //! registry and the `accepting` flag are shared between the two). `auth`
-//! and `source` (the device map) reach Directus through `directus`.
+//! and `source` (the device map) reach Directus through `directus`. Both
+//! ports' connection threads read and write through `transport`, plain TCP
+//! or TLS (`TLS_CERT_FILE`), another leaf: one connection loop either way.
 //!
 //! Use [`start`] to run a server and [`Server::stop`] to stop it.
 #![cfg_attr(
@@ -63,6 +65,7 @@ mod proxy;
 mod server;
 mod source;
 mod thread;
+mod transport;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
@@ -103,6 +106,10 @@ pub enum StartError {
     /// The configuration cannot run (e.g. an unreadable tokens file, a mode
     /// this build does not offer).
     Setup(String),
+    /// The TLS certificate pair cannot be used (unreadable, malformed, or
+    /// a key that is not the certificate's): a configuration error, found
+    /// before any port is bound. The text never holds a byte of the files.
+    Tls(String),
 }
 
 impl fmt::Display for StartError {
@@ -113,6 +120,7 @@ impl fmt::Display for StartError {
             }
             StartError::Spawn(e) => write!(f, "start: cannot spawn a thread: {e}"),
             StartError::Setup(why) => write!(f, "start: {why}"),
+            StartError::Tls(why) => write!(f, "start: {why}"),
         }
     }
 }
@@ -121,7 +129,7 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Bind { source, .. } | StartError::Spawn(source) => Some(source),
-            StartError::Setup(_) => None,
+            StartError::Setup(_) | StartError::Tls(_) => None,
         }
     }
 }
@@ -136,6 +144,10 @@ pub struct Server {
     broadcaster: Option<JoinHandle<()>>,
     device_map: Option<Refresher>,
     redis_source: Option<RedisSource>,
+    /// Reloads the TLS pair (`SIGHUP`, file changes) when TLS is on.
+    tls_reloader: Option<transport::Reloader>,
+    /// Which ports speak TLS: (WebSocket, HTTP).
+    tls_ports: (bool, bool),
     stopped: bool,
 }
 
@@ -165,6 +177,16 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
     if config.auth_mode == AuthMode::None {
         warn!("LIVE_AUTH_MODE=none: every client may subscribe to every event");
     }
+    // Read before any port is bound: a bad pair is a configuration error.
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            transport::TlsSetup::load(cert, key).map_err(|e| StartError::Tls(e.to_string()))?,
+        )),
+        _ => None,
+    };
+    let ws_tls = tls.as_ref().map(|setup| setup.tls());
+    let http_tls = tls.as_ref().filter(|_| config.http_tls).map(|setup| setup.tls());
+    let tls_ports = (ws_tls.is_some(), http_tls.is_some());
 
     let ws_addr = SocketAddr::new(config.ws_host, config.ws_port);
     let ws_listener = bind_listener(ws_addr).map_err(|source| StartError::Bind {
@@ -209,6 +231,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         hosts: proxy::HostRule::new(&config.public_hosts, config.http_host),
         head_timeout: config.http_head_timeout,
         idle_timeout: Duration::from_secs(60),
+        tls: http_tls,
     };
     let redis = match config.redis_url {
         Some(_) => Some(source::redis::client(&config).map_err(StartError::Setup)?),
@@ -233,7 +256,9 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
     // was asked for.
     let ws_port = ws_listener.local_addr().map_or(config.ws_port, |a| a.port());
     let settings = http::RouteSettings::from_config(&config);
-    let shared = Arc::new(Shared::new(config, metrics.clone(), service, commands.clone(), auth));
+    let mut shared = Shared::new(config, metrics.clone(), service, commands.clone(), auth);
+    shared.tls = ws_tls;
+    let shared = Arc::new(shared);
     let ops = http::OpsState {
         settings,
         metrics,
@@ -250,8 +275,21 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
     let ws_port = WsPort { shared: Arc::clone(&shared) };
     let acceptor = Acceptor::start("acceptor", ws_listener, Arc::clone(&shared.admission), ws_port)
         .map_err(StartError::Spawn)?;
+    let tls_reloader = match tls {
+        Some(setup) => {
+            let metrics = transport::TlsMetrics {
+                reloads: shared.metrics.tls_reloads.clone(),
+                expiry: shared.metrics.tls_certificate_expiry.clone(),
+            };
+            metrics.expiry.set(setup.not_after().unwrap_or(0));
+            setup.log_serving("loaded at start");
+            Some(transport::Reloader::start(setup, metrics).map_err(StartError::Spawn)?)
+        }
+        None => None,
+    };
+    let (ws_scheme, http_scheme) = schemes(tls_ports);
     info!(
-        "livecast {} instance {} ready: ws://{} http://{}",
+        "livecast {} instance {} ready: {ws_scheme}://{} {http_scheme}://{}",
         env!("CARGO_PKG_VERSION"),
         shared.config.instance_id,
         acceptor.local_addr(),
@@ -264,6 +302,8 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         broadcaster: Some(broadcaster),
         device_map,
         redis_source,
+        tls_reloader,
+        tls_ports,
         stopped: false,
     })
 }
@@ -278,6 +318,12 @@ impl Server {
     /// The HTTP (ops) listener's address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr()
+    }
+
+    /// The URL schemes of the two ports, `("ws", "http")` or with TLS
+    /// `("wss", "https")` (the HTTP port stays `http` with `HTTP_TLS=off`).
+    pub fn schemes(&self) -> (&'static str, &'static str) {
+        schemes(self.tls_ports)
     }
 
     /// Stops gracefully, in the order SPEC §2 gives: stop accepting, send
@@ -326,6 +372,9 @@ impl Server {
             let _ = thread.join();
         }
         self.http.stop(Instant::now() + Duration::from_secs(1));
+        if let Some(mut reloader) = self.tls_reloader.take() {
+            reloader.stop();
+        }
         info!("stopped");
     }
 }
@@ -335,6 +384,11 @@ impl Drop for Server {
         let drain = self.shared.config.drain_timeout;
         self.shutdown(drain);
     }
+}
+
+/// The URL schemes of the ports, from whether each speaks TLS.
+fn schemes((ws, http): (bool, bool)) -> (&'static str, &'static str) {
+    (if ws { "wss" } else { "ws" }, if http { "https" } else { "http" })
 }
 
 /// Waits for `done` with short polls; used only on the stop path.

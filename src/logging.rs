@@ -28,7 +28,10 @@ pub fn init(level: log::LevelFilter, format: LogFormat) -> Result<(), log::SetLo
     let dispatch = fern::Dispatch::new()
         .level(level)
         .level_for("ureq", http_client)
-        .level_for("ureq_proto", http_client);
+        .level_for("ureq_proto", http_client)
+        // The TLS library logs each failed handshake at `warn`: a scanner
+        // would flood the log. livecast says why at `debug` itself.
+        .level_for("rustls", level.min(log::LevelFilter::Error));
     let dispatch = match format {
         LogFormat::Text => dispatch.format(|out, message, record| {
             let message = message.to_string();

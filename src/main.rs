@@ -14,7 +14,7 @@
 use std::process::ExitCode;
 
 use log::error;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
@@ -62,7 +62,9 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     // Registered before the start, so that a signal during it is not lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    // SIGHUP reloads the TLS pair (the server's `tls-reload` thread has
+    // its own handler); here it must only not stop the process.
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
         Err(e) => {
             error!("cannot install signal handlers: {e}");
@@ -75,14 +77,17 @@ fn main() -> ExitCode {
         Ok(server) => server,
         Err(e) => {
             error!("{e}");
-            return ExitCode::from(1);
+            // An unusable TLS pair is a configuration error.
+            let code = if matches!(e, livecast::StartError::Tls(_)) { 2 } else { 1 };
+            return ExitCode::from(code);
         }
     };
     print_banner(&server);
     let demo = match demo_config {
         None => None,
         Some(demo_config) => {
-            let demo_config = livecast::demo::DemoConfig { ingest_token, ..demo_config };
+            let https = server.schemes().1 == "https";
+            let demo_config = livecast::demo::DemoConfig { ingest_token, https, ..demo_config };
             // Through the real ingest path: HTTP to our own port.
             let ingest = livecast::demo::reachable(server.http_addr());
             match livecast::demo::start(ingest, demo_config) {
@@ -98,8 +103,16 @@ fn main() -> ExitCode {
             }
         }
     };
-    if let Some(signal) = signals.forever().next() {
+    let tls = server.schemes().0 == "wss";
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            if !tls {
+                log::info!("SIGHUP: nothing to reload (TLS is off)");
+            }
+            continue;
+        }
         log::info!("signal {signal}: stopping");
+        break;
     }
     // The feed first, so that it does not post into a stopping server.
     if let Some(demo) = demo {
@@ -113,7 +126,9 @@ fn main() -> ExitCode {
 fn print_demo_banner(server: &livecast::Server, demo: &livecast::demo::Demo) {
     let events = demo.events();
     let first = events.first().copied().unwrap_or_default();
-    println!("\n  Demo dashboard: {}", livecast::demo::dashboard_url(server.http_addr(), first));
+    let https = server.schemes().1 == "https";
+    let url = livecast::demo::dashboard_url(server.http_addr(), first, https);
+    println!("\n  Demo dashboard: {url}");
     for event in &events {
         let ids: Vec<&str> =
             demo.devices().iter().filter(|(e, _)| e == event).map(|(_, d)| d.as_str()).collect();
@@ -124,12 +139,13 @@ fn print_demo_banner(server: &livecast::Server, demo: &livecast::demo::Demo) {
 /// Tells a newcomer where to connect and how to post a position.
 fn print_banner(server: &livecast::Server) {
     let (ws, http) = (server.ws_addr(), server.http_addr());
+    let (wss, https) = server.schemes();
     println!(
         "livecast {} is live\n  \
-         WebSocket: ws://{ws}/\n  \
-         HTTP:      http://{http}/  (/metrics /healthz /readyz /debug/connections, POST /ingest)\n\n  \
-         Watch:  websocat ws://{ws}/   then send  {{\"type\":\"subscribe\",\"eventId\":\"demo\"}}\n  \
-         Post:   curl -X POST http://{http}/ingest -H 'Content-Type: application/json' \\\n            \
+         WebSocket: {wss}://{ws}/\n  \
+         HTTP:      {https}://{http}/  (/metrics /healthz /readyz /debug/connections, POST /ingest)\n\n  \
+         Watch:  websocat {wss}://{ws}/   then send  {{\"type\":\"subscribe\",\"eventId\":\"demo\"}}\n  \
+         Post:   curl -X POST {https}://{http}/ingest -H 'Content-Type: application/json' \\\n            \
          -d '{{\"eventId\":\"demo\",\"deviceId\":\"d-1\",\"lat\":46.52,\"lon\":6.63,\"ts\":'$(date +%s%3N)'}}'\n\n  \
          Stop with Ctrl-C (graceful: clients get close 1001).",
         env!("CARGO_PKG_VERSION")

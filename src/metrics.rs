@@ -69,6 +69,10 @@ pub(crate) struct Metrics {
     /// Tracker messages answered but not positions (SPEC §10), by
     /// `protocol` and `type` (OwnTracks `lwt`, `empty`, …).
     pub(crate) tracker_messages_ignored: IntCounterVec,
+    /// Reloads of the TLS pair, by result (`ok`, `error`).
+    pub(crate) tls_reloads: IntCounterVec,
+    /// `notAfter` of the certificate served, in seconds since the epoch.
+    pub(crate) tls_certificate_expiry: IntGauge,
 }
 
 impl Metrics {
@@ -337,6 +341,23 @@ impl Metrics {
                          and type",
                     ),
                     &["protocol", "type"],
+                )?,
+            )?,
+            tls_reloads: reg(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tls_reloads_total",
+                        "Reloads of the TLS certificate pair, by result",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            tls_certificate_expiry: reg(
+                r,
+                IntGauge::new(
+                    "tls_certificate_expiry_timestamp_seconds",
+                    "notAfter of the TLS certificate served (0: TLS off or unknown)",
                 )?,
             )?,
             registry,

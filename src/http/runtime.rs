@@ -48,6 +48,7 @@ use crate::http_codec::{
 };
 use crate::proxy::{HostRule, TrustedProxies};
 use crate::thread::spawn_named;
+use crate::transport::{HandshakeError, Stream, Tls};
 
 /// How long a closing connection keeps reading (and discarding) what the peer
 /// still sends after our last response. Closing a socket with unread input
@@ -142,6 +143,10 @@ pub(crate) struct PortLimits {
     /// closed, when shorter than `head_timeout`. Default 30 s. Must not be
     /// zero.
     pub(crate) idle_timeout: Duration,
+    /// Not a limit: the port's TLS (`TLS_CERT_FILE`, `HTTP_TLS`); `None`
+    /// serves plain HTTP. The TLS handshake is part of the first head, due
+    /// within `head_timeout` of the accept.
+    pub(crate) tls: Option<Tls>,
 }
 
 impl PortLimits {
@@ -168,6 +173,7 @@ impl Default for PortLimits {
             hosts: HostRule::default(),
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -323,6 +329,11 @@ struct HttpPort {
 
 impl Port for HttpPort {
     fn refusal(&self, why: Refusal) -> Vec<u8> {
+        // The accept thread does no TLS handshake: a TLS port's refusal is
+        // a close.
+        if self.shared.limits.tls.is_some() {
+            return Vec::new();
+        }
         let detail = match why {
             Refusal::PerIp => "too many connections from your address\n",
             _ => "too many connections\n",
@@ -346,7 +357,13 @@ impl Port for HttpPort {
         let id = slot.id();
         let shared = Arc::clone(&self.shared);
         let spawned = spawn_named(format!("http-{}", self.counter), None, move || {
-            let mut stream = stream;
+            let mut stream = match Stream::new(stream, shared.limits.tls.as_ref()) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    warn!("http: {remote} dropped: cannot set up TLS: {e}");
+                    return;
+                }
+            };
             let end = serve_connection(&shared, &mut slot, &mut stream, remote, accepted_at);
             debug!("http: {remote} connection ended: {end}");
         });
@@ -366,11 +383,18 @@ impl Port for HttpPort {
 fn serve_connection(
     shared: &PortState,
     slot: &mut Slot,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     remote: SocketAddr,
     accepted_at: Instant,
 ) -> String {
     let limits = &shared.limits;
+    // Under TLS, the handshake first: part of the first head's time.
+    if let Err(e) = stream.handshake(accepted_at + limits.head_timeout) {
+        if matches!(e, HandshakeError::Timeout) {
+            shared.admission.refused(Refusal::HeadTimeout, remote.ip());
+        }
+        return e.to_string();
+    }
     // A bound for the writes outside `write_all_by` (a `100 Continue`).
     if let Err(e) = stream.set_write_timeout(Some(limits.write_timeout)) {
         return format!("set_write_timeout: {e}");
@@ -517,7 +541,7 @@ fn serve_connection(
 }
 
 /// Answers an unusable request with `status` and closes the connection.
-fn reject(stream: &mut TcpStream, status: u16, detail: &str, write_timeout: Duration) {
+fn reject(stream: &mut Stream, status: u16, detail: &str, write_timeout: Duration) {
     let resp = Response::text(status, format!("{detail}\n"));
     let bytes = encode_response(&resp, ConnectionHeader::Close, true);
     if write_all_by(stream, &bytes, Instant::now() + write_timeout).is_ok() {
@@ -532,14 +556,19 @@ fn reject(stream: &mut TcpStream, status: u16, detail: &str, write_timeout: Dura
 ///
 /// # Errors
 /// The deadline passes (`TimedOut`) or the socket fails.
-fn write_all_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
-    while !bytes.is_empty() {
+fn write_all_by(stream: &mut Stream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    // Under TLS the records of the last write may still wait in the
+    // session: `flush` sends them, under the same deadline.
+    let mut flushed = false;
+    while !flushed {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "response not taken in time"));
         }
         stream.set_write_timeout(Some(left))?;
-        match stream.write(bytes) {
+        let step = if bytes.is_empty() { stream.flush().map(|()| 0) } else { stream.write(bytes) };
+        match step {
+            Ok(0) if bytes.is_empty() => flushed = true,
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
             // A timed-out write is `WouldBlock` on Unix; the loop checks
@@ -559,7 +588,8 @@ fn write_all_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> 
 
 /// Half-closes, then discards what the peer still sends for a moment, so the
 /// final close does not turn into an RST that destroys our last response.
-fn linger_close(stream: &mut TcpStream) {
+fn linger_close(stream: &mut Stream) {
+    stream.close_notify();
     let _ = stream.shutdown(Shutdown::Write);
     let until = Instant::now() + LINGER_TIMEOUT;
     let mut scratch = [0u8; 4096];
@@ -595,6 +625,7 @@ mod tests {
             hosts: HostRule::default(),
             head_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 

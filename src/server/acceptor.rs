@@ -27,6 +27,11 @@ pub(crate) struct WsPort {
 impl Port for WsPort {
     fn refusal(&self, _why: Refusal) -> Vec<u8> {
         self.shared.metrics.upgrades_rejected.with_label_values(&["503"]).inc();
+        // The accept thread does no TLS handshake: a TLS port's refusal is
+        // a close.
+        if self.shared.tls.is_some() {
+            return Vec::new();
+        }
         b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             .to_vec()
     }

@@ -39,6 +39,7 @@ use crate::config::AuthMode;
 use crate::outbound::{ClientHandle, Outbound};
 use crate::position::now_ms;
 use crate::protocol::{CloseReason, ErrorCode, Inbound, error_frame, named_event, pong_frame};
+use crate::transport::Stream;
 
 /// How long a policy close (1008, 1009, ...) waits for the peer to take the
 /// close frame before the socket is dropped.
@@ -51,11 +52,18 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Entry point of a connection thread, from accept to close.
 pub(super) fn run(
     shared: &Arc<Shared>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     remote: SocketAddr,
     id: Uuid,
     mut slot: Slot,
 ) {
+    let mut stream = match Stream::new(stream, shared.tls.as_ref()) {
+        Ok(stream) => stream,
+        Err(e) => {
+            warn!("{remote}: cannot set up TLS: {e}");
+            return;
+        }
+    };
     let Some(Upgraded { identity, leftover, remote }) =
         handshake::perform(shared, &mut stream, remote, &mut slot)
     else {
@@ -176,7 +184,7 @@ struct Connection<'a> {
     shared: &'a Shared,
     handle: Arc<ClientHandle>,
     rx: Receiver<Arc<Outbound>>,
-    ws: WebSocket<Frames<Wire<TcpStream>>>,
+    ws: WebSocket<Frames<Wire<Stream>>>,
     identity: Identity,
     subscriptions: Vec<String>,
     state: State,
@@ -202,7 +210,7 @@ impl<'a> Connection<'a> {
         shared: &'a Shared,
         handle: Arc<ClientHandle>,
         rx: Receiver<Arc<Outbound>>,
-        ws: WebSocket<Frames<Wire<TcpStream>>>,
+        ws: WebSocket<Frames<Wire<Stream>>>,
         identity: Identity,
         sleeper: Sleeper,
         clock: Clock,
@@ -280,7 +288,8 @@ impl<'a> Connection<'a> {
     /// Unsent bytes remain: wait for POLLOUT and take nothing more from
     /// the queue, which then fills: that is the back-pressure signal.
     fn write_blocked(&self) -> bool {
-        self.ws.get_ref().is_blocked()
+        // Under TLS, encrypted bytes the socket has not taken count too.
+        self.ws.get_ref().is_blocked() || self.ws.get_ref().socket().wants_write()
     }
 
     /// Moves every queued entry (all frames of one broadcaster cycle per
@@ -795,7 +804,7 @@ mod tests {
             let sleeper = Sleeper::new(server.as_fd(), handle.wake_fd().as_fd()).expect("epoll");
             let config = ws_config(shared.config.max_message_bytes);
             let ws = WebSocket::from_partially_read(
-                Frames::new(Wire::new(server), &[]),
+                Frames::new(Wire::new(Stream::from(server)), &[]),
                 Vec::new(),
                 Role::Server,
                 Some(config),

@@ -12,7 +12,7 @@
 //! within `LIVE_WS_HANDSHAKE_TIMEOUT_MS`, counted from the accept, so a
 //! one-byte-per-second client is cut at the deadline (slowloris).
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::debug;
@@ -26,6 +26,7 @@ use crate::http_codec::{
 };
 use crate::proxy::host_allowed_on;
 use crate::server::Shared;
+use crate::transport::Stream;
 
 /// Largest upgrade request head accepted.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -45,12 +46,17 @@ pub(super) struct Upgraded {
 /// the peer went away): the caller just drops the socket.
 pub(super) fn perform(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     peer: SocketAddr,
     slot: &mut Slot,
 ) -> Option<Upgraded> {
     let mut remote = peer;
     let deadline = Instant::now() + shared.config.handshake_timeout;
+    // Under TLS, the TLS handshake first, within the same deadline.
+    if let Err(e) = stream.handshake(deadline) {
+        debug!("{remote}: {e}");
+        return None;
+    }
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shared.config.handshake_timeout));
     let (head, leftover) = match read_head(stream, deadline, MAX_HEAD_BYTES) {
@@ -181,7 +187,7 @@ fn valid_upgrade(head: &RequestHead) -> Option<&str> {
 /// 401 when not, 503 when the authority cannot tell. Lets a page whose
 /// upgrade was refused (browsers only see 1006) choose between "log in
 /// again" and "retry".
-fn auth_check(shared: &Shared, stream: &mut TcpStream, head: &RequestHead) {
+fn auth_check(shared: &Shared, stream: &mut Stream, head: &RequestHead) {
     let credentials = Credentials::from_head(head);
     let mut resp = match auth::authenticate(shared.auth.as_ref(), &shared.metrics, &credentials) {
         Ok(_) => Response::new(204),
@@ -212,7 +218,7 @@ fn auth_error_response(e: &AuthError) -> Response {
 }
 
 /// Writes a refusal and counts it.
-fn reply(shared: &Shared, stream: &mut TcpStream, resp: &Response) {
+fn reply(shared: &Shared, stream: &mut Stream, resp: &Response) {
     shared.metrics.upgrades_rejected.with_label_values(&[&resp.status.to_string()]).inc();
     let _ = write_response(stream, resp, true);
 }

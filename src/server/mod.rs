@@ -35,6 +35,7 @@ use crate::broadcast::Command;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::outbound::ClientHandle;
+use crate::transport::Tls;
 
 pub(crate) use acceptor::WsPort;
 
@@ -69,6 +70,8 @@ pub(crate) struct Shared {
     /// The connection limits; a slot per connection thread alive,
     /// handshaking ones included.
     pub(crate) admission: Arc<Admission>,
+    /// The port's TLS (`TLS_CERT_FILE`); `None`: plain TCP.
+    pub(crate) tls: Option<Tls>,
 }
 
 impl Shared {
@@ -96,6 +99,7 @@ impl Shared {
             connections: Arc::new(RwLock::new(HashMap::new())),
             accepting: Arc::new(AtomicBool::new(true)),
             admission,
+            tls: None,
         }
     }
 }

@@ -118,7 +118,13 @@ impl<S: Read + Write> Wire<S> {
             };
             self.consume(written);
         }
-        Ok(true)
+        // A transport that buffers (TLS records) pushes its rest now; a
+        // socket's flush does nothing.
+        match self.socket.flush() {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Drops `n` written bytes from the front of the queue.

@@ -33,7 +33,8 @@ import { createServer } from "node:http";
 import { existsSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import {
-  WAIT, bin, chromiumPath, cleanUp, ingest, launchBrowser, scratch, startServer, stopServer,
+  WAIT, bin, chromiumPath, cleanUp, httpScheme, ingest, launchBrowser, scratch, startServer,
+  stopServer, wsScheme,
 } from "./support.mjs";
 
 // Shortened timings: a ping after 400 ms of silence; the pong (and an
@@ -108,7 +109,7 @@ let page;
 const pageErrors = [];
 
 async function openPage(server) {
-  const lib = `http://${server.http}/livecast.js`;
+  const lib = `${httpScheme}://${server.http}/livecast.js`;
   await page.goto(`${pageOrigin}/?lib=${encodeURIComponent(lib)}`);
   await page.waitForFunction(() => window.ready === true, null, { timeout: WAIT });
 }
@@ -144,7 +145,7 @@ function deadline(promise, what, ms = WAIT) {
 }
 
 async function metric(server, name, labels) {
-  const text = await (await fetch(`http://${server.http}/metrics`)).text();
+  const text = await (await fetch(`${httpScheme}://${server.http}/metrics`)).text();
   const want = `${name}{${Object.entries(labels).map(([k, v]) => `${k}="${v}"`).join(",")}}`;
   const line = text.split("\n").find((l) => l.startsWith(want + " "));
   return line ? Number(line.split(" ").pop()) : 0;
@@ -176,7 +177,7 @@ test("livecast.js in headless Chromium", { timeout: 180_000 }, async (t) => {
     // No url: the served library points at its own server's WebSocket port.
     await start("a", FAST, [event]);
     let a = await waitFor("a", "the snapshot", (r) => r.snapshots.length === 1);
-    assert.equal(a.url, `ws://${server.ws}/`);
+    assert.equal(a.url, `${wsScheme}://${server.ws}/`);
     assert.deepEqual(a.snapshots[0].ids, ["d-old"]);
     assert.equal(a.state, "connected");
     assert.deepEqual(a.statuses.map((s) => s.state), ["connecting", "connected"]);
@@ -290,7 +291,7 @@ test("livecast.js in headless Chromium", { timeout: 180_000 }, async (t) => {
       env: { LIVE_AUTH_MODE: "tokens", LIVE_TOKENS_FILE: tokens, LIVE_AUTH_REVALIDATE_MS: "300" },
     });
     await openPage(server);
-    const url = `ws://${server.ws}/?access_token=t-a`;
+    const url = `${wsScheme}://${server.ws}/?access_token=t-a`;
     await start("t", { ...FAST, url }, [event, "cl-secret"]);
     let r = await waitFor("t", "snapshot and forbidden", (x) => x.snapshots.length === 1 && x.errors.length === 1);
     assert.equal(r.snapshots[0].eventId, event);
@@ -328,7 +329,7 @@ test("livecast.js in headless Chromium", { timeout: 180_000 }, async (t) => {
     const { wsPort, httpPort } = server;
     await stopServer(server);
     const backoff = { backoffBaseMs: 100, backoffMaxMs: 400, stableAfterMs: 500 };
-    await start("k", { ...FAST, ...backoff, url: `ws://${server.ws}/` }, [event]);
+    await start("k", { ...FAST, ...backoff, url: `${wsScheme}://${server.ws}/` }, [event]);
     let k = await waitFor("k", "seven failed attempts",
       (x) => x.statuses.filter((s) => s.state === "retrying").length >= 7);
     const tries = k.statuses.filter((s) => s.state === "retrying");

@@ -21,8 +21,8 @@ import assert from "node:assert/strict";
 import { copyFileSync, existsSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import {
-  WAIT, bin, chromiumPath, cleanUp, ingest, launchBrowser, outDir, root, scratch, startServer,
-  stopServer,
+  WAIT, bin, chromiumPath, cleanUp, httpScheme, ingest, launchBrowser, outDir, root, scratch,
+  startServer, stopServer, tls,
 } from "./support.mjs";
 
 /** `steps` positions of one device on a gentle arc ending at `to`. */
@@ -130,7 +130,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
       ...track(ev, "tr-2", { lat: 46.505, lon: 6.635 }, 40, t1 + 300, { speed: 12 }),
       { eventId: ev, deviceId: "tr-3", lat: 46.515, lon: 6.61, ts: t1 }, // no older position
     ].sort((a, b) => a.ts - b.ts));
-    await page.goto(`http://${server.http}/?event=${ev}`);
+    await page.goto(`${httpScheme}://${server.http}/?event=${ev}`);
     // tr-2 posted 40: the snapshot's trail holds the 30 before the latest.
     await waitForTrails({ "tr-1": 12, "tr-2": 31, "tr-3": 1 });
     assert.equal(await page.locator("#total").textContent(), "3", "the snapshot only, no live position");
@@ -160,7 +160,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
   await t.test("shows the snapshot, live positions, age and rate", async () => {
     // Before the page opens: must arrive in the subscribe's snapshot.
     await ingest(server, [{ eventId: event, deviceId: "d-0", lat: 46.5, lon: 6.6, ts: t0 }]);
-    await page.goto(`http://${server.http}/?event=${event}`);
+    await page.goto(`${httpScheme}://${server.http}/?event=${event}`);
     await waitForState("connected");
     assert.equal(await page.locator("#event").inputValue(), event);
     await waitForRows({ "d-0": { lat: 46.5, lon: 6.6 } });
@@ -245,13 +245,13 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     const tokens = path.join(scratch, "tokens.json");
     writeFileSync(tokens, JSON.stringify({ "t-good": { user: "alice", events: ["*"] } }));
     server = await startServer({ env: { LIVE_AUTH_MODE: "tokens", LIVE_TOKENS_FILE: tokens } });
-    await page.goto(`http://${server.http}/?event=${event}&token=t-good`);
+    await page.goto(`${httpScheme}://${server.http}/?event=${event}&token=t-good`);
     await waitForState("connected");
     await ingest(server, [{ eventId: event, deviceId: "d-7", lat: 46.51, lon: 6.62, ts: Date.now() }]);
     await waitForRows({ "d-7": { lat: 46.51, lon: 6.62 } });
     assert.ok(!(await page.content()).includes("t-good"), "the token is not shown");
 
-    await page.goto(`http://${server.http}/?event=${event}&token=t-bad`);
+    await page.goto(`${httpScheme}://${server.http}/?event=${event}&token=t-bad`);
     await waitForState("log in again");
     assert.match(await page.locator("#state-detail").textContent(), /token/);
     await page.waitForTimeout(1500);
@@ -262,7 +262,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
   await t.test("a shorter LIVE_TRAIL_LENGTH: the dashboard asks for that many", async () => {
     server = await startServer({ env: { LIVE_TRAIL_LENGTH: "3" } });
     await ingest(server, track("bt-short", "s-1", { lat: 46.51, lon: 6.62 }, 8, Date.now() - 20_000));
-    await page.goto(`http://${server.http}/?event=bt-short`);
+    await page.goto(`${httpScheme}://${server.http}/?event=bt-short`);
     // The page is served with the server's LIVE_TRAIL_LENGTH and asks for 3.
     await waitForTrails({ "s-1": 4 });
     assert.equal(await page.locator("#errors li").count(), 0, "nothing refused");
@@ -272,7 +272,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
 
   await t.test("livecast --demo: every device moves", async () => {
     server = await startServer({ args: ["--demo"], env: { LIVE_DEMO_INTERVAL_MS: "500" } });
-    assert.match(server.demoUrl, new RegExp(`^http://${server.http}/\\?event=demo-marathon$`));
+    assert.match(server.demoUrl, new RegExp(`^${httpScheme}://${server.http}/\\?event=demo-marathon$`));
     await page.goto(server.demoUrl);
     await waitForState("connected");
     const runners = ["runner-1", "runner-4", "runner-7", "runner-10"];
@@ -300,7 +300,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     // A page opened now draws each car's recent path at once: the first
     // frame with the cars has their snapshot trails (a line grown from live
     // positions only would have a point or two).
-    await page.goto(`http://${server.http}/?event=demo-rally`);
+    await page.goto(`${httpScheme}://${server.http}/?event=demo-rally`);
     await page.waitForFunction((n) => {
       const rows = [...document.querySelectorAll("#devices tbody tr")];
       return rows.length === n && rows.every((r) => r.dataset.trail);
@@ -310,7 +310,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     await page.screenshot({ path: path.join(outDir, "demo.png") });
     await stopServer(server);
     const committed = path.join(root, "scripts", "dashboard.png");
-    if (process.env.LIVECAST_UPDATE_SCREENSHOT === "1" || !existsSync(committed)) {
+    if (!tls && (process.env.LIVECAST_UPDATE_SCREENSHOT === "1" || !existsSync(committed))) {
       copyFileSync(path.join(outDir, "demo.png"), committed);
     }
   });

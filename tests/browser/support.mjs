@@ -3,10 +3,12 @@
 // system's Chromium through playwright-core.
 //
 // Environment: LIVECAST_BIN (default target/debug/livecast), CHROMIUM
-// (default /usr/bin/chromium), CARGO_TARGET_DIR.
+// (default /usr/bin/chromium), CARGO_TARGET_DIR; LIVECAST_TLS=1 runs every
+// server with a self-signed pair made here (TLS_CERT_FILE, TLS_KEY_FILE:
+// wss:// and https://), Chromium with --ignore-certificate-errors.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -17,8 +19,31 @@ export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 export const targetDir = path.resolve(root, process.env.CARGO_TARGET_DIR || "target");
 export const bin = process.env.LIVECAST_BIN || path.join(targetDir, "debug", "livecast");
 export const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
-export const outDir = path.join(targetDir, "browser-test");
 export const scratch = mkdtempSync(path.join(tmpdir(), "livecast-browser-"));
+
+// ---- TLS mode (LIVECAST_TLS=1) -----------------------------------------------
+
+export const tls = process.env.LIVECAST_TLS === "1";
+/** Screenshots: target/browser-test/, or target/browser-test-tls/. */
+export const outDir = path.join(targetDir, tls ? "browser-test-tls" : "browser-test");
+/** The HTTP port's scheme: `https` in TLS mode. */
+export const httpScheme = tls ? "https" : "http";
+/** The WebSocket port's scheme: `wss` in TLS mode. */
+export const wsScheme = tls ? "wss" : "ws";
+const tlsEnv = {};
+if (tls) {
+  const cert = path.join(scratch, "tls.crt");
+  const key = path.join(scratch, "tls.key");
+  execFileSync("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    "-keyout", key, "-out", cert,
+  ], { stdio: "ignore" });
+  tlsEnv.TLS_CERT_FILE = cert;
+  tlsEnv.TLS_KEY_FILE = key;
+  // This process's own fetch (ingest) trusts the self-signed pair too.
+  process.env.NODE_TLS_REJECT_UNAUTHORIZED = "0";
+}
 mkdirSync(outDir, { recursive: true });
 
 export const WAIT = 15_000; // the longest any single expectation may take
@@ -38,6 +63,7 @@ export function startServer({ wsPort = 0, httpPort = 0, env = {}, args = [] } = 
       HTTP_PORT: String(httpPort),
       LIVE_WS_DRAIN_TIMEOUT_MS: "2000",
       LOG_LEVEL: "info",
+      ...tlsEnv,
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
@@ -58,8 +84,8 @@ export function startServer({ wsPort = 0, httpPort = 0, env = {}, args = [] } = 
     child.on("error", fail);
     child.stdout.on("data", (s) => {
       server.stdout += s;
-      const ws = /WebSocket:\s+ws:\/\/([^\s/]+)\//.exec(server.stdout);
-      const http = /HTTP:\s+http:\/\/([^\s/]+)\//.exec(server.stdout);
+      const ws = /WebSocket:\s+wss?:\/\/([^\s/]+)\//.exec(server.stdout);
+      const http = /HTTP:\s+https?:\/\/([^\s/]+)\//.exec(server.stdout);
       const demo = /Demo dashboard:\s+(\S+)/.exec(server.stdout);
       const wantsDemo = args.includes("--demo");
       if (ws && http && (!wantsDemo || (demo && /demo-rally/.test(server.stdout)))) {
@@ -91,7 +117,7 @@ export async function stopServer(server) {
 }
 
 export async function ingest(server, positions) {
-  const res = await fetch(`http://${server.http}/ingest`, {
+  const res = await fetch(`${httpScheme}://${server.http}/ingest`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(positions),
@@ -112,9 +138,11 @@ export async function launchBrowser(name) {
     executablePath: chromiumPath,
     headless: true,
     viewport: { width: 1280, height: 760 },
+    ignoreHTTPSErrors: tls,
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      ...(tls ? ["--ignore-certificate-errors"] : []),
     ],
   });
 }

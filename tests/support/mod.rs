@@ -1200,10 +1200,15 @@ impl Binary {
                 Ok(line) => {
                     seen.push_str(&line);
                     seen.push('\n');
-                    if let Some(a) = banner_addr(&line, "  WebSocket: ws://") {
+                    // With TLS the schemes are wss:// and https://.
+                    if let Some(a) = banner_addr(&line, "  WebSocket: ws://")
+                        .or_else(|| banner_addr(&line, "  WebSocket: wss://"))
+                    {
                         ws = Some(a);
                     }
-                    if let Some(a) = banner_addr(&line, "  HTTP:      http://") {
+                    if let Some(a) = banner_addr(&line, "  HTTP:      http://")
+                        .or_else(|| banner_addr(&line, "  HTTP:      https://"))
+                    {
                         http = Some(a);
                     }
                 }
