@@ -25,7 +25,7 @@ mod metrics; // SPEC §7: Prometheus metrics
 mod package; // SPEC §12: --version, the Debian package's environment file
 mod protocol; // SPEC §2.4, §3: JSON messages, errors, limits
 mod redis; // SPEC §4: the Redis Stream source, several instances
-mod trackers; // SPEC §10: OsmAnd / Traccar Client and OwnTracks endpoints
 mod tls; // SPEC §11: TLS on both ports, reloads, bad pairs
+mod trackers; // SPEC §10: OsmAnd / Traccar Client and OwnTracks endpoints
 mod trails; // SPEC §3: device trails in the snapshot
 mod transport; // SPEC §1-§2: WS port, handshake, limits, threads
