@@ -74,6 +74,16 @@ fn interval_for(cost: Duration) -> Duration {
     Duration::from_micros(u64::try_from(product.isqrt()).unwrap_or(u64::MAX))
 }
 
+/// Longest a flush writes into sockets itself: past it, the remaining
+/// subscribers are queued and woken (each wake-up a few microseconds of the
+/// broadcaster's time, instead of a write's), so that one flush to
+/// thousands of idle clients holds the cycle (other events' flushes,
+/// subscribes) for about this long plus the wake-ups.
+const WRITE_THROUGH_BUDGET: Duration = Duration::from_millis(5);
+
+/// The clock is read once per this many subscribers of a flush.
+const BUDGET_CHECK_EVERY: usize = 16;
+
 /// Most `subscribed` answers kept for sharing at once (see
 /// [`Broadcaster::subscribed_answer`]); past it they are all dropped.
 const MAX_SHARED_ANSWERS: usize = 64;
@@ -105,6 +115,9 @@ struct Lane {
     last_entry: Option<Arc<Outbound>>,
     /// Running average of completed fan-out costs.
     cost: Duration,
+    /// Where the next flush starts in the subscriber list, so that the
+    /// clients past the write-through budget are not always the same.
+    turn: usize,
 }
 
 impl Lane {
@@ -217,6 +230,9 @@ impl Broadcaster {
                 }
             }
             Command::Warm(positions) => self.warm(positions),
+            // A client that sends nothing more (closed for back-pressure,
+            // or closing) is never registered again.
+            Command::Subscribe { client, .. } if client.is_closing() => {}
             Command::Subscribe { client, event, trail } => {
                 // Everything routed to this event before the subscribe goes
                 // out first, so the snapshot below is exactly where the live
@@ -376,7 +392,9 @@ impl Broadcaster {
     }
 
     /// Hands `event`'s pending frames to its subscribers: one shared entry,
-    /// one `try_send` per subscriber.
+    /// written into the socket of each sleeping subscriber that owes
+    /// nothing (write-through), queued for the others; for at most
+    /// [`WRITE_THROUGH_BUDGET`], past which the rest are queued and woken.
     fn flush_event(&mut self, event: &str) {
         let max_delay = self.max_delay;
         let Some(lane) = self.lanes.get_mut(event) else { return };
@@ -394,12 +412,22 @@ impl Broadcaster {
         });
         let mut failed = Vec::new();
         let mut delivered = 0;
-        let mut woken = 0;
-        for client in self.registry.subscribers(event) {
-            match client.offer(&entry, self.byte_limit) {
-                Ok(woke) => {
+        let (mut woken, mut written) = (0, 0);
+        let subscribers = self.registry.subscribers(event);
+        let start = lane.turn % subscribers.len().max(1);
+        lane.turn = lane.turn.wrapping_add(1);
+        let (later, first) = subscribers.split_at(start);
+        let budget_end = Instant::now() + WRITE_THROUGH_BUDGET;
+        let mut may_write = true;
+        for (i, client) in first.iter().chain(later).enumerate() {
+            if may_write && i % BUDGET_CHECK_EVERY == BUDGET_CHECK_EVERY - 1 {
+                may_write = Instant::now() < budget_end;
+            }
+            match client.offer_position(&entry, self.byte_limit, may_write) {
+                Ok(delivery) => {
                     delivered += 1;
-                    woken += u64::from(woke);
+                    woken += u64::from(delivery.woke());
+                    written += u64::from(delivery.wrote());
                 }
                 Err(e) => failed.push((Arc::clone(client), e)),
             }
@@ -412,6 +440,7 @@ impl Broadcaster {
         self.metrics.fanout_deliveries.inc_by(n);
         self.metrics.broadcast_flushes.inc();
         self.metrics.broadcast_wakeups.inc_by(woken);
+        self.metrics.fanout_direct_writes.inc_by(written);
         self.metrics.broadcast_flush_interval.observe(interval.as_secs_f64());
         for (client, e) in failed {
             self.failed(&client, e);
@@ -435,7 +464,11 @@ impl Broadcaster {
     fn failed(&mut self, client: &Arc<ClientHandle>, error: OfferError) {
         if error == OfferError::Overflow {
             debug!("{} {}: back-pressure, closing", client.thread_name, client.remote);
-            self.metrics.backpressure_closes.inc();
+            // Once per connection, whoever saw it first (the broadcaster
+            // here, or the thread for its own bytes or its write deadline).
+            if client.mark_backpressure() {
+                self.metrics.backpressure_closes.inc();
+            }
             client.request_close(CloseReason::BackPressure);
         }
         self.remove_client(client.id);
