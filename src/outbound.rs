@@ -39,8 +39,10 @@
 //! touches the socket. So never two writers on one socket: `writers` counts
 //! them and checks it (see [`ClientHandle::writer`]).
 
-use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::ops::Deref;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{
     AtomicBool, AtomicI32, AtomicI64, AtomicIsize, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
@@ -233,11 +235,11 @@ pub(crate) struct ClientHandle {
     head_written: AtomicUsize,
     /// `AWAKE`, `ASLEEP` or `WRITING`: who may write the socket.
     state: AtomicU8,
-    /// A duplicate of the socket for the broadcaster's writes; `None` when
-    /// this connection takes no write-through (a TLS session belongs to its
+    /// The socket, for the broadcaster's writes; `None` when this
+    /// connection takes no write-through (a TLS session belongs to its
     /// thread), and once the thread has ended. Locked only by whoever owns
     /// the socket by `state`, so never contended.
-    direct: Mutex<Option<OwnedFd>>,
+    direct: Mutex<Option<SharedSocket>>,
     /// Set once the connection sends no more data (it began its close, or
     /// the broadcaster gave up on it): nothing is queued or written through
     /// any more, and no subscribe registers it again.
@@ -341,10 +343,10 @@ impl ClientHandle {
         Ok((Arc::new(handle), rx))
     }
 
-    /// Lets the broadcaster write positions through `socket`, a duplicate
-    /// of the connection's non-blocking socket. Called by the connection
-    /// thread before it registers the handle anywhere.
-    pub(crate) fn set_direct(&self, socket: OwnedFd) {
+    /// Lets the broadcaster write positions through `socket`, the
+    /// connection's non-blocking socket. Called by the connection thread
+    /// before it registers the handle anywhere.
+    pub(crate) fn set_direct(&self, socket: SharedSocket) {
         *self.direct.lock() = Some(socket);
     }
 
@@ -613,8 +615,8 @@ impl ClientHandle {
     }
 
     /// The thread is ending: no write-through from now on, and the
-    /// duplicate of its socket is closed, so that dropping the thread's own
-    /// descriptor closes the connection as before.
+    /// broadcaster's reference to the socket is dropped, so that dropping
+    /// the thread's own closes the connection as before.
     pub(crate) fn retire(&self) {
         self.set_closing();
         self.woke();
@@ -658,6 +660,55 @@ impl ClientHandle {
             NO_STALENESS => None,
             ms => Some(ms),
         }
+    }
+}
+
+/// A connection's TCP socket, shared by its thread (the stream under its
+/// wire) and the broadcaster (write-through) without a second descriptor:
+/// a duplicate would cost one more open file per client, and the
+/// open-files limit decides how many clients fit. The descriptor closes
+/// when both have let go ([`ClientHandle::retire`] lets go of the
+/// broadcaster's).
+#[derive(Debug, Clone)]
+pub(crate) struct SharedSocket(Arc<TcpStream>);
+
+impl SharedSocket {
+    pub(crate) fn new(stream: TcpStream) -> SharedSocket {
+        SharedSocket(Arc::new(stream))
+    }
+}
+
+impl Deref for SharedSocket {
+    type Target = TcpStream;
+
+    fn deref(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl AsFd for SharedSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl Read for SharedSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for SharedSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -744,7 +795,7 @@ mod tests {
         handle.taken(&rx.try_recv().expect("queued"));
         handle.woke();
 
-        handle.set_direct(ours.try_clone().expect("dup").into());
+        handle.set_direct(SharedSocket::new(ours.try_clone().expect("dup")));
         assert_eq!(handle.offer_position(&e, usize::MAX, true), Ok(Delivery::Queued), "awake");
         handle.taken(&rx.try_recv().expect("queued"));
         assert!(handle.prepare_sleep(true));
@@ -789,7 +840,7 @@ mod tests {
     fn a_retired_connection_is_never_written_through() {
         let (handle, _rx) = handle(8);
         let (ours, _peer) = socket_pair();
-        handle.set_direct(ours.try_clone().expect("dup").into());
+        handle.set_direct(SharedSocket::new(ours.try_clone().expect("dup")));
         handle.retire();
         assert!(handle.prepare_sleep(true));
         assert_eq!(handle.offer_position(&entry(), usize::MAX, true), Err(OfferError::Closing));

@@ -792,7 +792,7 @@ mod tests {
     #[test]
     #[ignore = "a measurement, run by hand in release"]
     fn flush_time_at_many_idle_subscribers() {
-        use std::os::fd::OwnedFd;
+        use crate::outbound::SharedSocket;
 
         const ROUNDS: usize = 15;
         for n in [100usize, 1000, 2500, 5000] {
@@ -807,7 +807,7 @@ mod tests {
                     let (ours, remote) = listener.accept().unwrap();
                     ours.set_nonblocking(true).unwrap();
                     let (c, rx) = ClientHandle::new(Uuid::new_v4(), remote, "u".into(), 4).unwrap();
-                    c.set_direct(OwnedFd::from(ours));
+                    c.set_direct(SharedSocket::new(ours));
                     b.handle(Command::Subscribe {
                         client: Arc::clone(&c),
                         event: "e".into(),

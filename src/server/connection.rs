@@ -23,7 +23,7 @@
 
 use std::io::{self, ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ use crate::accept::Slot;
 use crate::auth::{self, AuthError, AuthzError, Identity};
 use crate::broadcast::Command;
 use crate::config::AuthMode;
-use crate::outbound::{ClientHandle, Outbound};
+use crate::outbound::{ClientHandle, Outbound, SharedSocket};
 use crate::position::now_ms;
 use crate::protocol::{CloseReason, ErrorCode, Inbound, error_frame, named_event, pong_frame};
 
@@ -84,12 +84,9 @@ pub(super) fn run(
         warn!("{remote}: {e}");
         return;
     }
-    // The broadcaster's handle on the socket, for write-through; without
-    // one (descriptors exhausted) every delivery goes through this thread.
-    match stream.try_clone() {
-        Ok(dup) => handle.set_direct(OwnedFd::from(dup)),
-        Err(e) => debug!("{remote}: no write-through: {e}"),
-    }
+    // Shared with the broadcaster, for write-through.
+    let stream = SharedSocket::new(stream);
+    handle.set_direct(stream.clone());
     let ws_config = ws_config(shared.config.max_message_bytes);
     let sleeper = match Sleeper::new(stream.as_fd(), handle.wake_fd().as_fd()) {
         Ok(sleeper) => sleeper,
@@ -115,8 +112,8 @@ pub(super) fn run(
     let mut conn =
         Connection::new(shared, Arc::clone(&handle), rx, ws, identity, sleeper, Instant::now);
     let reason = conn.serve();
-    // No write-through from here, and the broadcaster's duplicate of the
-    // socket is closed, so that dropping ours ends the connection.
+    // No write-through from here, and the broadcaster lets go of the
+    // socket, so that dropping ours ends the connection.
     handle.retire();
     drop(conn);
 
@@ -194,7 +191,7 @@ struct Connection<'a> {
     shared: &'a Shared,
     handle: Arc<ClientHandle>,
     rx: Receiver<Arc<Outbound>>,
-    ws: WebSocket<Wire<TcpStream>>,
+    ws: WebSocket<Wire<SharedSocket>>,
     identity: Identity,
     subscriptions: Vec<String>,
     state: State,
@@ -225,7 +222,7 @@ impl<'a> Connection<'a> {
         shared: &'a Shared,
         handle: Arc<ClientHandle>,
         rx: Receiver<Arc<Outbound>>,
-        ws: WebSocket<Wire<TcpStream>>,
+        ws: WebSocket<Wire<SharedSocket>>,
         identity: Identity,
         sleeper: Sleeper,
         clock: Clock,
@@ -851,7 +848,7 @@ mod tests {
             let sleeper = Sleeper::new(server.as_fd(), handle.wake_fd().as_fd()).expect("epoll");
             let config = ws_config(shared.config.max_message_bytes);
             let ws = WebSocket::from_partially_read(
-                Wire::new(server, handle.unsent_meter()),
+                Wire::new(SharedSocket::new(server), handle.unsent_meter()),
                 Vec::new(),
                 Role::Server,
                 Some(config),
@@ -1007,8 +1004,7 @@ mod tests {
             config.queue_capacity = 1024;
         });
         let mut h = Harness::open(&shared);
-        let dup = h.conn.ws.get_ref().socket().try_clone().expect("dup");
-        h.handle.set_direct(dup.into());
+        h.handle.set_direct(h.conn.ws.get_ref().socket().clone());
         let text = |n: usize| format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(16 * 1024));
         let entry = |n: usize| Arc::new(Outbound::single(OutboundKind::Position, &text(n)));
 

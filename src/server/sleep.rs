@@ -144,7 +144,9 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::time::Instant;
 
-        use crate::outbound::{ClientHandle, Delivery, Drain, OfferError, Outbound, OutboundKind};
+        use crate::outbound::{
+            ClientHandle, Delivery, Drain, OfferError, Outbound, OutboundKind, SharedSocket,
+        };
         use crate::protocol::CloseReason;
         use crate::server::wire::Wire;
 
@@ -157,7 +159,8 @@ mod tests {
         let remote = SocketAddr::from(([127, 0, 0, 1], 1));
         let (handle, rx) =
             ClientHandle::new(uuid::Uuid::new_v4(), remote, "anonymous".to_owned(), 8).unwrap();
-        handle.set_direct(socket.try_clone().unwrap().into());
+        let socket = SharedSocket::new(socket);
+        handle.set_direct(socket.clone());
         let done = Arc::new(AtomicBool::new(false));
 
         let thread = {
