@@ -285,7 +285,8 @@ pub(crate) enum Delivery {
     Woken,
     /// Written whole into the socket by the broadcaster.
     Written,
-    /// Written in part; the rest queued and the thread woken to finish it.
+    /// Written in part (or not at all: the socket was full); the rest
+    /// queued and the thread woken to finish it.
     WrittenInPart,
 }
 
@@ -429,9 +430,13 @@ impl ClientHandle {
             }
         };
         drop(direct);
-        self.messages_sent.fetch_add(entry.messages as u64, Ordering::Relaxed);
-        if let Some(ts) = entry.last_ts {
-            self.set_staleness(crate::position::now_ms() - ts);
+        // Counted here once begun; an entry the socket took none of is
+        // counted by the thread, as any queued entry.
+        if written > 0 {
+            self.messages_sent.fetch_add(entry.messages as u64, Ordering::Relaxed);
+            if let Some(ts) = entry.last_ts {
+                self.set_staleness(crate::position::now_ms() - ts);
+            }
         }
         if written >= bytes.len() {
             entry.drain.took();
