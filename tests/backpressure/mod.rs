@@ -8,6 +8,9 @@
 //!
 //! The binary, not the in-process server, because what these peers cost
 //! is memory and CPU of the process (`/proc/PID/status`, `/proc/PID/stat`).
+//! Last, the other side of the same bookkeeping (SPEC §2.5): subscribers
+//! that read, idle between positions, are written through by the
+//! broadcaster, every position in order.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -298,4 +301,40 @@ fn masked_text(text: &str) -> Vec<u8> {
     frame.extend_from_slice(&[0, 0, 0, 0]);
     frame.extend_from_slice(payload);
     frame
+}
+
+/// SPEC §2.5 (write-through), over real sockets against the in-process
+/// server: subscribers whose threads sleep with nothing owed get their
+/// positions written into their sockets by the broadcaster (counted in
+/// `livecast_fanout_direct_writes_total`), every one, in order, with
+/// `messagesSent` in `/debug/connections` counting them as before.
+#[test]
+fn idle_subscribers_are_written_through_in_order() {
+    use crate::support::{Server, seq_of};
+
+    const CLIENTS: usize = 20;
+    const POSITIONS: u64 = 50;
+    let srv = Server::start();
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| srv.connect()).collect();
+    for c in &mut clients {
+        assert!(c.subscribe("e-wt").is_empty());
+    }
+    for seq in 0..POSITIONS {
+        srv.ingest_ok(&pos("e-wt", "d-1", seq));
+        // Everyone reads it before the next: their threads are asleep with
+        // nothing owed when it comes.
+        for c in &mut clients {
+            assert_eq!(seq_of(&c.recv_position()), seq);
+        }
+    }
+    let direct = srv.metric("livecast_fanout_direct_writes_total", &[]);
+    let woken = srv.metric("livecast_broadcast_wakeups_total", &[]);
+    let deliveries = (CLIENTS as u64 * POSITIONS) as f64;
+    // Most deliveries: a thread is awake now and then (a ping, a
+    // preemption between its write and its sleep), and is then woken.
+    assert!(direct >= deliveries / 2.0, "{direct} written through, {woken} woken");
+    for conn in srv.connections() {
+        assert_eq!(conn["messagesSent"], json!(1 + POSITIONS), "{conn}");
+        assert_eq!(conn["queuedBytes"], json!(0), "{conn}");
+    }
 }
