@@ -338,3 +338,41 @@ fn idle_subscribers_are_written_through_in_order() {
         assert_eq!(conn["queuedBytes"], json!(0), "{conn}");
     }
 }
+
+/// The read buffer each connection keeps for its life is no longer the
+/// 16 KiB the upgrade head was read into (idle memory); what arrived with
+/// the head, before the 101 was even sent, must still be read: a subscribe
+/// in the same write as the upgrade request is answered.
+#[test]
+fn a_frame_sent_with_the_upgrade_request_is_read() {
+    use std::io::Read;
+    use std::net::TcpStream;
+
+    use crate::support::{Server, upgrade_headers};
+
+    let srv = Server::start();
+    let mut stream = TcpStream::connect(srv.ws).expect("connect");
+    let mut request = format!("GET / HTTP/1.1\r\nHost: {}\r\n", srv.ws);
+    for (k, v) in upgrade_headers() {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(&masked_text(
+        &json!({"type": "subscribe", "eventId": "e-early"}).to_string(),
+    ));
+    stream.write_all(&bytes).expect("upgrade and subscribe in one write");
+    stream.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    let mut got = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    while !String::from_utf8_lossy(&got).contains("\"type\":\"subscribed\"") {
+        assert!(Instant::now() < end, "no answer: {:?}", String::from_utf8_lossy(&got));
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("closed: {:?}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
+}
