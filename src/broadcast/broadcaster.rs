@@ -47,31 +47,45 @@ pub(crate) enum Command {
 const MAX_COMMANDS_PER_CYCLE: usize = 256;
 
 /// The scale of the flush interval: an event whose fan-out costs `w`
-/// waits `sqrt(PACE * w)` between flushes (at most the configured cap).
+/// waits `sqrt(PACE * w)` between flushes, or [`CHEAP_PACE`] times `w` when
+/// that is shorter (at most the configured cap).
 ///
 /// The interval counts from the end of the previous flush's offers, which
 /// on a busy core is the end of its wave of wake-ups, so an event is
 /// flushed every `w + interval` and its fan-out takes `w / (w + interval)`
 /// of a core, while a position waits up to `interval + w`. A square root
 /// spends latency where it buys CPU: measured on the 2-core benchmark
-/// machine (server pinned to one core), waking 10 sleeping subscribers
-/// costs ~0.2 ms (interval ~1 ms: at the POST rates of a small fleet every
-/// position still goes out at once), 100 ~2 ms (interval ~3.2 ms: 500
-/// POSTs/s become ~200 flushes/s), 1,000 ~25 ms (interval ~11 ms: about
-/// 28 flushes/s, the core two-thirds busy; a longer interval would save
-/// little CPU and cost latency the wave already spends: with a linear rule
-/// capped at 20 ms the same load ran at 56 % CPU but p99 70 ms). The
-/// README's "Fan-out cadence" gives the runs behind these figures.
+/// machine (server pinned to one core) before write-through, waking 1,000
+/// subscribers cost ~25 ms (interval ~11 ms: about 28 flushes/s, the core
+/// two-thirds busy; a longer interval would save little CPU and cost
+/// latency the wave already spends: with a linear rule capped at 20 ms the
+/// same load ran at 56 % CPU but p99 70 ms). With write-through a fan-out
+/// to idle clients costs the broadcaster's own writes, ~6 µs each: 1,000
+/// subscribers ~7 ms (interval ~6 ms), 100 ~0.6 ms. The README's "Fan-out
+/// cadence" gives the runs behind these figures.
 const PACE: Duration = Duration::from_millis(5);
+
+/// Below `PACE / CHEAP_PACE²` of fan-out cost (2.2 ms), the interval is
+/// `CHEAP_PACE × w` instead of the square root, which there is the
+/// longer: a cheap fan-out then takes at most 40 % of a core, and its
+/// positions wait less. Measured with write-through, quick benchmark runs
+/// on the 2-core machine (100 clients × 500 single-position POSTs/s, where
+/// `w` is ~0.6 ms): p99 1.9–2.3 ms instead of 3.0–4.0 ms at the same CPU
+/// (20–23 %); 1,000 clients × 100 POSTs/s unchanged (the square root
+/// rules there). A linear rule everywhere (1.5 `w`) cut that load's CPU
+/// from 46 % to 36 % but raised its p99 from ~20–25 ms to 34–43 ms.
+const CHEAP_PACE: f64 = 1.5;
 
 /// Weight of the newest fan-out cost in its running average (1/4): one
 /// preempted fan-out does not stretch the interval on its own.
 const COST_SMOOTHING: u32 = 4;
 
-/// `sqrt(PACE * cost)`, in whole microseconds.
+/// `sqrt(PACE * cost)` or `CHEAP_PACE * cost`, whichever is shorter, in
+/// whole microseconds.
 fn interval_for(cost: Duration) -> Duration {
     let product = PACE.as_micros().saturating_mul(cost.as_micros());
-    Duration::from_micros(u64::try_from(product.isqrt()).unwrap_or(u64::MAX))
+    let root = Duration::from_micros(u64::try_from(product.isqrt()).unwrap_or(u64::MAX));
+    root.min(cost.mul_f64(CHEAP_PACE))
 }
 
 /// Longest a flush writes into sockets itself: past it, the remaining
@@ -654,6 +668,8 @@ mod tests {
         let due = b.next_due().unwrap();
         assert_eq!(due - last, interval_for(Duration::from_millis(3)));
         assert_eq!(interval_for(Duration::from_millis(3)), Duration::from_micros(3872));
+        // A cheap fan-out waits one and a half times its cost.
+        assert_eq!(interval_for(Duration::from_micros(600)), Duration::from_micros(900));
         // Once the interval is up, both go out in one entry.
         b.lanes.get_mut("e").unwrap().last_flush = Some(last - Duration::from_millis(20));
         b.flush_due();
