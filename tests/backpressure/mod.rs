@@ -151,7 +151,9 @@ fn a_snapshot_nobody_reads_is_dropped_at_the_write_deadline() {
     assert_eq!(metric(&text, "livecast_backpressure_closes_total", &[]), PEERS as f64);
     // One shared snapshot was held, not a copy per stalled peer.
     let rss = rss_kib(&pid);
-    assert!(rss < baseline + 16 * 1024, "RSS grew from {baseline} to {rss} KiB");
+    // (8 copies of a 4 MB snapshot would be 32 MB; one, with the buffers
+    // it was built in, measured 13 MB.)
+    assert!(rss < baseline + 24 * 1024, "RSS grew from {baseline} to {rss} KiB");
     eprintln!("owed {owed:?}; closed after {took:?}; RSS {baseline} -> {rss} KiB");
 }
 
@@ -217,6 +219,7 @@ fn a_client_closed_for_back_pressure_is_counted_once_and_not_registered_again() 
     peer.stream.write_all(&burst).expect("the burst");
     wait_until(DEADLINE, "the back-pressure close", || backpressure_closed(&bin) == 1.0);
     let cpu = cpu_time(&pid).expect("stat") - cpu_before;
+    eprintln!("CPU while the client was closed: {cpu:?}");
     let text = metrics(&bin);
     assert_eq!(metric(&text, "livecast_backpressure_closes_total", &[]), 1.0);
     assert_eq!(metric(&text, "livecast_subscriptions", &[]), 0.0, "registered again");
