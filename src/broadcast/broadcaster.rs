@@ -59,21 +59,29 @@ const MAX_COMMANDS_PER_CYCLE: usize = 256;
 /// subscribers cost ~25 ms (interval ~11 ms: about 28 flushes/s, the core
 /// two-thirds busy; a longer interval would save little CPU and cost
 /// latency the wave already spends: with a linear rule capped at 20 ms the
-/// same load ran at 56 % CPU but p99 70 ms). With write-through a fan-out
-/// to idle clients costs the broadcaster's own writes, ~6 µs each: 1,000
-/// subscribers ~7 ms (interval ~6 ms), 100 ~0.6 ms. The README's "Fan-out
-/// cadence" gives the runs behind these figures.
-const PACE: Duration = Duration::from_millis(5);
+/// same load ran at 56 % CPU but p99 70 ms); the scale was 5 ms then.
+///
+/// With write-through a fan-out to idle clients costs the broadcaster's
+/// own writes, 4.5 to 7 µs each: 1,000 subscribers ~4.5–7 ms (interval
+/// ~3–3.7 ms), 100 ~0.6 ms. At 1,000 clients × 100 single-position
+/// POSTs/s the 5 ms scale merged nothing (392 flushes for 400 POSTs, mean
+/// interval 4.6 ms: the broadcaster is far from busy) and only delayed
+/// positions: 2 ms gave p99 14.3–14.6 ms at 45–46 % CPU against 16.9–21.0
+/// ms at 47–52 % (quick runs, two each). An overloaded event stays bounded:
+/// 1,000 subscribers at 500 POSTs/s flush about every 8 ms, some 55 % of
+/// a core of writes. The README's "Fan-out cadence" gives the runs behind
+/// these figures.
+const PACE: Duration = Duration::from_millis(2);
 
-/// Below `PACE / CHEAP_PACE²` of fan-out cost (2.2 ms), the interval is
+/// Below `PACE / CHEAP_PACE²` of fan-out cost (0.9 ms), the interval is
 /// `CHEAP_PACE × w` instead of the square root, which there is the
 /// longer: a cheap fan-out then takes at most 40 % of a core, and its
 /// positions wait less. Measured with write-through, quick benchmark runs
 /// on the 2-core machine (100 clients × 500 single-position POSTs/s, where
-/// `w` is ~0.6 ms): p99 1.9–2.3 ms instead of 3.0–4.0 ms at the same CPU
-/// (20–23 %); 1,000 clients × 100 POSTs/s unchanged (the square root
-/// rules there). A linear rule everywhere (1.5 `w`) cut that load's CPU
-/// from 46 % to 36 % but raised its p99 from ~20–25 ms to 34–43 ms.
+/// `w` is ~0.6 ms), with the 5 ms scale of [`PACE`]: p99 1.9–2.3 ms
+/// instead of 3.0–4.0 ms at the same CPU (20–23 %). A linear rule
+/// everywhere (1.5 `w`) cut the CPU of 1,000 clients × 100 POSTs/s from
+/// 46 % to 36 % but raised its p99 from ~20–25 ms to 34–43 ms.
 const CHEAP_PACE: f64 = 1.5;
 
 /// Weight of the newest fan-out cost in its running average (1/4): one
@@ -146,7 +154,7 @@ struct Lane {
 
 impl Lane {
     /// The shortest time between two flushes of this event now:
-    /// `sqrt(PACE * cost)` of its fan-out, at most `max_delay`. A fan-out
+    /// [`interval_for`] its fan-out cost, at most `max_delay`. A fan-out
     /// still under way counts with the time it has taken so far.
     fn interval(&mut self, max_delay: Duration) -> Duration {
         let mut cost = self.cost;
@@ -667,7 +675,7 @@ mod tests {
         assert!(rx.try_recv().is_err(), "held: the interval is not up");
         let due = b.next_due().unwrap();
         assert_eq!(due - last, interval_for(Duration::from_millis(3)));
-        assert_eq!(interval_for(Duration::from_millis(3)), Duration::from_micros(3872));
+        assert_eq!(interval_for(Duration::from_millis(3)), Duration::from_micros(2449));
         // A cheap fan-out waits one and a half times its cost.
         assert_eq!(interval_for(Duration::from_micros(600)), Duration::from_micros(900));
         // Once the interval is up, both go out in one entry.
