@@ -504,7 +504,11 @@ impl ClientHandle {
             Ok(()) => Ok(true),
             Err(e) => {
                 self.queued_bytes.fetch_sub(rest, Ordering::Relaxed);
-                self.head_written.store(0, Ordering::Relaxed);
+                // Only this entry's count: the head of a full queue may be
+                // the rest of an earlier write-through, still to be taken.
+                if written > 0 {
+                    self.head_written.store(0, Ordering::Relaxed);
+                }
                 Err(match e {
                     TrySendError::Full(_) => OfferError::Overflow,
                     TrySendError::Disconnected(_) => OfferError::Gone,
@@ -829,6 +833,25 @@ mod tests {
         assert_eq!(handle.offer_position(&e, usize::MAX, true), Ok(Delivery::Queued));
         assert_eq!(handle.queued_messages(), 2);
         assert_eq!(handle.overlaps(), 0);
+    }
+
+    #[test]
+    fn an_overflow_behind_a_partial_write_keeps_the_rests_count() {
+        let (handle, rx) = handle(1);
+        let (ours, _peer) = socket_pair();
+        handle.set_direct(SharedSocket::new(ours));
+        // More than any loopback socket buffers hold: the write goes partial.
+        let big = Arc::new(Outbound::single(OutboundKind::Position, &"x".repeat(32 << 20)));
+        assert!(handle.prepare_sleep(true));
+        assert_eq!(handle.offer_position(&big, usize::MAX, true), Ok(Delivery::WrittenInPart));
+        let rest = handle.queued_bytes();
+        assert!(rest > 0 && rest < big.bytes());
+        // The queue (capacity 1) is full: this one is refused...
+        assert_eq!(handle.offer_position(&entry(), usize::MAX, true), Err(OfferError::Overflow));
+        // ...and the rest at its head still knows what was written.
+        let taken = rx.try_recv().expect("the rest");
+        assert_eq!(handle.taken(&taken), big.bytes() - rest);
+        assert_eq!(handle.queued_bytes(), 0);
     }
 
     #[test]
