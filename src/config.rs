@@ -715,6 +715,11 @@ config_table! {
             [Is "1048576"],
             "Queued unsent bytes past which a client is closed with 1008.",
             |v| count(v, 1);
+        /// Bytes owed to a client that make no progress for this long close
+        /// it with 1008, whatever its heartbeat.
+        write_timeout: Duration, "LIVE_WS_WRITE_TIMEOUT_MS", [Is "10000"],
+            "Bytes owed to a client with no progress for this long: close 1008.",
+            |v| millis(v, 1);
         /// Subscriptions per connection.
         max_subscriptions: usize, "LIVE_WS_MAX_SUBSCRIPTIONS", [Is "32"],
             "Subscriptions per connection.",

@@ -58,6 +58,9 @@ pub(crate) struct Metrics {
     pub(crate) snapshot_builds: IntCounter,
     pub(crate) broadcast_flushes: IntCounter,
     pub(crate) broadcast_wakeups: IntCounter,
+    /// Deliveries the broadcaster wrote into a sleeping client's socket
+    /// itself (write-through) instead of waking its thread.
+    pub(crate) fanout_direct_writes: IntCounter,
     pub(crate) broadcast_flush_interval: Histogram,
     pub(crate) device_map_size: IntGauge,
     pub(crate) device_map_refresh_failures: IntCounter,
@@ -282,6 +285,13 @@ impl Metrics {
                 IntCounter::new(
                     "broadcast_wakeups_total",
                     "Sleeping connection threads woken by the broadcaster",
+                )?,
+            )?,
+            fanout_direct_writes: reg(
+                r,
+                IntCounter::new(
+                    "fanout_direct_writes_total",
+                    "Position batches the broadcaster wrote into a sleeping client's socket itself",
                 )?,
             )?,
             broadcast_flush_interval: reg(

@@ -11,6 +11,7 @@ mod support;
 
 mod answers; // SPEC §9 (second round): answers, cache bytes, frames, revalidation
 mod auth; // SPEC §5: tokens mode, Origin check, GET /auth/check
+mod backpressure; // SPEC §2.5, §9: write-through, write progress, queues, closing
 mod broadcast; // SPEC §3-§4: snapshots, order, handover, back-pressure (§2.5)
 mod client; // SPEC §1: the client library /livecast.js, /livecast.d.ts
 mod debug; // SPEC §7: GET /debug/connections

@@ -51,32 +51,74 @@ pub(crate) enum Command {
 const MAX_COMMANDS_PER_CYCLE: usize = 256;
 
 /// The scale of the flush interval: an event whose fan-out costs `w`
-/// waits `sqrt(PACE * w)` between flushes (at most the configured cap).
+/// waits `sqrt(PACE * w)` between flushes, or [`CHEAP_PACE`] times `w` when
+/// that is shorter (at most the configured cap).
 ///
 /// The interval counts from the end of the previous flush's offers, which
 /// on a busy core is the end of its wave of wake-ups, so an event is
 /// flushed every `w + interval` and its fan-out takes `w / (w + interval)`
 /// of a core, while a position waits up to `interval + w`. A square root
 /// spends latency where it buys CPU: measured on the 2-core benchmark
-/// machine (server pinned to one core), waking 10 sleeping subscribers
-/// costs ~0.2 ms (interval ~1 ms: at the POST rates of a small fleet every
-/// position still goes out at once), 100 ~2 ms (interval ~3.2 ms: 500
-/// POSTs/s become ~200 flushes/s), 1,000 ~25 ms (interval ~11 ms: about
-/// 28 flushes/s, the core two-thirds busy; a longer interval would save
-/// little CPU and cost latency the wave already spends: with a linear rule
-/// capped at 20 ms the same load ran at 56 % CPU but p99 70 ms). The
-/// README's "Fan-out cadence" gives the runs behind these figures.
-const PACE: Duration = Duration::from_millis(5);
+/// machine (server pinned to one core) before write-through, waking 1,000
+/// subscribers cost ~25 ms (interval ~11 ms: about 28 flushes/s, the core
+/// two-thirds busy; a longer interval would save little CPU and cost
+/// latency the wave already spends: with a linear rule capped at 20 ms the
+/// same load ran at 56 % CPU but p99 70 ms); the scale was 5 ms then.
+///
+/// With write-through a fan-out to idle clients costs the broadcaster's
+/// own writes, 4.5 to 7 µs each: 1,000 subscribers ~4.5–7 ms (interval
+/// ~3–3.7 ms), 100 ~0.6 ms. At 1,000 clients × 100 single-position
+/// POSTs/s the 5 ms scale merged nothing (392 flushes for 400 POSTs, mean
+/// interval 4.6 ms: the broadcaster is far from busy) and only delayed
+/// positions: 2 ms gave p99 14.3–14.6 ms at 45–46 % CPU against 16.9–21.0
+/// ms at 47–52 % (quick runs, two each). An overloaded event stays bounded:
+/// 1,000 subscribers at 500 POSTs/s flush about every 8 ms, some 55 % of
+/// a core of writes. The README's "Fan-out cadence" gives the runs behind
+/// these figures.
+const PACE: Duration = Duration::from_millis(2);
+
+/// Below `PACE / CHEAP_PACE²` of fan-out cost (0.9 ms), the interval is
+/// `CHEAP_PACE × w` instead of the square root, which there is the
+/// longer: a cheap fan-out then takes at most 40 % of a core, and its
+/// positions wait less. Measured with write-through, quick benchmark runs
+/// on the 2-core machine (100 clients × 500 single-position POSTs/s, where
+/// `w` is ~0.6 ms), with the 5 ms scale of [`PACE`]: p99 1.9–2.3 ms
+/// instead of 3.0–4.0 ms at the same CPU (20–23 %). A linear rule
+/// everywhere (1.5 `w`) cut the CPU of 1,000 clients × 100 POSTs/s from
+/// 46 % to 36 % but raised its p99 from ~20–25 ms to 34–43 ms.
+const CHEAP_PACE: f64 = 1.5;
 
 /// Weight of the newest fan-out cost in its running average (1/4): one
 /// preempted fan-out does not stretch the interval on its own.
 const COST_SMOOTHING: u32 = 4;
 
-/// `sqrt(PACE * cost)`, in whole microseconds.
+/// `sqrt(PACE * cost)` or `CHEAP_PACE * cost`, whichever is shorter, in
+/// whole microseconds.
 fn interval_for(cost: Duration) -> Duration {
     let product = PACE.as_micros().saturating_mul(cost.as_micros());
-    Duration::from_micros(u64::try_from(product.isqrt()).unwrap_or(u64::MAX))
+    let root = Duration::from_micros(u64::try_from(product.isqrt()).unwrap_or(u64::MAX));
+    root.min(cost.mul_f64(CHEAP_PACE))
 }
+
+/// Longest a flush writes into sockets itself: past it, the remaining
+/// subscribers are queued and woken as before write-through, so that one
+/// flush to thousands of idle clients holds the cycle (other events'
+/// flushes, subscribes) for about this long plus half a microsecond per
+/// remaining client, not for all of their writes.
+///
+/// Measured on the 2-core machine (`flush_time_at_many_idle_subscribers`,
+/// release, CPU time of the broadcaster): a write-through costs 5.7 to 7.3
+/// µs per subscriber, a wake-up about 0.5 µs of the broadcaster's time
+/// (and some 15 to 20 µs of the machine's, in the woken thread). All
+/// written through, a flush to 10,000 idle subscribers would take about
+/// 70 ms; with this budget about 15. 10 ms keeps a flush to an event of
+/// 1,000 to 1,400 subscribers (about 7 ms) wholly written through, where
+/// write-through saves the most; past that the broadcaster's latency for
+/// every other event outweighs the CPU saved.
+const WRITE_THROUGH_BUDGET: Duration = Duration::from_millis(10);
+
+/// The clock is read once per this many subscribers of a flush.
+const BUDGET_CHECK_EVERY: usize = 16;
 
 /// Frames for one event gathered since its last flush.
 #[derive(Debug, Default)]
@@ -97,11 +139,14 @@ struct Lane {
     last_entry: Option<Arc<Outbound>>,
     /// Running average of completed fan-out costs.
     cost: Duration,
+    /// Where the next flush starts in the subscriber list, so that the
+    /// clients past the write-through budget are not always the same.
+    turn: usize,
 }
 
 impl Lane {
     /// The shortest time between two flushes of this event now:
-    /// `sqrt(PACE * cost)` of its fan-out, at most `max_delay`. A fan-out
+    /// [`interval_for`] its fan-out cost, at most `max_delay`. A fan-out
     /// still under way counts with the time it has taken so far.
     fn interval(&mut self, max_delay: Duration) -> Duration {
         let mut cost = self.cost;
@@ -147,6 +192,8 @@ pub(crate) struct Broadcaster {
     outbound: (IntCounter, IntCounter, IntCounter),
     byte_limit: usize,
     max_delay: Duration,
+    /// [`WRITE_THROUGH_BUDGET`]; a field so that a measurement can lift it.
+    write_budget: Duration,
 }
 
 impl Broadcaster {
@@ -169,6 +216,7 @@ impl Broadcaster {
             metrics,
             byte_limit: config.backpressure_threshold_bytes,
             max_delay: config.broadcast_max_delay,
+            write_budget: WRITE_THROUGH_BUDGET,
         }
     }
 
@@ -214,6 +262,9 @@ impl Broadcaster {
                 }
             }
             Command::Warm(positions) => self.warm(positions),
+            // A client that sends nothing more (closed for back-pressure,
+            // or closing) is never registered again.
+            Command::Subscribe { client, .. } if client.is_closing() => {}
             Command::Subscribe { client, event, trail } => {
                 // Everything routed to this event before the subscribe goes
                 // out first, so the snapshot below is exactly where the live
@@ -367,7 +418,9 @@ impl Broadcaster {
     }
 
     /// Hands `event`'s pending frames to its subscribers: one shared entry,
-    /// one `try_send` per subscriber.
+    /// written into the socket of each sleeping subscriber that owes
+    /// nothing (write-through), queued for the others; for at most
+    /// [`WRITE_THROUGH_BUDGET`], past which the rest are queued and woken.
     fn flush_event(&mut self, event: &str) {
         let max_delay = self.max_delay;
         let Some(lane) = self.lanes.get_mut(event) else { return };
@@ -386,12 +439,22 @@ impl Broadcaster {
         });
         let mut failed = Vec::new();
         let mut delivered = 0;
-        let mut woken = 0;
-        for client in self.registry.subscribers(event) {
-            match client.offer(&entry, self.byte_limit) {
-                Ok(woke) => {
+        let (mut woken, mut written) = (0, 0);
+        let subscribers = self.registry.subscribers(event);
+        let start = lane.turn % subscribers.len().max(1);
+        lane.turn = lane.turn.wrapping_add(1);
+        let (later, first) = subscribers.split_at(start);
+        let budget_end = Instant::now() + self.write_budget;
+        let mut may_write = true;
+        for (i, client) in first.iter().chain(later).enumerate() {
+            if may_write && i % BUDGET_CHECK_EVERY == BUDGET_CHECK_EVERY - 1 {
+                may_write = Instant::now() < budget_end;
+            }
+            match client.offer_position(&entry, self.byte_limit, may_write) {
+                Ok(delivery) => {
                     delivered += 1;
-                    woken += u64::from(woke);
+                    woken += u64::from(delivery.woke());
+                    written += u64::from(delivery.wrote());
                 }
                 Err(e) => failed.push((Arc::clone(client), e)),
             }
@@ -404,6 +467,7 @@ impl Broadcaster {
         self.metrics.fanout_deliveries.inc_by(n);
         self.metrics.broadcast_flushes.inc();
         self.metrics.broadcast_wakeups.inc_by(woken);
+        self.metrics.fanout_direct_writes.inc_by(written);
         self.metrics.broadcast_flush_interval.observe(interval.as_secs_f64());
         for (client, e) in failed {
             self.failed(&client, e);
@@ -427,7 +491,11 @@ impl Broadcaster {
     fn failed(&mut self, client: &Arc<ClientHandle>, error: OfferError) {
         if error == OfferError::Overflow {
             debug!("{} {}: back-pressure, closing", client.thread_name, client.remote);
-            self.metrics.backpressure_closes.inc();
+            // Once per connection, whoever saw it first (the broadcaster
+            // here, or the thread for its own bytes or its write deadline).
+            if client.mark_backpressure() {
+                self.metrics.backpressure_closes.inc();
+            }
             client.request_close(CloseReason::BackPressure);
         }
         self.remove_client(client.id);
@@ -605,7 +673,9 @@ mod tests {
         assert!(rx.try_recv().is_err(), "held: the interval is not up");
         let due = b.next_due().unwrap();
         assert_eq!(due - last, interval_for(Duration::from_millis(3)));
-        assert_eq!(interval_for(Duration::from_millis(3)), Duration::from_micros(3872));
+        assert_eq!(interval_for(Duration::from_millis(3)), Duration::from_micros(2449));
+        // A cheap fan-out waits one and a half times its cost.
+        assert_eq!(interval_for(Duration::from_micros(600)), Duration::from_micros(900));
         // Once the interval is up, both go out in one entry.
         b.lanes.get_mut("e").unwrap().last_flush = Some(last - Duration::from_millis(20));
         b.flush_due();
@@ -735,5 +805,78 @@ mod tests {
         b.handle(Command::Subscribe { client: Arc::clone(&c1), event: "e".into(), trail: Some(2) });
         assert_eq!(metrics.snapshot_builds.get(), 3);
         drop((a1, a2, a3));
+    }
+
+    /// Wall time of one flush to `n` idle subscribers (asleep, owing
+    /// nothing, each with its own loopback TCP socket whose peer is open),
+    /// with the write-through budget lifted and as configured. A
+    /// measurement, not a check: run it in release,
+    /// `cargo test --release --lib -- --ignored --nocapture flush_time`.
+    /// Three descriptors per subscriber: the default limit of 20,000 open
+    /// files allows about 6,000.
+    /// CPU time of the calling thread so far (`/proc/thread-self/schedstat`,
+    /// nanoseconds), so that a measurement on a busy machine leaves out the
+    /// time the thread waited for a core.
+    fn thread_cpu() -> Duration {
+        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        Duration::from_nanos(stat.split_whitespace().next().unwrap().parse().unwrap())
+    }
+
+    #[test]
+    #[ignore = "a measurement, run by hand in release"]
+    fn flush_time_at_many_idle_subscribers() {
+        use crate::outbound::SharedSocket;
+
+        const ROUNDS: usize = 15;
+        for n in [100usize, 1000, 2500, 5000] {
+            for budget in [Duration::from_secs(3600), WRITE_THROUGH_BUDGET] {
+                let metrics = Metrics::new().unwrap();
+                let mut b = Broadcaster::new(metrics.clone(), &Config::default());
+                b.write_budget = budget;
+                let mut clients = Vec::new();
+                for _ in 0..n {
+                    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                    let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                    let (ours, remote) = listener.accept().unwrap();
+                    ours.set_nonblocking(true).unwrap();
+                    let (c, rx) = ClientHandle::new(Uuid::new_v4(), remote, "u".into(), 4).unwrap();
+                    c.set_direct(SharedSocket::new(ours));
+                    b.handle(Command::Subscribe {
+                        client: Arc::clone(&c),
+                        event: "e".into(),
+                        trail: None,
+                    });
+                    clients.push((c, rx, peer));
+                }
+                let mut took = Vec::new();
+                let mut cpu = Duration::ZERO;
+                for seq in 0..ROUNDS as u64 {
+                    // Everyone idle: queues taken, asleep.
+                    for (c, rx, _) in &clients {
+                        while let Ok(e) = rx.try_recv() {
+                            c.taken(&e);
+                        }
+                        assert!(c.prepare_sleep(true));
+                    }
+                    b.handle(Command::Positions(vec![position("d", seq)]));
+                    let (started, cpu_before) = (Instant::now(), thread_cpu());
+                    b.flush_all();
+                    took.push(started.elapsed());
+                    cpu += thread_cpu() - cpu_before;
+                }
+                took.sort();
+                let median = took[ROUNDS / 2];
+                let direct = metrics.fanout_direct_writes.get();
+                let woken = metrics.broadcast_wakeups.get();
+                #[allow(clippy::cast_precision_loss)] // a measurement
+                let per = cpu.as_secs_f64() * 1e6 / (n * ROUNDS) as f64;
+                println!(
+                    "{n} subscribers, budget {budget:?}: flush wall median {median:?}, max {:?}; \
+                     CPU {per:.1} us per subscriber; {direct} written through, {woken} woken \
+                     in {ROUNDS} flushes",
+                    took[ROUNDS - 1]
+                );
+            }
+        }
     }
 }

@@ -11,6 +11,15 @@
 //! reads until `WouldBlock`, and does heartbeat and revalidation work by
 //! elapsed time. The socket is non-blocking; tungstenite keeps unsent bytes
 //! and resumes after `WouldBlock`.
+//!
+//! While the thread sleeps with nothing owed to its peer, the broadcaster
+//! may write live positions into the socket itself (write-through, see
+//! `outbound.rs`): the thread takes the socket back when it wakes, after
+//! any such write has ended, and finishes what the socket did not take.
+//! Everything it owes the peer (queued entries, unsent bytes, its own
+//! replies) counts against the back-pressure threshold; owed bytes that
+//! make no progress for `LIVE_WS_WRITE_TIMEOUT_MS` close the connection
+//! with 1008.
 
 use std::io::{self, ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -36,7 +45,7 @@ use crate::accept::Slot;
 use crate::auth::{self, AuthError, AuthzError, Identity};
 use crate::broadcast::Command;
 use crate::config::AuthMode;
-use crate::outbound::{ClientHandle, Outbound};
+use crate::outbound::{ClientHandle, Outbound, SharedSocket};
 use crate::position::now_ms;
 use crate::protocol::{CloseReason, ErrorCode, Inbound, error_frame, named_event, pong_frame};
 use crate::transport::Stream;
@@ -64,11 +73,17 @@ pub(super) fn run(
             return;
         }
     };
-    let Some(Upgraded { identity, leftover, remote }) =
+    let Some(Upgraded { identity, mut leftover, remote }) =
         handshake::perform(shared, &mut stream, remote, &mut slot)
     else {
         return;
     };
+    // The head was read in 16 KiB chunks, and tungstenite keeps the
+    // allocation of what it is given as its read buffer for the life of
+    // the connection: 16 KiB of every idle client's 38 (measured with
+    // heaptrack). Given back here, tungstenite allocates its own
+    // `READ_BUFFER_BYTES`.
+    leftover.shrink_to_fit();
     // Held until the thread ends; no longer counted as handshaking.
     slot.handshake_done();
     let (handle, rx) =
@@ -84,6 +99,17 @@ pub(super) fn run(
         warn!("{remote}: {e}");
         return;
     }
+    // A plain socket is shared with the broadcaster, for write-through; a
+    // TLS session belongs to this thread (the broadcaster cannot encrypt
+    // into it), so its client always takes the thread's path.
+    let stream = match stream {
+        Stream::Plain(socket) => {
+            let socket = SharedSocket::new(socket);
+            handle.set_direct(socket.clone());
+            Stream::Plain(socket)
+        }
+        Stream::Tls(tls) => Stream::Tls(tls),
+    };
     let ws_config = ws_config(shared.config.max_message_bytes);
     let sleeper = match Sleeper::new(stream.as_fd(), handle.wake_fd().as_fd()) {
         Ok(sleeper) => sleeper,
@@ -92,7 +118,7 @@ pub(super) fn run(
             return;
         }
     };
-    let frames = Frames::new(Wire::new(stream), &leftover);
+    let frames = Frames::new(Wire::new(stream, handle.unsent_meter()), &leftover);
     let ws = WebSocket::from_partially_read(frames, leftover, Role::Server, Some(ws_config));
 
     let metrics = &shared.metrics;
@@ -109,6 +135,10 @@ pub(super) fn run(
     let mut conn =
         Connection::new(shared, Arc::clone(&handle), rx, ws, identity, sleeper, Instant::now);
     let reason = conn.serve();
+    // No write-through from here, and the broadcaster lets go of the
+    // socket, so that dropping ours ends the connection.
+    handle.retire();
+    drop(conn);
 
     let _ = shared.commands.send(Command::Disconnect { id });
     shared.connections.write().remove(&id);
@@ -184,7 +214,7 @@ struct Connection<'a> {
     shared: &'a Shared,
     handle: Arc<ClientHandle>,
     rx: Receiver<Arc<Outbound>>,
-    ws: WebSocket<Frames<Wire<Stream>>>,
+    ws: WebSocket<Frames<Wire<Stream<SharedSocket>>>>,
     identity: Identity,
     subscriptions: Vec<String>,
     state: State,
@@ -198,6 +228,11 @@ struct Connection<'a> {
     /// `None` in mode `none`, where there is no session.
     next_revalidate: Option<Instant>,
     rate: RateLimit,
+    /// Since when bytes are owed to the peer without any written: the
+    /// write deadline (`LIVE_WS_WRITE_TIMEOUT_MS`) counts from here.
+    owed_since: Option<Instant>,
+    /// The wire's count of written bytes at the last check of progress.
+    last_written: u64,
     /// The time, wherever a deadline is set or checked.
     clock: Clock,
 }
@@ -210,7 +245,7 @@ impl<'a> Connection<'a> {
         shared: &'a Shared,
         handle: Arc<ClientHandle>,
         rx: Receiver<Arc<Outbound>>,
-        ws: WebSocket<Frames<Wire<Stream>>>,
+        ws: WebSocket<Frames<Wire<Stream<SharedSocket>>>>,
         identity: Identity,
         sleeper: Sleeper,
         clock: Clock,
@@ -231,6 +266,8 @@ impl<'a> Connection<'a> {
             next_revalidate: (shared.config.auth_mode != AuthMode::None)
                 .then(|| now + shared.config.auth_revalidate),
             rate: RateLimit::new(shared.config.max_inbound_per_sec, now),
+            owed_since: None,
+            last_written: 0,
             clock,
         }
     }
@@ -242,6 +279,7 @@ impl<'a> Connection<'a> {
                 // A close reply or close frame may still be queued: one
                 // last non-blocking attempt. A dead peer is owed nothing.
                 if reason != CloseReason::HeartbeatTimeout && !self.handle.terminated() {
+                    let _writer = self.handle.writer();
                     let _ = self.ws.get_mut().drain();
                 }
                 return reason;
@@ -258,8 +296,10 @@ impl<'a> Connection<'a> {
         if self.handle.terminated() {
             return Err(self.closing_reason().unwrap_or(CloseReason::Internal));
         }
-        if self.state == State::Open
-            && let Some(reason) = self.handle.take_close_request()
+        // Taken in every state: a request left pending would keep the
+        // thread from sleeping (a closing thread would spin).
+        if let Some(reason) = self.handle.take_close_request()
+            && self.state == State::Open
         {
             self.begin_close(reason, false);
         }
@@ -299,10 +339,13 @@ impl<'a> Connection<'a> {
         let mut messages = 0;
         let mut last_ts = None;
         while let Ok(entry) = self.rx.try_recv() {
-            self.handle.taken(&entry);
-            messages += entry.messages as u64;
-            last_ts = entry.last_ts.or(last_ts);
-            self.ws.get_mut().push_shared(entry);
+            // The broadcaster counted the messages of an entry it began.
+            let written = self.handle.taken(&entry);
+            if written == 0 {
+                messages += entry.messages as u64;
+                last_ts = entry.last_ts.or(last_ts);
+            }
+            self.ws.get_mut().push_shared(entry, written);
         }
         if messages > 0 {
             self.handle.messages_sent.fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
@@ -312,18 +355,51 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Queues one message made here (errors, pings) on the wire.
+    /// Queues one message made here (errors, pings, pongs) on the wire.
     fn write(&mut self, message: Message) -> Ended {
-        self.ws.write(message).map_err(|e| self.write_failed(&e))
+        let owed = self.handle.queued_bytes();
+        self.ws.write(message).map_err(|e| self.write_failed(&e))?;
+        self.charge(owed);
+        Ok(())
+    }
+
+    /// What this thread writes counts against the byte threshold as queued
+    /// entries do (SPEC §9, write progress): bytes added while `owed` were
+    /// already owed, past the threshold, close the connection with 1008.
+    /// (The first bytes owed always fit, as the first queued entry does.)
+    fn charge(&mut self, owed: usize) {
+        let now_owed = self.handle.queued_bytes();
+        if self.state == State::Open
+            && owed > 0
+            && now_owed > owed
+            && now_owed > self.shared.config.backpressure_threshold_bytes
+        {
+            self.close_for_backpressure();
+        }
+    }
+
+    /// Closes with 1008 back-pressure, counted once per connection.
+    fn close_for_backpressure(&mut self) {
+        if self.handle.mark_backpressure() {
+            self.shared.metrics.backpressure_closes.inc();
+        }
+        self.begin_close(CloseReason::BackPressure, false);
     }
 
     /// Hands tungstenite's pending control frames to the wire, then writes
     /// the wire to the socket.
     fn flush(&mut self) -> Ended {
+        let owed = self.handle.queued_bytes();
         if let Err(e) = self.ws.flush() {
             return Err(self.write_failed(&e));
         }
-        match self.ws.get_mut().drain() {
+        self.charge(owed);
+        let drained = {
+            let _writer = self.handle.writer();
+            self.ws.get_mut().drain()
+        };
+        self.track_progress();
+        match drained {
             Ok(true) => {
                 if let State::Lingering { .. } = self.state {
                     // Our close frame is out: tell the peer we are done.
@@ -337,6 +413,20 @@ impl<'a> Connection<'a> {
                 Err(self.closing_reason().unwrap_or(CloseReason::IoError))
             }
         }
+    }
+
+    /// Notes whether the bytes owed to the peer moved since the last look:
+    /// the write deadline counts from the last progress while bytes are
+    /// owed (queued entries included: a thread whose socket is full takes
+    /// none).
+    fn track_progress(&mut self) {
+        let written = self.ws.get_ref().written();
+        if self.handle.queued_bytes() == 0 {
+            self.owed_since = None;
+        } else if written != self.last_written || self.owed_since.is_none() {
+            self.owed_since = Some((self.clock)());
+        }
+        self.last_written = written;
     }
 
     /// A write error ends the connection; after a close handshake it is the
@@ -552,6 +642,8 @@ impl<'a> Connection<'a> {
             _ => CLOSE_GRACE,
         };
         let deadline = (self.clock)() + grace;
+        // Nothing more is queued or written through after the close frame.
+        self.handle.set_closing();
         self.state = if fatal {
             State::Lingering { reason, deadline }
         } else {
@@ -593,6 +685,21 @@ impl<'a> Connection<'a> {
                 if now.duration_since(self.last_seen) > interval * 2 {
                     // A dead peer is owed no close handshake: drop it.
                     return Err(CloseReason::HeartbeatTimeout);
+                }
+                if self
+                    .owed_since
+                    .is_some_and(|since| now >= since + self.shared.config.write_timeout)
+                {
+                    // Bytes owed and none taken by the peer for the whole
+                    // deadline, whatever the heartbeat says (SPEC §9).
+                    debug!(
+                        "{} {}: no write progress for {:?}",
+                        self.handle.thread_name,
+                        self.handle.remote,
+                        self.shared.config.write_timeout
+                    );
+                    self.close_for_backpressure();
+                    return Ok(());
                 }
                 if now >= self.next_ping {
                     self.next_ping = now + interval;
@@ -672,7 +779,10 @@ impl<'a> Connection<'a> {
                 let silence = self.last_seen
                     + self.shared.config.ping_interval * 2
                     + Duration::from_millis(1);
-                let due = self.next_ping.min(silence);
+                let mut due = self.next_ping.min(silence);
+                if let Some(since) = self.owed_since {
+                    due = due.min(since + self.shared.config.write_timeout);
+                }
                 self.next_revalidate.map_or(due, |at| due.min(at))
             }
         }
@@ -721,7 +831,7 @@ mod tests {
     use crate::auth::{Authenticator, Credentials, NoAuth};
     use crate::config::Config;
     use crate::metrics::Metrics;
-    use crate::outbound::{OfferError, OutboundKind};
+    use crate::outbound::{Delivery, OfferError, OutboundKind};
 
     /// How long the test waits for bytes that are on their way.
     const PATIENCE: Duration = Duration::from_secs(5);
@@ -804,7 +914,10 @@ mod tests {
             let sleeper = Sleeper::new(server.as_fd(), handle.wake_fd().as_fd()).expect("epoll");
             let config = ws_config(shared.config.max_message_bytes);
             let ws = WebSocket::from_partially_read(
-                Frames::new(Wire::new(Stream::from(server)), &[]),
+                Frames::new(
+                    Wire::new(Stream::Plain(SharedSocket::new(server)), handle.unsent_meter()),
+                    &[],
+                ),
                 Vec::new(),
                 Role::Server,
                 Some(config),
@@ -944,6 +1057,98 @@ mod tests {
         let (first, second) = reader.join().expect("reader");
         assert_eq!(first, Message::text(big));
         assert_eq!(second, Message::text("{\"n\":1}"));
+    }
+
+    /// Issue 19's socket pair whose reader stops reading: the broadcaster
+    /// writes through into the sleeping connection until its write goes
+    /// partial; the rest, and everything after, goes through the thread,
+    /// whole and in order; the back-pressure close still fires at the
+    /// threshold, counting the partial rest and the thread's unsent bytes.
+    #[test]
+    fn a_partial_write_through_is_finished_by_the_thread_in_order() {
+        const THRESHOLD: usize = 512 * 1024;
+        let shared = shared(|config| {
+            config.ping_interval = Duration::from_secs(60);
+            config.backpressure_threshold_bytes = THRESHOLD;
+            config.queue_capacity = 1024;
+        });
+        let mut h = Harness::open(&shared);
+        let Stream::Plain(socket) = h.conn.ws.get_ref().socket() else { unreachable!("plain") };
+        h.handle.set_direct(socket.clone());
+        let text = |n: usize| format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(16 * 1024));
+        let entry = |n: usize| Arc::new(Outbound::single(OutboundKind::Position, &text(n)));
+
+        // Asleep with nothing owed: written through, until the socket is
+        // full and a write goes partial (its rest queued, the thread woken).
+        let mut n = 0;
+        assert!(h.handle.prepare_sleep(true));
+        loop {
+            let delivery = h.handle.offer_position(&entry(n), THRESHOLD, true).expect("room");
+            n += 1;
+            match delivery {
+                Delivery::Written => assert_eq!(h.handle.queued_bytes(), 0),
+                Delivery::WrittenInPart => break,
+                other => panic!("entry {n}: {other:?} while asleep with nothing owed"),
+            }
+            assert!(n < 10_000, "the socket never filled");
+        }
+        let rest = h.handle.queued_bytes();
+        assert!(rest > 0 && rest <= entry(0).bytes(), "the rest is queued: {rest}");
+        // The thread is awake now: nothing more is written through.
+        assert_eq!(h.handle.offer_position(&entry(n), THRESHOLD, true), Ok(Delivery::Queued));
+        n += 1;
+        h.handle.woke();
+        assert_eq!(h.step_at(0), Ok(()));
+        assert!(h.conn.write_blocked(), "the peer reads nothing: the rest stays unsent");
+        assert_eq!(h.handle.queued_messages(), 0, "taken into the wire");
+
+        // More entries, until the bytes owed would pass the threshold.
+        let refused = loop {
+            let before = h.handle.queued_bytes();
+            match h.handle.offer_position(&entry(n), THRESHOLD, true) {
+                Ok(Delivery::Queued) => n += 1,
+                Ok(other) => panic!("{other:?} while the thread owes bytes"),
+                Err(e) => break (e, before),
+            }
+            assert!(n < 10_000, "no back-pressure");
+        };
+        let (error, owed) = refused;
+        assert_eq!(error, OfferError::Overflow);
+        assert!(owed <= THRESHOLD && owed + entry(0).bytes() > THRESHOLD, "at {owed} bytes owed");
+        h.handle.request_close(CloseReason::BackPressure);
+        assert_eq!(h.step_at(10), Ok(()));
+        assert!(matches!(h.conn.state, State::Closing { reason: CloseReason::BackPressure, .. }));
+
+        // The peer reads again: every entry whole and in order, then 1008.
+        let Harness { mut conn, handle, mut peer } = h;
+        let reader = crate::thread::spawn_named("test-peer".to_owned(), None, move || {
+            let mut got = Vec::new();
+            loop {
+                match peer.read() {
+                    Ok(Message::Text(t)) => got.push(t.to_string()),
+                    Ok(Message::Close(frame)) => {
+                        return (got, frame.map(|f| u16::from(f.code)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("peer: {e}"),
+                }
+            }
+        })
+        .expect("spawn");
+        let deadline = Instant::now() + PATIENCE * 4;
+        while conn.write_blocked() {
+            assert!(Instant::now() < deadline, "the wire never drained");
+            let socket = conn.ws.get_ref().socket();
+            let mut fds = [PollFd::new(socket, PollFlags::OUT)];
+            poll(&mut fds, Some(&Timespec { tv_sec: 1, tv_nsec: 0 })).expect("poll");
+            let _ = conn.step();
+        }
+        let (got, code) = reader.join().expect("reader");
+        assert_eq!(code, Some(1008));
+        let want: Vec<String> = (0..got.len()).map(text).collect();
+        assert!(got.len() >= 2, "only {} entries arrived", got.len());
+        assert!(got == want, "entries arrived out of order or cut");
+        assert_eq!(handle.overlaps(), 0);
     }
 
     #[test]

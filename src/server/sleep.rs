@@ -100,78 +100,214 @@ mod tests {
 
     use super::*;
 
-    /// The sleep/wake protocol between a broadcaster (this thread, offering
-    /// entries) and a connection thread (draining them and sleeping in its
-    /// epoll set exactly as the connection loop does). A lost wake-up leaves
-    /// the connection asleep with work queued; the sleep's timeout, far
-    /// longer than any wake-up takes, catches it.
+    /// A small deterministic generator for the test's random pace.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Entry `n` of the stress test: `n` as 8 big-endian bytes, repeated
+    /// 1 to 64 times, so that the byte stream tells where each entry went.
+    fn stress_entry(n: u64) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for _ in 0..=(n * 7919) % 64 {
+            wire.extend_from_slice(&n.to_be_bytes());
+        }
+        wire
+    }
+
+    /// Write-through and the sleep/wake protocol, three parties at once: a
+    /// broadcaster (this thread) offering entries, written through into the
+    /// socket when the connection thread sleeps with nothing owed and
+    /// queued otherwise; a connection thread woken by its eventfd, by
+    /// input from the peer and by close requests, finishing partial writes
+    /// through its wire and sleeping in its epoll set as the connection loop
+    /// does; and a peer reading at a random pace (the socket fills, writes
+    /// go partial) and sometimes sending a byte.
+    ///
+    /// Every byte must arrive in order (an entry written through while the
+    /// thread still owed bytes, or the rest of a partial write taken in the
+    /// wrong place, breaks it); a lost wake-up leaves the thread asleep with
+    /// work queued past the sleep's long timeout; and no two writers are
+    /// ever found on the socket.
     #[test]
-    fn no_wake_up_is_lost_between_the_broadcaster_and_a_sleeping_thread() {
+    fn write_through_sleep_and_wake_keep_every_byte_in_order() {
+        use std::io::Read;
         use std::net::SocketAddr;
-        use std::os::unix::net::UnixStream;
         use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
         use std::time::Instant;
 
-        use crate::outbound::{ClientHandle, Outbound, OutboundKind};
+        use crate::outbound::{
+            ClientHandle, Delivery, Drain, OfferError, Outbound, OutboundKind, SharedSocket,
+        };
+        use crate::protocol::CloseReason;
+        use crate::server::wire::Wire;
 
-        const ENTRIES: usize = 100_000;
+        const ENTRIES: u64 = 100_000;
         const LOST: Duration = Duration::from_secs(10);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, _) = listener.accept().unwrap();
+        socket.set_nonblocking(true).unwrap();
         let remote = SocketAddr::from(([127, 0, 0, 1], 1));
         let (handle, rx) =
-            ClientHandle::new(uuid::Uuid::new_v4(), remote, "anonymous".to_owned(), 4).unwrap();
-        let consumer = {
-            let handle = Arc::clone(&handle);
-            crate::thread::spawn_named("test-consumer".to_owned(), None, move || {
-                // A socket that never has input: only the eventfd wakes.
-                let (socket, _other) = UnixStream::pair().unwrap();
+            ClientHandle::new(uuid::Uuid::new_v4(), remote, "anonymous".to_owned(), 8).unwrap();
+        let socket = SharedSocket::new(socket);
+        handle.set_direct(socket.clone());
+        let done = Arc::new(AtomicBool::new(false));
+
+        let thread = {
+            let (handle, done) = (Arc::clone(&handle), Arc::clone(&done));
+            crate::thread::spawn_named("test-conn".to_owned(), None, move || {
                 let mut sleeper = Sleeper::new(socket.as_fd(), handle.wake_fd().as_fd()).unwrap();
-                // Announced sleeps (each worth at most one wake-up), and
-                // sleeps taken.
-                let (mut taken, mut announced, mut sleeps) = (0, 0, 0);
-                while taken < ENTRIES {
-                    while let Ok(entry) = rx.try_recv() {
-                        handle.taken(&entry);
-                        taken += 1;
+                let mut wire = Wire::new(socket, handle.unsent_meter());
+                let (mut sleeps, mut inputs, mut closes) = (0u64, 0u64, 0u64);
+                let mut readable = true;
+                while !done.load(Ordering::SeqCst) {
+                    if handle.take_close_request().is_some() {
+                        closes += 1;
                     }
-                    if taken == ENTRIES {
-                        break;
+                    if !wire.is_blocked() {
+                        while let Ok(entry) = rx.try_recv() {
+                            let written = handle.taken(&entry);
+                            wire.push_shared(entry, written);
+                        }
                     }
-                    announced += 1;
-                    if handle.prepare_sleep(true) {
+                    if readable {
+                        let mut buf = [0u8; 64];
+                        loop {
+                            match wire.read(&mut buf) {
+                                Ok(0) => return Err("the peer hung up".to_owned()),
+                                Ok(n) => inputs += n as u64,
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(e) => return Err(format!("read: {e}")),
+                            }
+                        }
+                    }
+                    {
+                        let _writer = handle.writer();
+                        wire.drain().map_err(|e| format!("write: {e}"))?;
+                    }
+                    let blocked = wire.is_blocked();
+                    if handle.prepare_sleep(!blocked) {
                         let started = Instant::now();
-                        sleeper.wait(socket.as_fd(), false, LOST).unwrap();
+                        readable = sleeper.wait(wire.socket().as_fd(), blocked, LOST).unwrap();
                         handle.woke();
-                        if started.elapsed() >= LOST && !rx.is_empty() {
-                            return Err(format!("lost wake-up after {taken} entries"));
+                        if started.elapsed() >= LOST && !done.load(Ordering::SeqCst) {
+                            return Err(format!(
+                                "asleep for {LOST:?}: a lost wake-up ({} queued, blocked {blocked})",
+                                rx.len()
+                            ));
                         }
                         sleeps += 1;
+                    } else {
+                        readable = true;
                     }
                 }
-                Ok((announced, sleeps))
+                Ok((sleeps, inputs, closes))
             })
             .unwrap()
         };
-        // One entry at a time, each offered as soon as the previous one is
-        // taken: that is when the consumer is about to decide to sleep, and
-        // every entry is the last one, which nothing else would wake for.
-        let entry = Arc::new(Outbound::single(OutboundKind::Position, "{}"));
-        let mut woken = 0;
-        for n in 0..ENTRIES {
-            let deadline = Instant::now() + LOST;
-            while handle.queued_messages() > 0 {
-                assert!(Instant::now() < deadline, "entry {n} was never taken: a lost wake-up");
-                std::thread::yield_now();
+
+        let reader = crate::thread::spawn_named("test-peer".to_owned(), None, move || {
+            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+            let mut expected = Vec::new();
+            let (mut next, mut at) = (0u64, 0usize);
+            let mut buf = vec![0u8; 4096];
+            peer.set_read_timeout(Some(LOST)).unwrap();
+            while next < ENTRIES || at < expected.len() {
+                match rng.below(100) {
+                    0 => std::thread::sleep(Duration::from_millis(2)),
+                    1..=9 => std::thread::yield_now(),
+                    10 => peer.write_all(b"i").unwrap(),
+                    _ => {}
+                }
+                let want = 1 + usize::try_from(rng.below(buf.len() as u64)).unwrap();
+                let n = match peer.read(&mut buf[..want]) {
+                    Ok(0) => return Err("EOF".to_owned()),
+                    Ok(n) => n,
+                    Err(e) => return Err(format!("read after entry {next}: {e}")),
+                };
+                for &byte in &buf[..n] {
+                    while at == expected.len() {
+                        if next == ENTRIES {
+                            return Err("more bytes than were sent".to_owned());
+                        }
+                        expected = stress_entry(next);
+                        next += 1;
+                        at = 0;
+                    }
+                    if byte != expected[at] {
+                        return Err(format!("entry {}: byte {at} out of order", next - 1));
+                    }
+                    at += 1;
+                }
             }
-            match handle.offer(&entry, usize::MAX) {
-                Ok(was_asleep) => woken += usize::from(was_asleep),
-                Err(e) => panic!("offer {n}: {e:?}"),
+            // Kept open until the connection thread is done.
+            Ok(peer)
+        })
+        .unwrap();
+
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let mut counts = [0u64; 4];
+        for n in 0..ENTRIES {
+            let entry = Arc::new(Outbound {
+                kind: OutboundKind::Position,
+                messages: 1,
+                wire: stress_entry(n),
+                last_ts: None,
+                drain: Drain::new(),
+                cut: None,
+            });
+            let deadline = Instant::now() + LOST;
+            let delivery = loop {
+                match handle.offer_position(&entry, usize::MAX, rng.below(8) != 0) {
+                    Ok(delivery) => break delivery,
+                    Err(OfferError::Overflow) => {
+                        assert!(Instant::now() < deadline, "entry {n}: the queue never drained");
+                        std::thread::yield_now();
+                    }
+                    Err(e) => panic!("offer {n}: {e:?}"),
+                }
+            };
+            counts[match delivery {
+                Delivery::Queued => 0,
+                Delivery::Woken => 1,
+                Delivery::Written => 2,
+                Delivery::WrittenInPart => 3,
+            }] += 1;
+            if rng.below(1000) == 0 {
+                handle.request_close(CloseReason::BackPressure);
+            }
+            if rng.below(50) == 0 {
+                // Now and then, wait for the thread to go idle, so that
+                // it sleeps with nothing owed and is written through.
+                while handle.queued_bytes() > 0 {
+                    assert!(Instant::now() < deadline, "entry {n} never went out");
+                    std::thread::yield_now();
+                }
             }
         }
-        let (announced, sleeps) = consumer.join().unwrap().unwrap();
-        assert!(sleeps > 0 && woken > 0, "the consumer never slept: the test proves nothing");
-        // A wake-up may be spurious (the announcement withdrawn because work
-        // came), never more than one per announcement.
-        assert!(woken <= announced, "{woken} wake-ups for {announced} announced sleeps");
+        let _peer = reader.join().unwrap().unwrap();
+        done.store(true, Ordering::SeqCst);
+        handle.terminate();
+        let (sleeps, inputs, closes) = thread.join().unwrap().unwrap();
+        let [queued, woken, written, in_part] = counts;
+        assert_eq!(handle.overlaps(), 0, "two writers on one socket");
+        assert_eq!(handle.queued_bytes(), 0);
+        assert!(
+            sleeps > 0 && woken > 0 && written > 0 && in_part > 0 && inputs > 0 && closes > 0,
+            "a path was never taken, the test proves less than it says: sleeps {sleeps}, \
+             queued {queued}, woken {woken}, written {written}, in part {in_part}, \
+             input bytes {inputs}, close requests {closes}"
+        );
     }
 
     #[test]

@@ -8,10 +8,17 @@
 //! pings, close frames, error messages) land in the same queue through
 //! [`Write`], so everything leaves in the order it was produced, and the
 //! connection loop writes the whole queue with one `writev` per wake-up.
+//!
+//! The wire keeps a counter shared with the connection's handle equal to
+//! its unwritten bytes, so that what the thread owes its peer (its own
+//! frames included) counts against the back-pressure threshold and shows
+//! in `queuedBytes`, and so that the broadcaster writes through only when
+//! nothing is unsent.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::outbound::Outbound;
 
@@ -26,8 +33,9 @@ const MERGE_BELOW: usize = 512;
 /// One queued piece of output.
 #[derive(Debug)]
 enum Chunk {
-    /// A broadcaster batch shared with every subscriber.
-    Shared(Arc<Outbound>),
+    /// A broadcaster batch shared with every subscriber, from a byte offset
+    /// (the broadcaster wrote the bytes before it itself).
+    Shared(Arc<Outbound>, usize),
     /// Bytes tungstenite wrote.
     Owned(Vec<u8>),
 }
@@ -35,17 +43,17 @@ enum Chunk {
 impl Chunk {
     fn len(&self) -> usize {
         match self {
-            Chunk::Shared(entry) => entry.bytes(),
+            Chunk::Shared(entry, from) => entry.bytes().saturating_sub(*from),
             Chunk::Owned(bytes) => bytes.len(),
         }
     }
 
     /// The chunk's bytes from `offset` on, as slices (an entry cut from a
     /// shared answer is several).
-    fn slices_from(&self, mut offset: usize) -> impl Iterator<Item = &[u8]> {
-        let (owned, shared) = match self {
-            Chunk::Shared(entry) => (None, Some(entry)),
-            Chunk::Owned(bytes) => (Some(bytes.as_slice()), None),
+    fn slices_from(&self, offset: usize) -> impl Iterator<Item = &[u8]> {
+        let (owned, shared, mut offset) = match self {
+            Chunk::Shared(entry, from) => (None, Some(entry), offset + from),
+            Chunk::Owned(bytes) => (Some(bytes.as_slice()), None, offset),
         };
         let slices = owned.into_iter().chain(shared.into_iter().flat_map(|e| e.slices()));
         slices.filter_map(move |slice| {
@@ -66,26 +74,47 @@ pub(crate) struct Wire<S> {
     offset: usize,
     /// Unwritten bytes in `out`.
     pending: usize,
+    /// Kept equal to `pending`, for the other threads.
+    meter: Arc<AtomicUsize>,
+    /// Bytes written to the socket so far: progress, for the write deadline.
+    written: u64,
+}
+
+impl<S> Wire<S> {
+    /// Sets `pending` and its shared copy.
+    fn set_pending(&mut self, pending: usize) {
+        self.pending = pending;
+        self.meter.store(pending, Ordering::Relaxed);
+    }
 }
 
 impl<S: Read + Write> Wire<S> {
-    pub(crate) fn new(socket: S) -> Wire<S> {
-        Wire { socket, out: VecDeque::new(), offset: 0, pending: 0 }
+    /// A wire over `socket` that keeps `meter` equal to its unwritten bytes.
+    pub(crate) fn new(socket: S, meter: Arc<AtomicUsize>) -> Wire<S> {
+        meter.store(0, Ordering::Relaxed);
+        Wire { socket, out: VecDeque::new(), offset: 0, pending: 0, meter, written: 0 }
     }
 
     pub(crate) fn socket(&self) -> &S {
         &self.socket
     }
 
-    /// Queues a broadcaster batch (already framed) behind what is queued.
-    pub(crate) fn push_shared(&mut self, entry: Arc<Outbound>) {
-        self.pending += entry.bytes();
-        self.out.push_back(Chunk::Shared(entry));
+    /// Queues a broadcaster batch (already framed) behind what is queued,
+    /// but for its first `from` bytes (already written by the broadcaster).
+    pub(crate) fn push_shared(&mut self, entry: Arc<Outbound>, from: usize) {
+        let chunk = Chunk::Shared(entry, from);
+        self.set_pending(self.pending + chunk.len());
+        self.out.push_back(chunk);
     }
 
     /// Whether unwritten bytes remain.
     pub(crate) fn is_blocked(&self) -> bool {
         self.pending > 0
+    }
+
+    /// Bytes written to the socket since the wire was made.
+    pub(crate) fn written(&self) -> u64 {
+        self.written
     }
 
     /// Writes as much of the queue as the socket takes.
@@ -129,7 +158,8 @@ impl<S: Read + Write> Wire<S> {
 
     /// Drops `n` written bytes from the front of the queue.
     fn consume(&mut self, mut n: usize) {
-        self.pending -= n;
+        self.set_pending(self.pending - n);
+        self.written += n as u64;
         while n > 0 {
             let Some(front) = self.out.front() else { break };
             let left = front.len() - self.offset;
@@ -153,7 +183,7 @@ impl<S: Read> Read for Wire<S> {
 impl<S> Write for Wire<S> {
     /// Takes every byte: the queue, not the socket, decides when to write.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.pending += buf.len();
+        self.set_pending(self.pending + buf.len());
         match self.out.back_mut() {
             Some(Chunk::Owned(last)) if last.len() < MERGE_BELOW => {
                 last.extend_from_slice(buf);
@@ -225,9 +255,9 @@ mod tests {
 
     #[test]
     fn many_frames_one_writev_in_order() {
-        let mut wire = Wire::new(Counting::default());
+        let mut wire = Wire::new(Counting::default(), Arc::default());
         for i in 0..10 {
-            wire.push_shared(entry(&format!("{{\"n\":{i}}}")));
+            wire.push_shared(entry(&format!("{{\"n\":{i}}}")), 0);
         }
         wire.write_all(b"pong").unwrap();
         assert!(wire.drain().unwrap());
@@ -243,8 +273,9 @@ mod tests {
 
     #[test]
     fn partial_writes_resume_where_they_stopped() {
-        let mut wire = Wire::new(Counting { limit: Some(7), ..Counting::default() });
-        wire.push_shared(entry("0123456789"));
+        let mut wire =
+            Wire::new(Counting { limit: Some(7), ..Counting::default() }, Arc::default());
+        wire.push_shared(entry("0123456789"), 0);
         wire.write_all(b"abc").unwrap();
         assert!(!wire.drain().unwrap(), "blocked after 7 bytes");
         assert!(wire.is_blocked());
@@ -266,8 +297,9 @@ mod tests {
             entry.wire = b"<h>".to_vec();
             entry.cut = Some(Cut::new(Arc::clone(&shared), vec![0..3, 5..6, 10..16]));
             assert_eq!(entry.bytes(), 3 + 3 + 1 + 6);
-            let mut wire = Wire::new(Counting { limit: Some(limit), ..Counting::default() });
-            wire.push_shared(Arc::new(entry));
+            let mut wire =
+                Wire::new(Counting { limit: Some(limit), ..Counting::default() }, Arc::default());
+            wire.push_shared(Arc::new(entry), 0);
             wire.write_all(b"!").unwrap();
             while !wire.drain().unwrap() {
                 wire.socket.limit = Some(limit);
