@@ -58,7 +58,7 @@ run() { # plain|tls
         relay_to="TCP:127.0.0.1:$WS_PORT"
     fi
     env LIVE_WS_HOST=127.0.0.1 LIVE_WS_PORT="$WS_PORT" HTTP_HOST=127.0.0.1 \
-        HTTP_PORT="$HTTP_PORT" LOG_LEVEL=warn LIVE_WS_MAX_PENDING_PER_IP=100000 \
+        HTTP_PORT="$HTTP_PORT" LOG_LEVEL=warn LIVE_WS_MAX_PENDING_PER_IP=100000 LIVE_WS_MAX_CONNECTIONS_PER_IP=0 \
         HTTP_MAX_CONNECTIONS_PER_IP=100000 "${tls_env[@]}" "$LIVECAST" \
         >"$OUT/livecast-$mode.log" 2>&1 &
     SERVER_PID=$!

@@ -174,7 +174,7 @@ start_server() { # name scenario
       # Every load client comes from 127.0.0.1: lift the per-address limits
       # (SPEC §9), which would otherwise answer a connect storm with 503s.
       env LIVE_WS_HOST=127.0.0.1 LIVE_WS_PORT="$WS_PORT" HTTP_HOST=127.0.0.1 \
-        HTTP_PORT="$HTTP_PORT" LOG_LEVEL=warn LIVE_WS_MAX_PENDING_PER_IP=100000 \
+        HTTP_PORT="$HTTP_PORT" LOG_LEVEL=warn LIVE_WS_MAX_PENDING_PER_IP=100000 LIVE_WS_MAX_CONNECTIONS_PER_IP=0 \
         HTTP_MAX_CONNECTIONS_PER_IP=100000 "${SERVER_PIN[@]}" "$LIVECAST" >"$log" 2>&1 &
       ;;
     tokio-ref)
