@@ -5,7 +5,7 @@
 //! never carry tokens or cookies: no code logs a header value or a query.
 //!
 //! Every message's control characters are escaped here, in the formatter
-//! ([`escape_controls`]), whoever logged it: peer-controlled text (an
+//! (`escape_controls`), whoever logged it: peer-controlled text (an
 //! event id, a path, a WebSocket payload that tungstenite logs verbatim at
 //! `trace`) can never end a line and forge the next one (SPEC §9 "Logs").
 //! One mechanism for every call site, the libraries' included.
