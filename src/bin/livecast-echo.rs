@@ -4,7 +4,9 @@
 //!
 //! Configured like `livecast` (environment variables); the defaults differ
 //! where the suite needs them: messages up to 64 MiB (its 9.x cases send
-//! 16 MiB) and no inbound rate limit (it sends thousands of frames at once).
+//! 16 MiB) and no inbound rate limit (it sends thousands of frames at once);
+//! the echo service also lifts the live protocol's limit of 16 fragments per
+//! message (its 9.x cases send hundreds).
 
 use std::process::ExitCode;
 

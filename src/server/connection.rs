@@ -118,7 +118,11 @@ pub(super) fn run(
             return;
         }
     };
-    let frames = Frames::new(Wire::new(stream, handle.unsent_meter()), &leftover);
+    let frames = Frames::new(
+        Wire::new(stream, handle.unsent_meter()),
+        &leftover,
+        shared.service.max_fragments(),
+    );
     let ws = WebSocket::from_partially_read(frames, leftover, Role::Server, Some(ws_config));
 
     let metrics = &shared.metrics;
@@ -917,6 +921,7 @@ mod tests {
                 Frames::new(
                     Wire::new(Stream::Plain(SharedSocket::new(server)), handle.unsent_meter()),
                     &[],
+                    shared.service.max_fragments(),
                 ),
                 Vec::new(),
                 Role::Server,

@@ -62,6 +62,9 @@ pub(crate) struct Frames<S> {
     header: [u8; 14],
     /// Frames of the message under way (0: none under way).
     fragments: u32,
+    /// Most frames one message may have ([`MAX_FRAGMENTS`] for the live
+    /// protocol).
+    max_fragments: u32,
     /// A frame began since [`Frames::take_seen`] was last called.
     seen: bool,
 }
@@ -69,12 +72,13 @@ pub(crate) struct Frames<S> {
 impl<S> Frames<S> {
     /// Wraps `inner`; `leftover` are bytes of the stream already read past
     /// the handshake (handed to tungstenite separately), parsed first.
-    pub(crate) fn new(inner: S, leftover: &[u8]) -> Frames<S> {
+    pub(crate) fn new(inner: S, leftover: &[u8], max_fragments: u32) -> Frames<S> {
         let mut frames = Frames {
             inner,
             state: State::Header { have: 0 },
             header: [0; 14],
             fragments: 0,
+            max_fragments,
             seen: false,
         };
         // A limit reached in the leftover shows at the first read.
@@ -167,7 +171,7 @@ impl<S> Frames<S> {
             // protocol error to report).
             _ => self.fragments = self.fragments.saturating_add(1),
         }
-        let within = self.fragments <= MAX_FRAGMENTS;
+        let within = self.fragments <= self.max_fragments;
         if fin {
             self.fragments = 0;
         }
@@ -250,7 +254,7 @@ mod tests {
     #[test]
     fn sixteen_fragments_pass_the_seventeenth_fails() {
         for chunk in [1, 3, 1000] {
-            let mut f = Frames::new(io::empty(), &[]);
+            let mut f = Frames::new(io::empty(), &[], MAX_FRAGMENTS);
             let mut bytes = frame(false, 1, b"");
             for _ in 0..14 {
                 bytes.extend(frame(false, 0, b""));
@@ -274,7 +278,7 @@ mod tests {
 
     #[test]
     fn long_payloads_of_every_length_form_are_skipped_exactly() {
-        let mut f = Frames::new(io::empty(), &[]);
+        let mut f = Frames::new(io::empty(), &[], MAX_FRAGMENTS);
         let mut bytes = Vec::new();
         for len in [0usize, 125, 126, 65_535, 65_536, 70_000] {
             // Payload bytes that look like headers must not be parsed.
@@ -287,7 +291,7 @@ mod tests {
 
     #[test]
     fn the_leftover_of_the_handshake_is_counted() {
-        let mut f = Frames::new(io::empty(), &frame(true, 10, b""));
+        let mut f = Frames::new(io::empty(), &frame(true, 10, b""), MAX_FRAGMENTS);
         assert!(f.take_seen(), "a pong in the handshake's leftover");
     }
 
@@ -298,7 +302,7 @@ mod tests {
             bytes.extend(frame(false, 0, b""));
         }
         bytes.extend(b"rest");
-        let mut f = Frames::new(io::Cursor::new(bytes), &[]);
+        let mut f = Frames::new(io::Cursor::new(bytes), &[], MAX_FRAGMENTS);
         let mut buf = [0u8; 4096];
         let err = f.read(&mut buf).expect_err("17 fragments");
         assert!(TooManyFragments::is(&err));

@@ -52,6 +52,19 @@ pub enum Service {
     Echo,
 }
 
+impl Service {
+    /// Most frames one inbound message may have. The live protocol's
+    /// messages are small JSON objects, so a long fragment chain is only a
+    /// way to keep a peer busy; the conformance suite's echo cases send
+    /// messages of hundreds of fragments on purpose.
+    pub(crate) fn max_fragments(self) -> u32 {
+        match self {
+            Service::Live => frames::MAX_FRAGMENTS,
+            Service::Echo => u32::MAX,
+        }
+    }
+}
+
 /// What every connection thread shares with the rest of the server.
 #[derive(Debug)]
 pub(crate) struct Shared {
