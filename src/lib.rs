@@ -230,6 +230,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
     // The dashboard needs the port clients can reach, the real one when 0
     // was asked for.
     let ws_port = ws_listener.local_addr().map_or(config.ws_port, |a| a.port());
+    let http_port = http_listener.local_addr().map_or(config.http_port, |a| a.port());
     let settings = http::RouteSettings::from_config(&config);
     let shared = Arc::new(Shared::new(config, metrics.clone(), service, commands.clone(), auth));
     let ops = http::OpsState {
@@ -241,7 +242,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         connections: Arc::clone(&shared.connections),
         accepting: Arc::clone(&shared.accepting),
     };
-    let routes = Arc::new(http::Routes::new(ops, ws_port));
+    let routes = Arc::new(http::Routes::new(ops, ws_port, http_port));
     let refused = Some(shared.metrics.http_refused.clone());
     let http =
         HttpServer::start(http_listener, limits, routes, refused).map_err(StartError::Spawn)?;

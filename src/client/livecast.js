@@ -49,10 +49,12 @@ export const DEFAULTS = Object.freeze({
   authCheck: true,          // ask GET /auth/check when an upgrade fails
 });
 
-// Filled in by the livecast that serves this file (its WebSocket port).
-// Anywhere else (a copy from npm) the placeholder stays, and the default
-// URL is the page's host on port 8080, livecast's default.
+// Filled in by the livecast that serves this file (its WebSocket port, and
+// the HTTP port it serves this file on). Anywhere else (a copy from npm)
+// the placeholders stay, and the default URL is the page's host on port
+// 8080, livecast's default.
 const SERVED_WS_PORT = "{{WS_PORT}}";
+const SERVED_HTTP_PORT = "{{HTTP_PORT}}";
 
 /** The close code of a session that stopped validating: log in again. */
 const CLOSE_UNAUTHORIZED = 4401;
@@ -506,6 +508,9 @@ function subscribeMessage(sub) {
 /**
  * ws://<host>:<port>/: the host that served this module when a livecast
  * served it (its port filled in), else the page's host and port 8080.
+ * A module loaded on another port than the one livecast serves it on came
+ * through a reverse proxy (such as the operator kit's nginx), which
+ * carries the WebSocket on / of that same origin: wss://<host>/.
  */
 function defaultUrl() {
   const served = /^\d+$/.test(SERVED_WS_PORT);
@@ -514,8 +519,16 @@ function defaultUrl() {
     throw new TypeError("livecast: no page to take the host from: pass options.url");
   }
   const scheme = base.protocol === "https:" ? "wss:" : "ws:";
+  if (served && isProxied(base, SERVED_HTTP_PORT)) return `${scheme}//${base.host}/`;
   // URL.hostname keeps the brackets of an IPv6 address.
   return `${scheme}//${base.hostname}:${served ? SERVED_WS_PORT : "8080"}/`;
+}
+
+/** Whether `url` (http: or https:) is on another port than `servedPort`. */
+function isProxied(url, servedPort) {
+  if (!/^\d+$/.test(servedPort)) return false;
+  const port = url.port || (url.protocol === "https:" ? "443" : "80");
+  return port !== servedPort;
 }
 
 /** The N of "...; retry-after-ms=N" in a 1001's reason, or null. */

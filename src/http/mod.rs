@@ -165,6 +165,9 @@ const DASHBOARD: &str = include_str!("../dashboard/index.html");
 const WS_PORT_PLACEHOLDER: &str = "{{WS_PORT}}";
 /// Where the dashboard page expects `LIVE_TRAIL_LENGTH`.
 const TRAIL_LENGTH_PLACEHOLDER: &str = "{{TRAIL_LENGTH}}";
+/// Where the page reads the HTTP port it is served on: a page loaded on
+/// another port came through a reverse proxy, and connects through it.
+const HTTP_PORT_PLACEHOLDER: &str = "{{HTTP_PORT}}";
 
 /// The dashboard's Content-Security-Policy: inline code and this server's
 /// own scripts (`/livecast.js`) only, connections
@@ -176,13 +179,14 @@ base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 impl Routes {
     /// The routes, with the dashboard pointing at WebSocket port `ws_port`
-    /// (the bound one).
-    pub(crate) fn new(state: OpsState, ws_port: u16) -> Routes {
+    /// and knowing it is served on `http_port` (the bound ones).
+    pub(crate) fn new(state: OpsState, ws_port: u16, http_port: u16) -> Routes {
         let index = DASHBOARD
             .replace(WS_PORT_PLACEHOLDER, &ws_port.to_string())
+            .replace(HTTP_PORT_PLACEHOLDER, &http_port.to_string())
             .replace(TRAIL_LENGTH_PLACEHOLDER, &state.settings.trail_length.to_string())
             .into_bytes();
-        Routes { state, index, library: assets::ClientLibrary::new(ws_port) }
+        Routes { state, index, library: assets::ClientLibrary::new(ws_port, http_port) }
     }
 
     fn readyz(&self) -> Response {
