@@ -22,7 +22,9 @@
 // - 4401 (session revoked or expired) stops: state "unauthorized" until
 //   client.reconnect(); an upgrade refused before opening (browsers only
 //   see 1006) is told apart by asking GET /auth/check, which answers 401
-//   for credentials that will not do;
+//   for credentials that will not do, and 403 {"error":"origin-refused"}
+//   to a page the server's Origin rule refuses: state "refused" (detail
+//   .rule "origin", .message says what to change), no retry either;
 // - every subscription is sent again after a reconnect (with its `trail`),
 //   and its devices (and trails) replaced by the fresh snapshot: no device
 //   survives that the server no longer knows;
@@ -108,7 +110,7 @@ export class Client {
     });
   }
 
-  /** "connecting" | "connected" | "retrying" | "unauthorized" | "closed" */
+  /** "connecting" | "connected" | "retrying" | "unauthorized" | "refused" | "closed" */
   get state() {
     return this.#state;
   }
@@ -262,8 +264,17 @@ export class Client {
       // Refused before opening: the browser hides the HTTP status (401,
       // 403, 503 all read as 1006). /auth/check tells a login problem
       // from a server that is down or busy.
-      const status = await this.#authCheck();
+      const { status, error, message } = await this.#authCheck();
       if (generation !== this.#generation) return; // reconnect() or close() meanwhile
+      if (error === "origin-refused") {
+        // This page may not connect at all: no retry can change that, only
+        // the server's configuration (or serving the page elsewhere).
+        this.#setState("refused", {
+          code, reason, authCheck: status, rule: "origin",
+          message: message || "refused by the Origin rule",
+        });
+        return;
+      }
       if (status === 401 || status === 403) {
         this.#setState("unauthorized", {
           code, reason, authCheck: status, message: `credentials refused (auth check: ${status})`,
@@ -277,7 +288,11 @@ export class Client {
     this.#retry(detail, retryAfter);
   }
 
-  /** GET /auth/check with the same credentials: its status, 0 if unreachable. */
+  /**
+   * GET /auth/check with the same credentials: {status} (0 if unreachable),
+   * with the `error` and `message` of a JSON answer (a page refused by the
+   * Origin rule is told so, readably).
+   */
   async #authCheck() {
     const url = new URL(this.#url.href);
     url.protocol = url.protocol === "wss:" ? "https:" : "http:";
@@ -288,9 +303,17 @@ export class Client {
         cache: "no-store",
         signal: AbortSignal.timeout?.(this.#options.connectTimeoutMs),
       });
-      return response.status;
+      let body = {};
+      if (/json/.test(response.headers.get("content-type") || "")) {
+        body = await response.json().catch(() => ({}));
+      }
+      return {
+        status: response.status,
+        error: typeof body?.error === "string" ? body.error : undefined,
+        message: typeof body?.message === "string" ? body.message : undefined,
+      };
     } catch (_) {
-      return 0; // unreachable, or not allowed to read the answer (CORS)
+      return { status: 0 }; // unreachable, or not allowed to read the answer (CORS)
     }
   }
 

@@ -5,6 +5,8 @@
 //!   `ws-xxxxxxxx` thread, or answer `503`;
 //! - `handshake.rs`: the HTTP upgrade, run in the new thread: Origin, auth,
 //!   `GET /auth/check`, 101;
+//! - `refusal.rs`: refused upgrades logged (rate-limited) and told to the
+//!   page through `/auth/check`;
 //! - `connection.rs`: the connection loop: poll on socket + wake fd, write
 //!   queued frames, read, heartbeat;
 //! - `sleep.rs`: the per-connection epoll set (socket + wake eventfd) the
@@ -15,6 +17,7 @@
 mod acceptor;
 mod connection;
 mod handshake;
+mod refusal;
 mod sleep;
 mod wire;
 

@@ -270,6 +270,30 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     await stopServer(server);
   });
 
+  await t.test("a page on another host name: the Origin rule says so, on the page and in the log", async () => {
+    server = await startServer();
+    // localhost and 127.0.0.1 are the same machine, but not the same host
+    // name: the Origin rule (mode none) refuses the upgrade, which the
+    // page sees as a bare 1006.
+    await page.goto(`http://localhost:${server.httpPort}/?event=${event}&ws=ws://127.0.0.1:${server.wsPort}/`);
+    await waitForState("refused");
+    const detail = await page.locator("#state-detail").textContent();
+    assert.match(detail, /Origin rule/);
+    assert.match(detail, /LIVE_WS_ALLOWED_ORIGINS/);
+    await page.waitForTimeout(1500);
+    assert.equal(await stateOf(), "refused", "no retry loop: only the configuration can change it");
+    const deadline = Date.now() + WAIT;
+    while (!/WARN.*refused by the Origin rule.*LIVE_WS_ALLOWED_ORIGINS/.test(server.stderr)) {
+      assert.ok(Date.now() < deadline, `no warning in the log:\n${server.stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // Told apart from "log in again" and from "server down": the same page
+    // on the WebSocket URL's host name connects.
+    await page.goto(`http://127.0.0.1:${server.httpPort}/?event=${event}`);
+    await waitForState("connected");
+    await stopServer(server);
+  });
+
   await t.test("livecast --demo: every device moves", async () => {
     server = await startServer({ args: ["--demo"], env: { LIVE_DEMO_INTERVAL_MS: "500" } });
     assert.match(server.demoUrl, new RegExp(`^http://${server.http}/\\?event=demo-marathon$`));

@@ -1,0 +1,88 @@
+//! Operating it: every refusal says why. A page refused by the Origin rule
+//! is told so by `GET /auth/check` (readably, across origins), and the
+//! operator by one rate-limited `warn` line naming the variable to change.
+
+use crate::support::{Binary, DEADLINE, Server, TempDir, wait_child, wait_until};
+
+const PAGE: &str = "http://localhost:9090";
+
+#[test]
+fn auth_check_tells_a_page_the_origin_rule_refuses_that_it_does() {
+    // Mode none: the page's host name must be the WebSocket's.
+    let srv = Server::start();
+    let r = srv.ws_request("/auth/check", &[("Origin", PAGE)]);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), Some(PAGE), "readable by that page");
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    let body = r.json();
+    assert_eq!(body["error"], "origin-refused");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains("LIVE_WS_ALLOWED_ORIGINS"), "{message}");
+    assert_eq!(body.as_object().map(serde_json::Map::len), Some(2), "nothing else: {body}");
+    // The upgrade it stands for is refused by the same rule.
+    assert_eq!(srv.upgrade("/", &[("Origin", PAGE)]).status, 403);
+    // A page on the same host name is fine; so is a script (no Origin).
+    let same = srv.ws_request("/auth/check", &[("Origin", "http://127.0.0.1:9090")]);
+    assert_eq!(same.status, 204);
+    assert_eq!(same.header("access-control-allow-origin"), Some("http://127.0.0.1:9090"));
+    assert_eq!(srv.ws_request("/auth/check", &[]).status, 204);
+}
+
+#[test]
+fn auth_check_says_nothing_about_credentials_to_a_refused_origin() {
+    let dir = TempDir::new("ops-origin");
+    let file = dir.write("tokens.json", r#"{"tok-a":{"user":"alice","events":["*"]}}"#);
+    let srv = Server::with(|c| {
+        c.auth_mode = livecast::AuthMode::Tokens;
+        c.tokens_file = Some(file);
+        c.allowed_origins = vec!["https://app.example".to_owned()];
+    });
+    let listed = [("Origin", "https://app.example")];
+    let good = [("Origin", "https://app.example"), ("Authorization", "Bearer tok-a")];
+    assert_eq!(srv.ws_request("/auth/check", &good).status, 204);
+    assert_eq!(srv.ws_request("/auth/check", &listed).status, 401, "listed, no token");
+    // Another origin: the same answer whether its token is good or not.
+    for token in ["Bearer tok-a", "Bearer nope"] {
+        let r = srv.ws_request(
+            "/auth/check",
+            &[("Origin", "https://evil.example"), ("Authorization", token)],
+        );
+        assert_eq!(r.status, 403, "{token}");
+        assert_eq!(r.json()["error"], "origin-refused");
+    }
+}
+
+#[test]
+fn a_refused_upgrade_is_logged_once_a_minute_with_the_rule_and_the_variable() {
+    let mut bin = Binary::start(&[("LOG_LEVEL", "info")]);
+    let ws = bin.ws;
+    let upgrade = |origin: &str| {
+        let mut headers = crate::support::upgrade_headers();
+        headers.push(("Origin", origin));
+        crate::support::http_request(ws, "GET", "/", &headers, b"").status
+    };
+    assert_eq!(upgrade(PAGE), 403);
+    let line = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("refused by the Origin rule"))
+            .map(str::to_owned)
+            .collect()
+    };
+    wait_until(DEADLINE, "the refusal in the log", || !line(&bin.stderr()).is_empty());
+    let first = line(&bin.stderr());
+    let text = &first[0];
+    assert!(text.contains("WARN"), "{text}");
+    assert!(text.contains("LIVE_WS_ALLOWED_ORIGINS"), "{text}");
+    assert!(text.contains(r#""http://localhost:9090""#), "the Origin, quoted: {text}");
+    // A crowd of refused pages: still one line in the minute, and the
+    // page on the right host name is let in.
+    for n in 0..5 {
+        assert_eq!(upgrade(&format!("http://page-{n}.example")), 403);
+    }
+    assert_eq!(upgrade(&format!("http://127.0.0.1:{}", bin.http.port())), 101);
+    // Stopped, the process has written every line it ever will.
+    bin.signal("-TERM");
+    assert!(wait_child(&mut bin.child, DEADLINE).is_some_and(|s| s.success()));
+    wait_until(DEADLINE, "stderr read to its end", || bin.stderr().contains("stopping"));
+    assert_eq!(line(&bin.stderr()).len(), 1, "rate-limited:\n{}", bin.stderr());
+}
