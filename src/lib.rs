@@ -185,6 +185,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         thread::spawn_named("broadcaster".into(), None, move || broadcaster.run(&inbox))
             .map_err(StartError::Spawn)?;
 
+    let routing = source::device_map::SharedMap::default();
     let device_map = match MapSource::from_config(&config) {
         Some(source) => Some(
             Refresher::start(
@@ -192,6 +193,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
                 config.device_event_refresh,
                 commands.clone(),
                 metrics.clone(),
+                Arc::clone(&routing),
             )
             .map_err(StartError::Spawn)?,
         ),
@@ -241,6 +243,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         source: status,
         connections: Arc::clone(&shared.connections),
         accepting: Arc::clone(&shared.accepting),
+        device_map: routing,
     };
     let routes = Arc::new(http::Routes::new(ops, ws_port, http_port));
     let refused = Some(shared.metrics.http_refused.clone());

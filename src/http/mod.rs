@@ -46,6 +46,8 @@ pub(crate) struct OpsState {
     pub(crate) connections: Arc<RwLock<HashMap<Uuid, Arc<ClientHandle>>>>,
     /// False once a stop has begun: `/readyz` turns 503.
     pub(crate) accepting: Arc<AtomicBool>,
+    /// The device→event map in force, for the ingest answer's `unrouted`.
+    pub(crate) device_map: crate::source::device_map::SharedMap,
 }
 
 /// The configuration the routes read, taken from [`Config`] at start.
@@ -272,6 +274,12 @@ impl Routes {
             .positions_rejected
             .with_label_values(&["ingest"])
             .inc_by(parsed.rejected_count as u64);
+        // Without Redis this instance is the only router: say what no
+        // event will receive (with Redis, another instance may route it).
+        let unrouted = match &self.state.sink {
+            None => crate::source::device_map::unrouted(&self.state.device_map, &parsed.positions),
+            Some(_) => 0,
+        };
         if accepted > 0 {
             // With Redis, the stream is the one path to every instance,
             // this one included.
@@ -284,14 +292,15 @@ impl Routes {
                 return Response::json(503, &json!({"error": "server is stopping"}));
             }
         }
-        Response::json(
-            202,
-            &json!({
-                "accepted": accepted,
-                "rejected": parsed.rejected,
-                "rejectedCount": parsed.rejected_count,
-            }),
-        )
+        let mut answer = serde_json::Map::new();
+        answer.insert("accepted".into(), json!(accepted));
+        answer.insert("rejected".into(), json!(parsed.rejected));
+        answer.insert("rejectedCount".into(), json!(parsed.rejected_count));
+        if unrouted > 0 {
+            answer.insert("unrouted".into(), json!(unrouted));
+            answer.insert("hint".into(), json!(UNROUTED_HINT));
+        }
+        Response::json(202, &Value::Object(answer))
     }
 
     fn connections(&self) -> Response {
@@ -327,6 +336,12 @@ impl Routes {
         Response::json(200, &Value::Array(list))
     }
 }
+
+/// Said with `unrouted` in an ingest answer.
+const UNROUTED_HINT: &str = "unrouted positions have no eventId and their device is not in the \
+                             device→event map (LIVE_DEVICE_EVENT_FILE, or the devices of Directus): no \
+                             event receives them; \
+                             add eventId, or map the device";
 
 /// Whether the head carries `Authorization: Bearer <token>` for `token`.
 fn bearer_matches(head: &RequestHead, token: &Secret) -> bool {

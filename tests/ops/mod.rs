@@ -1,8 +1,12 @@
 //! Operating it: every refusal says why. A page refused by the Origin rule
 //! is told so by `GET /auth/check` (readably, across origins), and the
-//! operator by one rate-limited `warn` line naming the variable to change.
+//! operator by one rate-limited `warn` line naming the variable to change;
+//! an ingest answer names a `ts` in seconds and counts the positions no
+//! event will receive.
 
-use crate::support::{Binary, DEADLINE, Server, TempDir, wait_child, wait_until};
+use serde_json::json;
+
+use crate::support::{Binary, DEADLINE, Server, TempDir, now_ms, wait_child, wait_until};
 
 const PAGE: &str = "http://localhost:9090";
 
@@ -85,4 +89,57 @@ fn a_refused_upgrade_is_logged_once_a_minute_with_the_rule_and_the_variable() {
     assert!(wait_child(&mut bin.child, DEADLINE).is_some_and(|s| s.success()));
     wait_until(DEADLINE, "stderr read to its end", || bin.stderr().contains("stopping"));
     assert_eq!(line(&bin.stderr()).len(), 1, "rate-limited:\n{}", bin.stderr());
+}
+
+// ---------------------------------------------------------------------------
+// Ingest answers that say what happened
+
+#[test]
+fn a_ts_in_seconds_is_rejected_with_the_hint() {
+    let srv = Server::start();
+    let now = now_ms();
+    let answer = srv.ingest(&json!([
+        {"eventId": "e-1", "deviceId": "d-1", "lat": 1.0, "lon": 2.0, "ts": now / 1000},
+        {"eventId": "e-1", "deviceId": "d-1", "lat": 1.0, "lon": 2.0, "ts": now},
+    ]));
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(answer["rejected"][0]["index"], 0);
+    let error = answer["rejected"][0]["error"].as_str().expect("error");
+    assert!(error.contains("looks like seconds"), "{error}");
+    assert!(error.contains(&(now / 1000).to_string()), "names the value: {error}");
+    assert!(error.contains("1000"), "says what to do: {error}");
+}
+
+#[test]
+fn positions_no_event_will_receive_are_counted_in_the_answer() {
+    // No map at all: a position without eventId goes nowhere.
+    let srv = Server::start();
+    let answer = srv.ingest(&json!([
+        {"deviceId": "d-1", "lat": 1.0, "lon": 2.0, "ts": now_ms()},
+        crate::support::pos("e-1", "d-2", 0),
+    ]));
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    assert_eq!(answer["unrouted"], 1, "{answer}");
+    let hint = answer["hint"].as_str().expect("hint");
+    assert!(hint.contains("eventId") && hint.contains("LIVE_DEVICE_EVENT_FILE"), "{hint}");
+    srv.expect_metric("livecast_positions_unrouted_total", &[], 1.0);
+    // Everything routed: the answer is the plain one.
+    assert_eq!(
+        srv.ingest(&json!([crate::support::pos("e-1", "d-2", 1)])),
+        json!({"accepted": 1, "rejected": [], "rejectedCount": 0})
+    );
+
+    // With a map: only devices it does not hold are unrouted.
+    let dir = TempDir::new("ops-unrouted");
+    let map = dir.write("map.json", r#"{"d-mapped":"e-9"}"#);
+    let srv = Server::with(|c| c.device_event_file = Some(map));
+    let mut client = srv.connect();
+    client.subscribe("e-9");
+    let answer = srv.ingest(&json!([
+        {"deviceId": "d-mapped", "lat": 1.0, "lon": 2.0, "ts": now_ms(), "seq": 0},
+        {"deviceId": "d-stray", "lat": 1.0, "lon": 2.0, "ts": now_ms()},
+        {"deviceId": "d-stray", "lat": 1.0, "lon": 2.0, "ts": now_ms()},
+    ]));
+    assert_eq!(answer["unrouted"], 2, "{answer}");
+    assert_eq!(client.recv_position()["deviceId"], "d-mapped");
 }
