@@ -47,6 +47,16 @@ pub(crate) struct PutOutcome {
     pub(crate) evicted: u64,
 }
 
+/// One event with positions, for the event list (a client's `events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EventSummary {
+    pub(crate) event: String,
+    /// Devices whose latest position is in this event.
+    pub(crate) devices: usize,
+    /// The newest `ts` among them (ms since the epoch).
+    pub(crate) last_ts: i64,
+}
+
 /// Latest positions and trails, owned by the broadcaster thread.
 #[derive(Debug)]
 pub(crate) struct Cache {
@@ -166,6 +176,22 @@ impl Cache {
                 (id, d.trail.iter().skip(skip).map(Utf8Bytes::as_str))
             },
         )
+    }
+
+    /// Every event with positions, newest update first. Walks every cached
+    /// device: asked only by a client's `events`, never on the hot path.
+    pub(crate) fn event_summaries(&self) -> Vec<EventSummary> {
+        let mut list: Vec<EventSummary> = self
+            .events
+            .iter()
+            .map(|(event, devices)| EventSummary {
+                event: event.clone(),
+                devices: devices.len(),
+                last_ts: devices.values().map(|d| d.position.ts_ms).max().unwrap_or(0),
+            })
+            .collect();
+        list.sort_unstable_by(|a, b| b.last_ts.cmp(&a.last_ts).then_with(|| a.event.cmp(&b.event)));
+        list
     }
 
     /// Devices currently cached.

@@ -14,3 +14,4 @@ mod cache;
 mod registry;
 
 pub(crate) use broadcaster::{Broadcaster, Command};
+pub(crate) use cache::EventSummary;

@@ -5,6 +5,8 @@
 //!   `ws-xxxxxxxx` thread, or answer `503`;
 //! - `handshake.rs`: the HTTP upgrade, run in the new thread: Origin, auth,
 //!   `GET /auth/check`, 101;
+//! - `events.rs`: a client's `events`: the events with positions its user
+//!   may read;
 //! - `refusal.rs`: refused upgrades logged (rate-limited) and told to the
 //!   page through `/auth/check`;
 //! - `connection.rs`: the connection loop: poll on socket + wake fd, write
@@ -16,6 +18,7 @@
 
 mod acceptor;
 mod connection;
+mod events;
 mod handshake;
 mod refusal;
 mod sleep;

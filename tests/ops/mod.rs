@@ -143,3 +143,70 @@ fn positions_no_event_will_receive_are_counted_in_the_answer() {
     assert_eq!(answer["unrouted"], 2, "{answer}");
     assert_eq!(client.recv_position()["deviceId"], "d-mapped");
 }
+
+// ---------------------------------------------------------------------------
+// The event list
+
+fn events_of(client: &mut crate::support::Client) -> Vec<serde_json::Value> {
+    client.send_json(&json!({"type": "events"}));
+    client.recv_type("events")["events"].as_array().expect("events array").clone()
+}
+
+#[test]
+fn the_event_list_has_every_event_with_positions_newest_first() {
+    let srv = Server::start();
+    let mut client = srv.connect();
+    assert_eq!(events_of(&mut client), Vec::<serde_json::Value>::new(), "nothing yet");
+    let t = now_ms();
+    let at = |event: &str, device: &str, ts: i64| json!({"eventId": event, "deviceId": device, "lat": 1.0, "lon": 2.0, "ts": ts});
+    srv.ingest_ok(&json!([
+        at("e-old", "d-1", t - 60_000),
+        at("e-old", "d-2", t - 30_000),
+        at("e-new", "d-3", t),
+        at("e-old", "d-1", t - 20_000),
+    ]));
+    assert_eq!(
+        events_of(&mut client),
+        [
+            json!({"eventId": "e-new", "devices": 1, "lastUpdate": t}),
+            json!({"eventId": "e-old", "devices": 2, "lastUpdate": t - 20_000}),
+        ]
+    );
+    // A device that moves leaves its old event; an event without devices
+    // is not listed.
+    srv.ingest_ok(&json!([at("e-new", "d-1", t + 1), at("e-new", "d-2", t + 2)]));
+    assert_eq!(
+        events_of(&mut client),
+        [json!({"eventId": "e-new", "devices": 3, "lastUpdate": t + 2})]
+    );
+    srv.expect_metric("livecast_inbound_messages_total", &[("type", "events")], 3.0);
+}
+
+#[test]
+fn in_tokens_mode_the_event_list_holds_the_tokens_events() {
+    let dir = TempDir::new("ops-events");
+    let file = dir.write(
+        "tokens.json",
+        r#"{"tok-a":{"user":"alice","events":["e-1"]},"tok-all":{"user":"root","events":["*"]}}"#,
+    );
+    let srv = Server::with(|c| {
+        c.auth_mode = livecast::AuthMode::Tokens;
+        c.tokens_file = Some(file);
+    });
+    srv.ingest_ok(&json!([
+        crate::support::pos("e-1", "d-1", 0),
+        crate::support::pos("e-2", "d-2", 0)
+    ]));
+    let ids = |client: &mut crate::support::Client| {
+        let mut ids: Vec<String> = events_of(client)
+            .iter()
+            .filter_map(|e| e["eventId"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let mut alice = srv.connect_with("/", &[("Authorization", "Bearer tok-a")]).expect("tok-a");
+    assert_eq!(ids(&mut alice), ["e-1"]);
+    let mut root = srv.connect_with("/?access_token=tok-all", &[]).expect("tok-all");
+    assert_eq!(ids(&mut root), ["e-1", "e-2"]);
+}
