@@ -145,12 +145,26 @@ export declare class Client {
   readonly state: State;
   /** The WebSocket URL in use. */
   readonly url: string;
+  /**
+   * The events with positions this connection's user may read, newest
+   * update first (at most 100). Rejects when not connected.
+   */
+  events(): Promise<EventInfo[]>;
   /** Subscribes now or once connected, and again after every reconnect. */
   subscribe(eventId: string, handlers?: SubscribeHandlers): Subscription;
   /** Drops the connection and connects again at once, backoff reset (also out of "unauthorized", "refused" and "closed"). */
   reconnect(): void;
   /** Closes for good (until reconnect()). */
   close(): void;
+}
+
+/** One entry of Client.events(). */
+export interface EventInfo {
+  eventId: string;
+  /** Devices whose latest position is in this event. */
+  devices: number;
+  /** The newest `ts` among them (milliseconds since the epoch). */
+  lastUpdate: number;
 }
 
 /** Opens a connection and keeps it open until close(). */

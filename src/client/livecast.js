@@ -11,6 +11,7 @@
 //     onPosition(position, devices) { ... },
 //     onError(error) { ... },               // {code, message, eventId}
 //   });
+//   const events = await client.events();   // [{eventId, devices, lastUpdate}] once connected
 //
 // What it does for the page (the reconnect rules of livecast's protocol):
 // - reconnects with exponential backoff and full jitter: the delay before
@@ -93,6 +94,7 @@ export class Client {
   #generation = 0;            // bumped by reconnect() and close(): stale callbacks see it
   #timers = { retry: 0, connect: 0, idle: 0, pong: 0 };
   #pings = 0;
+  #eventLists = [];           // events() calls waiting for their answer, oldest first
 
   constructor(options = {}) {
     this.#options = { ...DEFAULTS, ...withoutUndefined(options) };
@@ -139,6 +141,22 @@ export class Client {
     this.#subscriptions.set(eventId, sub);
     this.#subscribe(sub);
     return sub;
+  }
+
+  /**
+   * The events that have positions and that this connection's user may
+   * read, newest update first: a Promise of [{eventId, devices,
+   * lastUpdate}] (at most 100). Rejects when not connected, or when the
+   * connection drops before the answer.
+   */
+  events() {
+    return new Promise((resolve, reject) => {
+      if (!this.#send({ type: "events" })) {
+        reject(new Error("livecast: not connected"));
+        return;
+      }
+      this.#eventLists.push({ resolve, reject });
+    });
   }
 
   /**
@@ -197,6 +215,7 @@ export class Client {
       if (socket !== this.#socket) return;
       this.#socket = null;
       this.#clearTimers();
+      this.#failEventLists();
       this.#closed(event.code, event.reason || "", opened);
     };
     // An error is always followed by close, which decides what to do.
@@ -206,6 +225,7 @@ export class Client {
   /** Forgets the current socket (without waiting for its close) and every timer. */
   #drop() {
     this.#clearTimers();
+    this.#failEventLists();
     const socket = this.#socket;
     this.#socket = null;
     if (!socket) return;
@@ -214,6 +234,13 @@ export class Client {
       socket.close(1000);
     } catch (_) {
       // Already closing.
+    }
+  }
+
+  /** events() calls still waiting lose their connection: they fail. */
+  #failEventLists() {
+    for (const waiting of this.#eventLists.splice(0)) {
+      waiting.reject(new Error("livecast: connection lost before the event list came"));
     }
   }
 
@@ -378,6 +405,11 @@ export class Client {
         // An error that names a subscribed event is that subscription's;
         // the rest (and every error when it has no onError) is the client's.
         if (!sub?.[ERROR](error)) call(this.#options.onError, error);
+        break;
+      }
+      case "events": {
+        const list = Array.isArray(msg.events) ? msg.events.filter((e) => e && typeof e.eventId === "string") : [];
+        this.#eventLists.shift()?.resolve(list);
         break;
       }
       default:

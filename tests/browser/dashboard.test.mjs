@@ -73,7 +73,9 @@ async function waitForRows(expected) {
     assert.equal(await row.locator("td.lat").textContent(), p.lat.toFixed(5), `${id} lat cell`);
     assert.equal(await row.locator("td.lon").textContent(), p.lon.toFixed(5), `${id} lon cell`);
     if (p.speed !== undefined) {
-      assert.equal(await row.locator("td.speed").textContent(), String(p.speed), `${id} speed`);
+      // m/s on the wire, km/h with one decimal on the page.
+      assert.equal(await row.locator("td.speed").textContent(), `${(p.speed * 3.6).toFixed(1)} km/h`,
+        `${id} speed`);
     }
   }
 }
@@ -210,6 +212,43 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     while (await page.locator("#errors li").count() > 0) {
       await page.locator("#errors li button").first().click(); // dismiss
     }
+  });
+
+  await t.test("the bare page lists the events; an event without positions says so", async () => {
+    await page.goto(`http://${server.http}/`);
+    await page.locator('#event-list li[data-event="bt-race"]').waitFor({ timeout: WAIT });
+    const listed = await page.$$eval("#event-list li", (lis) => lis.map((li) => li.dataset.event));
+    assert.deepEqual(listed.sort(), ["bt-other", "bt-race", "bt-trail"]);
+    assert.match(await page.locator('#event-list li[data-event="bt-race"]').textContent(),
+      /^bt-race5 devices · updated \d+ (s|min \d+ s) ago$/);
+    assert.match(await page.locator('#event-list li[data-event="bt-other"]').textContent(), /1 device ·/);
+    await page.screenshot({ path: path.join(outDir, "dashboard-events.png") });
+    // Picked from the list: one device, one position, said in the singular.
+    await page.click('#event-list li[data-event="bt-other"] button');
+    await waitForRows({ "x-1": { lat: 1, lon: 1 } });
+    assert.equal(await page.locator("#event-list").isHidden(), true);
+    assert.match(page.url(), /[?&]event=bt-other(&|$)/);
+    assert.equal(await page.locator("#event").inputValue(), "bt-other");
+    assert.equal(await page.locator(".stats").innerText().then((t) => t.replace(/\s+/g, " ").trim()),
+      `${await page.locator("#rate").textContent()} msg/s 1 device 1 position`);
+    // A typed event nobody posts to: the page says so and offers the
+    // others; the counters start over.
+    await page.fill("#event", "bt-nothing");
+    await page.press("#event", "Enter");
+    await page.waitForFunction(() => {
+      const list = document.getElementById("event-list");
+      return !list.hidden && list.dataset.emptyEvent === "bt-nothing" && list.querySelectorAll("li").length === 3;
+    }, null, { timeout: WAIT });
+    assert.match(await page.locator("#event-list p").textContent(), /No positions in event bt-nothing yet/);
+    assert.equal(await page.locator("#total").textContent(), "0");
+    assert.equal(await page.locator("#device-count").textContent(), "0");
+    // Its first position replaces the list with the device.
+    await ingest(server, [{ eventId: "bt-nothing", deviceId: "n-1", lat: 46.5, lon: 6.6, ts: Date.now() }]);
+    await waitForRows({ "n-1": { lat: 46.5, lon: 6.6 } });
+    assert.equal(await page.locator("#event-list").isHidden(), true);
+    await page.goto(`http://${server.http}/?event=${event}`);
+    await waitForState("connected");
+    await waitForRows({ "d-2": { lat: 46.508, lon: 6.633333, speed: 8 } });
   });
 
   await t.test("reconnects and resubscribes after a server restart", async () => {
