@@ -210,3 +210,122 @@ fn in_tokens_mode_the_event_list_holds_the_tokens_events() {
     let mut root = srv.connect_with("/?access_token=tok-all", &[]).expect("tok-all");
     assert_eq!(ids(&mut root), ["e-1", "e-2"]);
 }
+
+// ---------------------------------------------------------------------------
+// The README's own commands, run as they are written there (only the port
+// changed to the test server's).
+
+/// The README as the repository holds it.
+const README: &str = include_str!("../../README.md");
+
+/// The README's command line that starts with `start` (its `\` continuation
+/// lines joined), and the line after it (an answer, when it shows one).
+fn readme_command(start: &str) -> (String, &'static str) {
+    let mut lines = README.lines();
+    while let Some(line) = lines.next() {
+        if !line.starts_with(start) {
+            continue;
+        }
+        let mut command = line.trim_end().to_owned();
+        while let Some(head) = command.strip_suffix('\\') {
+            let next = lines.next().expect("a continuation line");
+            command = format!("{head}{}", next.trim_start());
+        }
+        return (command, lines.next().unwrap_or(""));
+    }
+    panic!("the README has no command line starting with {start:?}");
+}
+
+/// Runs `command` with bash; its stdout (panics on failure).
+fn run_bash(command: &str) -> String {
+    let out = std::process::Command::new("bash")
+        .args(["-c", command])
+        .output()
+        .unwrap_or_else(|e| panic!("bash: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command}\nexit {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_readme_curl_examples_work_as_written() {
+    let srv = Server::start();
+    let mut client = srv.connect();
+    client.subscribe("demo");
+    let here = |command: &str| command.replace("127.0.0.1:9090", &srv.http.to_string());
+
+    // The quick start's: a position of device d-1 in event demo, now.
+    let (post, _) = readme_command(
+        "curl -X POST http://127.0.0.1:9090/ingest -H 'Content-Type: application/json'",
+    );
+    let answer: serde_json::Value = serde_json::from_str(&run_bash(&here(&post))).expect("JSON");
+    assert_eq!(answer, json!({"accepted": 1, "rejected": [], "rejectedCount": 0}));
+    let p = client.recv_position();
+    assert_eq!((p["eventId"].as_str(), p["deviceId"].as_str()), (Some("demo"), Some("d-1")));
+    assert!((now_ms() - p["ts"].as_i64().expect("ts")).abs() < 60_000, "ts is now, in ms: {p}");
+
+    // The NDJSON one, with the answer the README prints after it.
+    let (post, shown) = readme_command(
+        "curl -X POST http://127.0.0.1:9090/ingest -H 'Content-Type: application/x-ndjson'",
+    );
+    let answer: serde_json::Value = serde_json::from_str(&run_bash(&here(&post))).expect("JSON");
+    let shown: serde_json::Value = serde_json::from_str(shown).expect("the README's answer");
+    assert_eq!(answer, shown);
+    assert_eq!(client.recv_position()["ts"], 1_795_856_400_123_i64, "RFC 3339, in ms");
+}
+
+/// A private `redis-server` on a free port, killed on drop.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)");
+        wait_until(DEADLINE, "redis-server listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        PrivateRedis { port, child }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_readme_xadd_example_works_as_written() {
+    let redis = PrivateRedis::start();
+    let srv = Server::with(|c| {
+        c.redis_url = Some(livecast::Secret::new(format!("redis://127.0.0.1:{}/", redis.port)));
+        c.batch_block = std::time::Duration::from_millis(100);
+    });
+    wait_until(DEADLINE, "/readyz 200", || srv.get("/readyz").status == 200);
+    let mut client = srv.connect();
+    client.subscribe("demo");
+    let (xadd, _) = readme_command("redis-cli XADD positions");
+    let xadd = xadd.replacen("redis-cli", &format!("redis-cli -p {}", redis.port), 1);
+    let id = run_bash(&xadd);
+    assert!(id.trim().contains('-'), "an entry id: {id}");
+    let p = client.recv_position();
+    assert_eq!((p["eventId"].as_str(), p["deviceId"].as_str()), (Some("demo"), Some("d-1")));
+    assert_eq!(p["ts"], 1_764_316_800_123_i64);
+}
