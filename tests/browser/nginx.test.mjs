@@ -6,7 +6,8 @@
 // on a free loopback port, livecast's two ports) and its certificate paths
 // (a self-signed certificate made here with openssl). livecast runs as the
 // snippet's comments say: LIVE_PUBLIC_HOSTS naming the public host,
-// LIVE_TRUSTED_PROXIES naming nginx, INGEST_TOKEN set. The dashboard is
+// LIVE_TRUSTED_PROXIES naming nginx, INGEST_TOKEN set (and, in mode none,
+// LIVE_AUTH_ALLOW_INSECURE=1). The dashboard is
 // loaded through nginx and must connect (wss through nginx, found by the
 // page itself) and show positions posted through nginx; /metrics and
 // /debug/* must not be reachable through it.
@@ -149,12 +150,14 @@ test("the dashboard behind the shipped nginx snippet", { timeout: 120_000 }, asy
   ], { stdio: "pipe" });
   const ca = readFileSync(cert);
 
-  // As the snippet's comments say.
+  // As the snippet's comments say (mode none, which behind a proxy must be
+  // chosen explicitly).
   const server = await startServer({
     env: {
       LIVE_PUBLIC_HOSTS: PUBLIC_HOST,
       LIVE_TRUSTED_PROXIES: "127.0.0.1,::1",
       INGEST_TOKEN,
+      LIVE_AUTH_ALLOW_INSECURE: "1",
     },
   });
   const port = await freePort("127.0.0.1");
