@@ -146,8 +146,8 @@ export class Client {
   /**
    * The events that have positions and that this connection's user may
    * read, newest update first: a Promise of [{eventId, devices,
-   * lastUpdate}] (at most 100). Rejects when not connected, or when the
-   * connection drops before the answer.
+   * lastUpdate}] (at most 100; up to a second old). Rejects when not
+   * connected, or when the connection drops before the answer.
    */
   events() {
     return new Promise((resolve, reject) => {

@@ -9,8 +9,16 @@
 //! `directus` a Directus request per event not in the decision cache), so
 //! that the list reveals no event the user could not subscribe to anyway.
 //! Authorizing may block: it blocks only this client.
+//!
+//! Listing walks every cached device on the broadcaster thread, which
+//! every client depends on; so a list is reused for [`FRESH_FOR`] by every
+//! client of the server ([`Memo`]): however many ask, the broadcaster walks
+//! its cache at most once a second for them.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::auth::{self, Identity};
 use crate::broadcast::{Command, EventSummary};
@@ -28,14 +36,43 @@ const MAX_CHECKED: usize = 200;
 /// this is for a broadcaster that is stopping).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a list from the broadcaster is reused: an answer may be this
+/// much older than the cache.
+pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The broadcaster's last list and when it came, shared (in [`Shared`]) by
+/// every connection of one server.
+#[derive(Debug, Default)]
+pub(crate) struct Memo(Mutex<Option<(Instant, Arc<Vec<EventSummary>>)>>);
+
+impl Memo {
+    /// The list, from the memo when fresh, else asked of the broadcaster.
+    /// The lock is held while asking, so that a crowd asking at once costs
+    /// one walk of the cache: the others wait for it, never long (the
+    /// broadcaster answers within one of its cycles).
+    fn get(&self, shared: &Shared) -> Result<Arc<Vec<EventSummary>>, &'static str> {
+        let mut memo = self.0.lock();
+        if let Some((at, list)) = memo.as_ref()
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(Arc::clone(list));
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        shared.commands.send(Command::Events(reply)).map_err(|_| "server is stopping")?;
+        let list = Arc::new(
+            answer.recv_timeout(REPLY_TIMEOUT).map_err(|_| "the event list is not available")?,
+        );
+        *memo = Some((Instant::now(), Arc::clone(&list)));
+        Ok(list)
+    }
+}
+
 /// The `events` answer for `identity`, or why there is none (an
 /// `internal` error for the client).
 pub(super) fn list(shared: &Shared, identity: &Identity) -> Result<String, &'static str> {
-    let (reply, answer) = crossbeam_channel::bounded(1);
-    shared.commands.send(Command::Events(reply)).map_err(|_| "server is stopping")?;
-    let all = answer.recv_timeout(REPLY_TIMEOUT).map_err(|_| "the event list is not available")?;
+    let all = shared.event_list.get(shared)?;
     let readable = all
-        .into_iter()
+        .iter()
         .take(MAX_CHECKED)
         .filter(|e| {
             auth::authorize(shared.auth.as_ref(), &shared.metrics, identity, &e.event).is_ok()
@@ -45,7 +82,7 @@ pub(super) fn list(shared: &Shared, identity: &Identity) -> Result<String, &'sta
 }
 
 /// `{"type":"events","events":[{"eventId":..,"devices":N,"lastUpdate":ms},..]}`.
-fn events_frame(events: impl Iterator<Item = EventSummary>) -> String {
+fn events_frame<'a>(events: impl Iterator<Item = &'a EventSummary>) -> String {
     let mut out = String::with_capacity(256);
     out.push_str("{\"type\":\"events\",\"events\":[");
     for (i, e) in events.enumerate() {
@@ -66,13 +103,11 @@ mod tests {
 
     #[test]
     fn the_frame_is_json_with_escaped_ids() {
-        let frame = events_frame(
-            [
-                EventSummary { event: "e\"1".into(), devices: 2, last_ts: 1_700_000_000_123 },
-                EventSummary { event: "e-2".into(), devices: 1, last_ts: 5 },
-            ]
-            .into_iter(),
-        );
+        let list = [
+            EventSummary { event: "e\"1".into(), devices: 2, last_ts: 1_700_000_000_123 },
+            EventSummary { event: "e-2".into(), devices: 1, last_ts: 5 },
+        ];
+        let frame = events_frame(list.iter());
         let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(
             v,

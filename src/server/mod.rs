@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     /// The connection limits; a slot per connection thread alive,
     /// handshaking ones included.
     pub(crate) admission: Arc<Admission>,
+    /// The last event list, shared by every client's `events`.
+    pub(crate) event_list: events::Memo,
 }
 
 impl Shared {
@@ -98,6 +100,7 @@ impl Shared {
             connections: Arc::new(RwLock::new(HashMap::new())),
             accepting: Arc::new(AtomicBool::new(true)),
             admission,
+            event_list: events::Memo::default(),
         }
     }
 }

@@ -152,6 +152,24 @@ fn events_of(client: &mut crate::support::Client) -> Vec<serde_json::Value> {
     client.recv_type("events")["events"].as_array().expect("events array").clone()
 }
 
+/// Asks until the list is `want`: a list may be up to a second old (the
+/// server reuses it for every client), so a change shows within a second.
+/// Asks four times a second, within the inbound rate limit.
+fn events_become(client: &mut crate::support::Client, want: &[serde_json::Value]) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let list = events_of(client);
+        if list == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event list stays {list:?}, not {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn the_event_list_has_every_event_with_positions_newest_first() {
     let srv = Server::start();
@@ -165,21 +183,18 @@ fn the_event_list_has_every_event_with_positions_newest_first() {
         at("e-new", "d-3", t),
         at("e-old", "d-1", t - 20_000),
     ]));
-    assert_eq!(
-        events_of(&mut client),
-        [
+    events_become(
+        &mut client,
+        &[
             json!({"eventId": "e-new", "devices": 1, "lastUpdate": t}),
             json!({"eventId": "e-old", "devices": 2, "lastUpdate": t - 20_000}),
-        ]
+        ],
     );
     // A device that moves leaves its old event; an event without devices
     // is not listed.
     srv.ingest_ok(&json!([at("e-new", "d-1", t + 1), at("e-new", "d-2", t + 2)]));
-    assert_eq!(
-        events_of(&mut client),
-        [json!({"eventId": "e-new", "devices": 3, "lastUpdate": t + 2})]
-    );
-    srv.expect_metric("livecast_inbound_messages_total", &[("type", "events")], 3.0);
+    events_become(&mut client, &[json!({"eventId": "e-new", "devices": 3, "lastUpdate": t + 2})]);
+    assert!(srv.metric("livecast_inbound_messages_total", &[("type", "events")]) >= 3.0);
 }
 
 #[test]
