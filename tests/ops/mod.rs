@@ -344,3 +344,21 @@ fn the_readme_xadd_example_works_as_written() {
     assert_eq!((p["eventId"].as_str(), p["deviceId"].as_str()), (Some("demo"), Some("d-1")));
     assert_eq!(p["ts"], 1_764_316_800_123_i64);
 }
+
+#[test]
+fn the_quick_start_names_the_demo_and_the_one_test_command() {
+    // The README's first code block: the demo server (what tests/demo runs
+    // as `livecast --demo`) and the test command CI runs.
+    let block =
+        README.split("```sh\n").nth(1).and_then(|b| b.split("```").next()).expect("a block");
+    let commands: Vec<&str> =
+        block.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+    assert_eq!(commands, ["cargo run --release -- --demo", "scripts/test.sh"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test.sh");
+    let mode = std::fs::metadata(script).expect("scripts/test.sh").permissions();
+    assert!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o111 != 0, "executable");
+    // `cargo run` runs livecast: the only binary besides the echo server
+    // is chosen by default-run.
+    let manifest = include_str!("../../Cargo.toml");
+    assert!(manifest.contains("default-run = \"livecast\""), "Cargo.toml: default-run");
+}
