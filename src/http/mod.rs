@@ -339,9 +339,8 @@ impl Routes {
 
 /// Said with `unrouted` in an ingest answer.
 const UNROUTED_HINT: &str = "unrouted positions have no eventId and their device is not in the \
-                             device→event map (LIVE_DEVICE_EVENT_FILE, or the devices of Directus): no \
-                             event receives them; \
-                             add eventId, or map the device";
+     device→event map (LIVE_DEVICE_EVENT_FILE, or the devices of Directus): no event receives \
+     them; add eventId, or map the device";
 
 /// Whether the head carries `Authorization: Bearer <token>` for `token`.
 fn bearer_matches(head: &RequestHead, token: &Secret) -> bool {
