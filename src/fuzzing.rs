@@ -20,6 +20,8 @@ pub enum Inbound {
     Unsubscribe(String),
     /// `{"type":"ping","id":..}`: the `id` as the JSON text the pong echoes.
     Ping(Option<String>),
+    /// `{"type":"events"}`.
+    Events,
 }
 
 /// Parses one text frame as the connection loop does.
@@ -31,6 +33,7 @@ pub fn inbound(text: &str) -> Result<Inbound, String> {
         protocol::Inbound::Subscribe { event, trail } => Inbound::Subscribe { event, trail },
         protocol::Inbound::Unsubscribe(e) => Inbound::Unsubscribe(e),
         protocol::Inbound::Ping(id) => Inbound::Ping(id),
+        protocol::Inbound::Events => Inbound::Events,
     })
 }
 

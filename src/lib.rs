@@ -207,6 +207,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         thread::spawn_named("broadcaster".into(), None, move || broadcaster.run(&inbox))
             .map_err(StartError::Spawn)?;
 
+    let routing = source::device_map::SharedMap::default();
     let device_map = match MapSource::from_config(&config) {
         Some(source) => Some(
             Refresher::start(
@@ -214,6 +215,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
                 config.device_event_refresh,
                 commands.clone(),
                 metrics.clone(),
+                Arc::clone(&routing),
             )
             .map_err(StartError::Spawn)?,
         ),
@@ -255,6 +257,7 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
     // The dashboard needs the port clients can reach, the real one when 0
     // was asked for.
     let ws_port = ws_listener.local_addr().map_or(config.ws_port, |a| a.port());
+    let http_port = http_listener.local_addr().map_or(config.http_port, |a| a.port());
     let settings = http::RouteSettings::from_config(&config);
     let mut shared = Shared::new(config, metrics.clone(), service, commands.clone(), auth);
     shared.tls = ws_tls;
@@ -267,8 +270,9 @@ pub fn start_with(mut config: Config, service: Service) -> Result<Server, StartE
         source: status,
         connections: Arc::clone(&shared.connections),
         accepting: Arc::clone(&shared.accepting),
+        device_map: routing,
     };
-    let routes = Arc::new(http::Routes::new(ops, ws_port));
+    let routes = Arc::new(http::Routes::new(ops, ws_port, http_port));
     let refused = Some(shared.metrics.http_refused.clone());
     let http =
         HttpServer::start(http_listener, limits, routes, refused).map_err(StartError::Spawn)?;

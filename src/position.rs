@@ -47,15 +47,19 @@ fn invalid(msg: impl Into<String>) -> Invalid {
 
 impl Position {
     /// Validates one JSON value as a position from a source: as
-    /// [`Position::from_value`], and its JSON (the stream form,
+    /// [`Position::from_value`], its JSON (the stream form,
     /// [`Position::to_json`]) must fit in `max_bytes`
-    /// (`LIVE_MAX_POSITION_BYTES`, SPEC §9). Every source (ingest, Redis)
+    /// (`LIVE_MAX_POSITION_BYTES`, SPEC §9), and a numeric `ts` must not
+    /// look like seconds ([`MIN_TS_MS`]). Every source (ingest, Redis)
     /// goes through here, so an oversized position is never cached nor
-    /// broadcast.
+    /// broadcast, and a producer sending seconds is told at once.
     ///
     /// # Errors
     /// [`Invalid`] naming the first bad field, or the size.
     pub(crate) fn from_source(value: Value, max_bytes: usize) -> Result<Position, Invalid> {
+        if let Some(Value::Number(ts)) = value.get("ts") {
+            check_not_seconds(ts)?;
+        }
         let position = Position::from_value(value)?;
         let len = position.json_len();
         if len > max_bytes {
@@ -184,6 +188,24 @@ fn coordinate(obj: &mut Map<String, Value>, name: &str, limit: f64) -> Result<Va
         },
         Some(_) => Err(invalid(format!("{name} must be a number"))),
         None => Err(invalid(format!("{name} is required"))),
+    }
+}
+
+/// Smallest numeric `ts` a source may send: 10^12 ms is 2001-09-09T01:46:40Z. A number
+/// below it is before any live position in milliseconds, and is what a
+/// Unix time in *seconds* looks like until the year 33658: the most common
+/// mistake of a producer, which would otherwise show as an age of decades.
+pub(crate) const MIN_TS_MS: i64 = 1_000_000_000_000;
+
+/// A numeric `ts` below [`MIN_TS_MS`] (a negative or out-of-range one is
+/// left to [`millis_from_number`] to name).
+fn check_not_seconds(n: &serde_json::Number) -> Result<(), Invalid> {
+    match millis_from_number(n) {
+        Ok(ms) if ms < MIN_TS_MS => Err(invalid(format!(
+            "ts {n} is before 2001-09-09 in milliseconds: looks like seconds; ts must be \
+             milliseconds since the epoch (seconds × 1000) or an RFC 3339 string"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -328,7 +350,7 @@ mod tests {
 
     #[test]
     fn rejects_each_bad_field() {
-        let base = json!({"deviceId":"d","lat":1,"lon":2,"ts":3});
+        let base = json!({"deviceId":"d","lat":1,"lon":2,"ts":1_700_000_000_003_i64});
         let with = |k: &str, v: Value| {
             let mut b = base.clone();
             b[k] = v;
@@ -352,7 +374,7 @@ mod tests {
 
     #[test]
     fn ids_are_at_most_128_bytes() {
-        let base = json!({"deviceId":"d","lat":1,"lon":2,"ts":3});
+        let base = json!({"deviceId":"d","lat":1,"lon":2,"ts":1_700_000_000_003_i64});
         let with = |k: &str, v: Value| {
             let mut b = base.clone();
             b[k] = v;
@@ -369,8 +391,8 @@ mod tests {
     #[test]
     fn json_len_is_the_stream_form_length_and_bounds_sources() {
         for v in [
-            json!({"deviceId":"d","lat":1,"lon":2,"ts":3}),
-            json!({"deviceId":"d\"é","eventId":"e\n\u{1}","lat":1,"lon":2,"ts":3,"x":[1,{"y":null}]}),
+            json!({"deviceId":"d","lat":1,"lon":2,"ts":1_700_000_000_003_i64}),
+            json!({"deviceId":"d\"é","eventId":"e\n\u{1}","lat":1,"lon":2,"ts":1_700_000_000_003_i64,"x":[1,{"y":null}]}),
         ] {
             let p = parse(v.clone()).unwrap();
             assert_eq!(p.json_len(), p.to_json().len(), "{v}");
@@ -388,8 +410,14 @@ mod tests {
         // position re-read from the Redis Stream differed from the same
         // position served directly. The `float_roundtrip` feature fixes it.
         for (body, lat) in [
-            (r#"{"deviceId":"d","lat":11.2658877983171287187,"lon":1,"ts":1}"#, 11.265887798317129),
-            (r#"{"deviceId":"d","lat":1,"lon":1,"ts":1,"x":4184467440737095516166.52}"#, 1.0),
+            (
+                r#"{"deviceId":"d","lat":11.2658877983171287187,"lon":1,"ts":1700000000001}"#,
+                11.265887798317129,
+            ),
+            (
+                r#"{"deviceId":"d","lat":1,"lon":1,"ts":1700000000001,"x":4184467440737095516166.52}"#,
+                1.0,
+            ),
         ] {
             let p = parse(serde_json::from_str(body).unwrap()).unwrap();
             let again = parse(serde_json::from_str(&p.to_json()).unwrap()).unwrap();
@@ -397,6 +425,25 @@ mod tests {
             let v: Value = serde_json::from_str(&p.frame("e")).unwrap();
             assert_eq!(v["lat"].as_f64(), Some(lat), "{body}");
         }
+    }
+
+    #[test]
+    fn a_ts_in_seconds_is_rejected_with_the_hint() {
+        let at = |ts: Value| {
+            Position::from_source(json!({"deviceId":"d","lat":1,"lon":2,"ts":ts}), 1000)
+        };
+        for seconds in
+            [json!(1_700_000_000), json!(1_700_000_000.5), json!(0), json!(999_999_999_999_i64)]
+        {
+            let err = at(seconds.clone()).unwrap_err();
+            assert!(err.0.contains("looks like seconds"), "{seconds}: {err}");
+            assert!(err.0.contains(&seconds.to_string()), "{seconds}: {err}");
+        }
+        assert_eq!(at(json!(MIN_TS_MS)).unwrap().ts_ms, MIN_TS_MS);
+        assert_eq!(at(json!(1_700_000_000_000.9)).unwrap().ts_ms, 1_700_000_000_000);
+        assert!(at(json!(-1)).unwrap_err().0.contains("negative"));
+        // A string says what it is: an old date is taken as it is.
+        assert_eq!(at(json!("1999-12-31T23:59:59Z")).unwrap().ts_ms, 946_684_799_000);
     }
 
     #[test]

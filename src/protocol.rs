@@ -31,6 +31,9 @@ pub(crate) enum Inbound {
     /// observe WebSocket ping frames). Holds the `id` as the JSON text to
     /// echo in the `pong`, `None` when the ping had no `id`.
     Ping(Option<String>),
+    /// `{"type":"events"}`: the events with positions this client may
+    /// read, answered `{"type":"events","events":[..]}`.
+    Events,
 }
 
 impl Inbound {
@@ -49,6 +52,9 @@ impl Inbound {
         if kind == "ping" {
             return ping_id(text).map(Inbound::Ping);
         }
+        if kind == "events" {
+            return Ok(Inbound::Events);
+        }
         let event = |obj: &mut serde_json::Map<String, Value>| match obj.remove("eventId") {
             Some(Value::String(s)) => check_event_id(s).map_err(str::to_owned),
             Some(_) => Err("eventId must be a string".to_owned()),
@@ -66,7 +72,7 @@ impl Inbound {
                 Ok(Inbound::Subscribe { event, trail })
             }
             "unsubscribe" => Ok(Inbound::Unsubscribe(event(&mut obj)?)),
-            _ => Err("unknown type: expected subscribe, unsubscribe or ping".to_owned()),
+            _ => Err("unknown type: expected subscribe, unsubscribe, ping or events".to_owned()),
         }
     }
 }

@@ -23,6 +23,7 @@ mod hostile; // hardening: broken and hostile peers, no leaked threads
 mod ingest; // SPEC §1, §4: the HTTP port and POST /ingest
 mod lifecycle; // SPEC §2.6, §7: binary, configuration, shutdown
 mod metrics; // SPEC §7: Prometheus metrics
+mod ops; // operating it: refusals that say why, ingest answers, the event list, the README's commands
 mod package; // SPEC §12: --version, the Debian package's environment file
 mod protocol; // SPEC §2.4, §3: JSON messages, errors, limits
 mod redis; // SPEC §4: the Redis Stream source, several instances

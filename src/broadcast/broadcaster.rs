@@ -42,6 +42,10 @@ pub(crate) enum Command {
     Disconnect { id: Uuid },
     /// A new device→event map.
     DeviceMap(Arc<HashMap<String, String>>),
+    /// Every event with positions, newest first, sent at once into the
+    /// channel (bounded, never blocks): a client's `events`, whose
+    /// connection thread filters it by what its user may read.
+    Events(crossbeam_channel::Sender<Vec<super::EventSummary>>),
     /// Leave the loop.
     Shutdown,
 }
@@ -298,6 +302,9 @@ impl Broadcaster {
                     self.route(&event, position, true);
                 }
                 self.update_cache_gauges();
+            }
+            Command::Events(reply) => {
+                let _ = reply.try_send(self.cache.event_summaries());
             }
             Command::Shutdown => {}
         }

@@ -48,6 +48,8 @@ struct Device {
     via_map: bool,
     /// Key of this device in [`Cache::by_age`].
     updated: u64,
+    /// The latest position's `ts` (ms since the epoch), for the event list.
+    ts_ms: i64,
 }
 
 /// What [`Cache::put`] did besides storing the position.
@@ -64,6 +66,16 @@ struct Event {
     /// The cache's change count at this event's last change: an answer
     /// built from the event is exact while this stays the same.
     changed: u64,
+}
+
+/// One event with positions, for the event list (a client's `events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EventSummary {
+    pub(crate) event: String,
+    /// Devices whose latest position is in this event.
+    pub(crate) devices: usize,
+    /// The newest `ts` among them (ms since the epoch).
+    pub(crate) last_ts: i64,
 }
 
 /// Latest positions and trails, owned by the broadcaster thread.
@@ -118,8 +130,8 @@ impl Cache {
         frame: Utf8Bytes,
         via_map: bool,
     ) -> PutOutcome {
-        // The frame is all that is kept of the position.
-        let device = position.device_id;
+        // The frame is all that is kept of the position, but for its time.
+        let (device, ts_ms) = (position.device_id, position.ts_ms);
         let updated = self.next_update;
         self.next_update += 1;
         let mut trail = VecDeque::new();
@@ -160,7 +172,7 @@ impl Cache {
         let changed = self.touch();
         let entry = self.events.entry(event.to_owned()).or_default();
         entry.changed = changed;
-        entry.devices.insert(device, Device { frame, trail, trail_bytes, via_map, updated });
+        entry.devices.insert(device, Device { frame, trail, trail_bytes, via_map, updated, ts_ms });
         let mut outcome = PutOutcome::default();
         while self.device_event.len() > self.max_devices
             || (self.bytes > self.max_bytes && self.device_event.len() > 1)
@@ -216,6 +228,22 @@ impl Cache {
                 (id, d.trail.iter().skip(skip).map(Utf8Bytes::as_str))
             },
         )
+    }
+
+    /// Every event with positions, newest update first. Walks every cached
+    /// device: asked only by a client's `events`, never on the hot path.
+    pub(crate) fn event_summaries(&self) -> Vec<EventSummary> {
+        let mut list: Vec<EventSummary> = self
+            .events
+            .iter()
+            .map(|(event, entry)| EventSummary {
+                event: event.clone(),
+                devices: entry.devices.len(),
+                last_ts: entry.devices.values().map(|d| d.ts_ms).max().unwrap_or(0),
+            })
+            .collect();
+        list.sort_unstable_by(|a, b| b.last_ts.cmp(&a.last_ts).then_with(|| a.event.cmp(&b.event)));
+        list
     }
 
     /// Devices currently cached.

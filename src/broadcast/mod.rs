@@ -17,3 +17,4 @@ mod cache;
 mod registry;
 
 pub(crate) use broadcaster::{Broadcaster, Command};
+pub(crate) use cache::EventSummary;

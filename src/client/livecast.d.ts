@@ -1,8 +1,13 @@
 // Types of livecast.js, the client library of livecast (served at
 // GET /livecast.d.ts on livecast's HTTP port, next to /livecast.js).
 
-/** Where the connection is; see `ConnectOptions.onStatus`. */
-export type State = "connecting" | "connected" | "retrying" | "unauthorized" | "closed";
+/**
+ * Where the connection is; see `ConnectOptions.onStatus`. "unauthorized":
+ * log in again (4401, or credentials refused); "refused": the server's
+ * Origin rule refuses this page (`detail.message` says what to change);
+ * neither retries until reconnect().
+ */
+export type State = "connecting" | "connected" | "retrying" | "unauthorized" | "refused" | "closed";
 
 /** What goes with a state change. Only `message` is always there. */
 export interface StatusDetail {
@@ -20,10 +25,12 @@ export interface StatusDetail {
   attempt?: number;
   /** The status of GET /auth/check after a refused upgrade (0: no answer). */
   authCheck?: number;
+  /** "refused": the server rule that refused the page. */
+  rule?: "origin";
 }
 
 /**
- * A position as livecast sends it (SPEC §3-§4): `deviceId`, `lat`, `lon`,
+ * A position as livecast sends it: `deviceId`, `lat`, `lon`,
  * `ts` (milliseconds since the epoch), `eventId`, and every other field the
  * tracker sent (`speed`, `heading`, `alt`, `accuracy`, `battery`, ...).
  */
@@ -138,12 +145,26 @@ export declare class Client {
   readonly state: State;
   /** The WebSocket URL in use. */
   readonly url: string;
+  /**
+   * The events with positions this connection's user may read, newest
+   * update first (at most 100). Rejects when not connected.
+   */
+  events(): Promise<EventInfo[]>;
   /** Subscribes now or once connected, and again after every reconnect. */
   subscribe(eventId: string, handlers?: SubscribeHandlers): Subscription;
-  /** Drops the connection and connects again at once, backoff reset (also out of "unauthorized" and "closed"). */
+  /** Drops the connection and connects again at once, backoff reset (also out of "unauthorized", "refused" and "closed"). */
   reconnect(): void;
   /** Closes for good (until reconnect()). */
   close(): void;
+}
+
+/** One entry of Client.events(). */
+export interface EventInfo {
+  eventId: string;
+  /** Devices whose latest position is in this event. */
+  devices: number;
+  /** The newest `ts` among them (milliseconds since the epoch). */
+  lastUpdate: number;
 }
 
 /** Opens a connection and keeps it open until close(). */

@@ -11,6 +11,7 @@
 //     onPosition(position, devices) { ... },
 //     onError(error) { ... },               // {code, message, eventId}
 //   });
+//   const events = await client.events();   // [{eventId, devices, lastUpdate}] once connected
 //
 // What it does for the page (the reconnect rules of livecast's protocol):
 // - reconnects with exponential backoff and full jitter: the delay before
@@ -22,7 +23,9 @@
 // - 4401 (session revoked or expired) stops: state "unauthorized" until
 //   client.reconnect(); an upgrade refused before opening (browsers only
 //   see 1006) is told apart by asking GET /auth/check, which answers 401
-//   for credentials that will not do;
+//   for credentials that will not do, and 403 {"error":"origin-refused"}
+//   to a page the server's Origin rule refuses: state "refused" (detail
+//   .rule "origin", .message says what to change), no retry either;
 // - every subscription is sent again after a reconnect (with its `trail`),
 //   and its devices (and trails) replaced by the fresh snapshot: no device
 //   survives that the server no longer knows;
@@ -49,10 +52,12 @@ export const DEFAULTS = Object.freeze({
   authCheck: true,          // ask GET /auth/check when an upgrade fails
 });
 
-// Filled in by the livecast that serves this file (its WebSocket port).
-// Anywhere else (a copy from npm) the placeholder stays, and the default
-// URL is the page's host on port 8080, livecast's default.
+// Filled in by the livecast that serves this file (its WebSocket port, and
+// the HTTP port it serves this file on). Anywhere else (a copy from npm)
+// the placeholders stay, and the default URL is the page's host on port
+// 8080, livecast's default.
 const SERVED_WS_PORT = "{{WS_PORT}}";
+const SERVED_HTTP_PORT = "{{HTTP_PORT}}";
 
 /** The close code of a session that stopped validating: log in again. */
 const CLOSE_UNAUTHORIZED = 4401;
@@ -89,6 +94,7 @@ export class Client {
   #generation = 0;            // bumped by reconnect() and close(): stale callbacks see it
   #timers = { retry: 0, connect: 0, idle: 0, pong: 0 };
   #pings = 0;
+  #eventLists = [];           // events() calls waiting for their answer, oldest first
 
   constructor(options = {}) {
     this.#options = { ...DEFAULTS, ...withoutUndefined(options) };
@@ -106,7 +112,7 @@ export class Client {
     });
   }
 
-  /** "connecting" | "connected" | "retrying" | "unauthorized" | "closed" */
+  /** "connecting" | "connected" | "retrying" | "unauthorized" | "refused" | "closed" */
   get state() {
     return this.#state;
   }
@@ -135,6 +141,22 @@ export class Client {
     this.#subscriptions.set(eventId, sub);
     this.#subscribe(sub);
     return sub;
+  }
+
+  /**
+   * The events that have positions and that this connection's user may
+   * read, newest update first: a Promise of [{eventId, devices,
+   * lastUpdate}] (at most 100; up to a second old). Rejects when not
+   * connected, or when the connection drops before the answer.
+   */
+  events() {
+    return new Promise((resolve, reject) => {
+      if (!this.#send({ type: "events" })) {
+        reject(new Error("livecast: not connected"));
+        return;
+      }
+      this.#eventLists.push({ resolve, reject });
+    });
   }
 
   /**
@@ -193,6 +215,7 @@ export class Client {
       if (socket !== this.#socket) return;
       this.#socket = null;
       this.#clearTimers();
+      this.#failEventLists();
       this.#closed(event.code, event.reason || "", opened);
     };
     // An error is always followed by close, which decides what to do.
@@ -202,6 +225,7 @@ export class Client {
   /** Forgets the current socket (without waiting for its close) and every timer. */
   #drop() {
     this.#clearTimers();
+    this.#failEventLists();
     const socket = this.#socket;
     this.#socket = null;
     if (!socket) return;
@@ -210,6 +234,13 @@ export class Client {
       socket.close(1000);
     } catch (_) {
       // Already closing.
+    }
+  }
+
+  /** events() calls still waiting lose their connection: they fail. */
+  #failEventLists() {
+    for (const waiting of this.#eventLists.splice(0)) {
+      waiting.reject(new Error("livecast: connection lost before the event list came"));
     }
   }
 
@@ -260,8 +291,17 @@ export class Client {
       // Refused before opening: the browser hides the HTTP status (401,
       // 403, 503 all read as 1006). /auth/check tells a login problem
       // from a server that is down or busy.
-      const status = await this.#authCheck();
+      const { status, error, message } = await this.#authCheck();
       if (generation !== this.#generation) return; // reconnect() or close() meanwhile
+      if (error === "origin-refused") {
+        // This page may not connect at all: no retry can change that, only
+        // the server's configuration (or serving the page elsewhere).
+        this.#setState("refused", {
+          code, reason, authCheck: status, rule: "origin",
+          message: message || "refused by the Origin rule",
+        });
+        return;
+      }
       if (status === 401 || status === 403) {
         this.#setState("unauthorized", {
           code, reason, authCheck: status, message: `credentials refused (auth check: ${status})`,
@@ -275,7 +315,11 @@ export class Client {
     this.#retry(detail, retryAfter);
   }
 
-  /** GET /auth/check with the same credentials: its status, 0 if unreachable. */
+  /**
+   * GET /auth/check with the same credentials: {status} (0 if unreachable),
+   * with the `error` and `message` of a JSON answer (a page refused by the
+   * Origin rule is told so, readably).
+   */
   async #authCheck() {
     const url = new URL(this.#url.href);
     url.protocol = url.protocol === "wss:" ? "https:" : "http:";
@@ -286,9 +330,17 @@ export class Client {
         cache: "no-store",
         signal: AbortSignal.timeout?.(this.#options.connectTimeoutMs),
       });
-      return response.status;
+      let body = {};
+      if (/json/.test(response.headers.get("content-type") || "")) {
+        body = await response.json().catch(() => ({}));
+      }
+      return {
+        status: response.status,
+        error: typeof body?.error === "string" ? body.error : undefined,
+        message: typeof body?.message === "string" ? body.message : undefined,
+      };
     } catch (_) {
-      return 0; // unreachable, or not allowed to read the answer (CORS)
+      return { status: 0 }; // unreachable, or not allowed to read the answer (CORS)
     }
   }
 
@@ -353,6 +405,11 @@ export class Client {
         // An error that names a subscribed event is that subscription's;
         // the rest (and every error when it has no onError) is the client's.
         if (!sub?.[ERROR](error)) call(this.#options.onError, error);
+        break;
+      }
+      case "events": {
+        const list = Array.isArray(msg.events) ? msg.events.filter((e) => e && typeof e.eventId === "string") : [];
+        this.#eventLists.shift()?.resolve(list);
         break;
       }
       default:
@@ -506,6 +563,9 @@ function subscribeMessage(sub) {
 /**
  * ws://<host>:<port>/: the host that served this module when a livecast
  * served it (its port filled in), else the page's host and port 8080.
+ * A module loaded on another port than the one livecast serves it on came
+ * through a reverse proxy (such as the operator kit's nginx), which
+ * carries the WebSocket on / of that same origin: wss://<host>/.
  */
 function defaultUrl() {
   const served = /^\d+$/.test(SERVED_WS_PORT);
@@ -514,8 +574,16 @@ function defaultUrl() {
     throw new TypeError("livecast: no page to take the host from: pass options.url");
   }
   const scheme = base.protocol === "https:" ? "wss:" : "ws:";
+  if (served && isProxied(base, SERVED_HTTP_PORT)) return `${scheme}//${base.host}/`;
   // URL.hostname keeps the brackets of an IPv6 address.
   return `${scheme}//${base.hostname}:${served ? SERVED_WS_PORT : "8080"}/`;
+}
+
+/** Whether `url` (http: or https:) is on another port than `servedPort`. */
+function isProxied(url, servedPort) {
+  if (!/^\d+$/.test(servedPort)) return false;
+  const port = url.port || (url.protocol === "https:" ? "443" : "80");
+  return port !== servedPort;
 }
 
 /** The N of "...; retry-after-ms=N" in a 1001's reason, or null. */

@@ -20,6 +20,9 @@ const LIBRARY_DTS: &str = include_str!("../client/livecast.d.ts");
 
 /// What `LIBRARY_JS` holds in place of the WebSocket port.
 const WS_PORT_PLACEHOLDER: &str = "{{WS_PORT}}";
+/// ... and of the HTTP port it is served on (loaded from another port, it
+/// came through a reverse proxy, and connects through it).
+const HTTP_PORT_PLACEHOLDER: &str = "{{HTTP_PORT}}";
 
 /// One served file: its bytes, type and validator, fixed at start.
 #[derive(Debug)]
@@ -65,9 +68,11 @@ pub(crate) struct ClientLibrary {
 
 impl ClientLibrary {
     /// The files, with the library's default WebSocket port set to
-    /// `ws_port` (the bound one).
-    pub(crate) fn new(ws_port: u16) -> ClientLibrary {
-        let js = LIBRARY_JS.replace(WS_PORT_PLACEHOLDER, &ws_port.to_string());
+    /// `ws_port` and its own port to `http_port` (the bound ones).
+    pub(crate) fn new(ws_port: u16, http_port: u16) -> ClientLibrary {
+        let js = LIBRARY_JS
+            .replace(WS_PORT_PLACEHOLDER, &ws_port.to_string())
+            .replace(HTTP_PORT_PLACEHOLDER, &http_port.to_string());
         ClientLibrary {
             js: Asset::new(js, "text/javascript; charset=utf-8"),
             dts: Asset::new(LIBRARY_DTS.to_owned(), "application/typescript; charset=utf-8"),
@@ -117,12 +122,13 @@ mod tests {
 
     #[test]
     fn the_served_library_has_its_port_filled_in_and_a_stable_etag() {
-        let a = ClientLibrary::new(8123);
+        let a = ClientLibrary::new(8123, 9123);
         let js = String::from_utf8(a.js.body.clone()).unwrap();
         assert!(!js.contains(WS_PORT_PLACEHOLDER));
-        assert!(js.contains("\"8123\""));
-        assert_eq!(a.js.etag, ClientLibrary::new(8123).js.etag);
-        assert_ne!(a.js.etag, ClientLibrary::new(8124).js.etag);
+        assert!(!js.contains(HTTP_PORT_PLACEHOLDER));
+        assert!(js.contains("\"8123\"") && js.contains("\"9123\""));
+        assert_eq!(a.js.etag, ClientLibrary::new(8123, 9123).js.etag);
+        assert_ne!(a.js.etag, ClientLibrary::new(8124, 9123).js.etag);
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }

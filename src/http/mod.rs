@@ -51,6 +51,8 @@ pub(crate) struct OpsState {
     pub(crate) connections: Arc<RwLock<HashMap<Uuid, Arc<ClientHandle>>>>,
     /// False once a stop has begun: `/readyz` turns 503.
     pub(crate) accepting: Arc<AtomicBool>,
+    /// The device→event map in force, for the ingest answer's `unrouted`.
+    pub(crate) device_map: crate::source::device_map::SharedMap,
 }
 
 /// The configuration the routes read, taken from [`Config`] at start.
@@ -234,6 +236,9 @@ const DASHBOARD: &str = include_str!("../dashboard/index.html");
 const WS_PORT_PLACEHOLDER: &str = "{{WS_PORT}}";
 /// Where the dashboard page expects `LIVE_TRAIL_LENGTH`.
 const TRAIL_LENGTH_PLACEHOLDER: &str = "{{TRAIL_LENGTH}}";
+/// Where the page reads the HTTP port it is served on: a page loaded on
+/// another port came through a reverse proxy, and connects through it.
+const HTTP_PORT_PLACEHOLDER: &str = "{{HTTP_PORT}}";
 
 /// The dashboard's Content-Security-Policy: inline code and this server's
 /// own scripts (`/livecast.js`) only, connections
@@ -245,16 +250,17 @@ base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 impl Routes {
     /// The routes, with the dashboard pointing at WebSocket port `ws_port`
-    /// (the bound one).
-    pub(crate) fn new(state: OpsState, ws_port: u16) -> Routes {
+    /// and knowing it is served on `http_port` (the bound ones).
+    pub(crate) fn new(state: OpsState, ws_port: u16, http_port: u16) -> Routes {
         let index = DASHBOARD
             .replace(WS_PORT_PLACEHOLDER, &ws_port.to_string())
+            .replace(HTTP_PORT_PLACEHOLDER, &http_port.to_string())
             .replace(TRAIL_LENGTH_PLACEHOLDER, &state.settings.trail_length.to_string())
             .into_bytes();
         Routes {
             state,
             index,
-            library: assets::ClientLibrary::new(ws_port),
+            library: assets::ClientLibrary::new(ws_port, http_port),
             cpu: Mutex::new(CpuTimes::default()),
         }
     }
@@ -343,6 +349,12 @@ impl Routes {
             .positions_rejected
             .with_label_values(&["ingest"])
             .inc_by(parsed.rejected_count as u64);
+        // Without Redis this instance is the only router: say what no
+        // event will receive (with Redis, another instance may route it).
+        let unrouted = match &self.state.sink {
+            None => crate::source::device_map::unrouted(&self.state.device_map, &parsed.positions),
+            Some(_) => 0,
+        };
         if accepted > 0 {
             // With Redis, the stream is the one path to every instance,
             // this one included.
@@ -355,14 +367,15 @@ impl Routes {
                 return Response::json(503, &json!({"error": "server is stopping"}));
             }
         }
-        Response::json(
-            202,
-            &json!({
-                "accepted": accepted,
-                "rejected": parsed.rejected,
-                "rejectedCount": parsed.rejected_count,
-            }),
-        )
+        let mut answer = serde_json::Map::new();
+        answer.insert("accepted".into(), json!(accepted));
+        answer.insert("rejected".into(), json!(parsed.rejected));
+        answer.insert("rejectedCount".into(), json!(parsed.rejected_count));
+        if unrouted > 0 {
+            answer.insert("unrouted".into(), json!(unrouted));
+            answer.insert("hint".into(), json!(UNROUTED_HINT));
+        }
+        Response::json(202, &Value::Object(answer))
     }
 
     /// `GET /debug/connections` (SPEC §7). The registry's lock is held only
@@ -403,6 +416,11 @@ impl Routes {
         Response::json(200, &Value::Array(list))
     }
 }
+
+/// Said with `unrouted` in an ingest answer.
+const UNROUTED_HINT: &str = "unrouted positions have no eventId and their device is not in the \
+     device→event map (LIVE_DEVICE_EVENT_FILE, or the devices of Directus): no event receives \
+     them; add eventId, or map the device";
 
 /// Whether the head carries `Authorization: Bearer <token>` for `token`.
 fn bearer_matches(head: &RequestHead, token: &Secret) -> bool {

@@ -576,6 +576,16 @@ impl<'a> Connection<'a> {
                 self.shared.metrics.outbound_messages.with_label_values(&["pong"]).inc();
                 self.write(Message::text(pong_frame(id.as_deref())))
             }
+            Ok(Inbound::Events) => {
+                inbound.with_label_values(&["events"]).inc();
+                match super::events::list(self.shared, &self.identity) {
+                    Ok(frame) => {
+                        self.shared.metrics.outbound_messages.with_label_values(&["events"]).inc();
+                        self.write(Message::text(frame))
+                    }
+                    Err(why) => self.send_error(ErrorCode::Internal, why, None),
+                }
+            }
         }
     }
 

@@ -144,6 +144,7 @@ pub(super) fn perform(
     let ambient = credentials.uses_cookie() || shared.config.auth_mode == AuthMode::None;
     if !auth::origin_allowed(&shared.config.allowed_origins, origin, head.header("host"), ambient) {
         debug!("{remote}: origin refused");
+        super::refusal::origin(shared, remote, &head);
         reply(shared, stream, &Response::text(403, "origin not allowed\n"));
         return None;
     }
@@ -151,6 +152,7 @@ pub(super) fn perform(
         Ok(identity) => identity,
         Err(e) => {
             debug!("{remote}: {e}");
+            super::refusal::credentials(shared, remote, &e);
             reply(shared, stream, &auth_error_response(&e));
             return None;
         }
@@ -184,11 +186,16 @@ fn valid_upgrade(head: &RequestHead) -> Option<&str> {
 }
 
 /// `GET /auth/check`: 204 when the credentials would open a connection,
-/// 401 when not, 503 when the authority cannot tell. Lets a page whose
+/// 401 when not, 503 when the authority cannot tell, 403 (readable by the
+/// page) when the Origin rule refuses the page. Lets a page whose
 /// upgrade was refused (browsers only see 1006) choose between "log in
 /// again" and "retry".
 fn auth_check(shared: &Shared, stream: &mut Stream, head: &RequestHead) {
     let credentials = Credentials::from_head(head);
+    if let Some(resp) = super::refusal::origin_refused(shared, head, &credentials) {
+        let _ = write_response(stream, &resp, true);
+        return;
+    }
     let mut resp = match auth::authenticate(shared.auth.as_ref(), &shared.metrics, &credentials) {
         Ok(_) => Response::new(204),
         Err(e) => auth_error_response(&e),

@@ -5,6 +5,10 @@
 //!   `ws-xxxxxxxx` thread, or answer `503`;
 //! - `handshake.rs`: the HTTP upgrade, run in the new thread: Origin, auth,
 //!   `GET /auth/check`, 101;
+//! - `events.rs`: a client's `events`: the events with positions its user
+//!   may read;
+//! - `refusal.rs`: refused upgrades logged (rate-limited) and told to the
+//!   page through `/auth/check`;
 //! - `connection.rs`: the connection loop: poll on socket + wake fd, write
 //!   queued frames, read, heartbeat;
 //! - `sleep.rs`: the per-connection epoll set (socket + wake eventfd) the
@@ -16,8 +20,10 @@
 
 mod acceptor;
 mod connection;
+mod events;
 mod frames;
 mod handshake;
+mod refusal;
 mod sleep;
 mod wire;
 
@@ -85,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) admission: Arc<Admission>,
     /// The port's TLS (`TLS_CERT_FILE`); `None`: plain TCP.
     pub(crate) tls: Option<Tls>,
+    /// The last event list, shared by every client's `events`.
+    pub(crate) event_list: events::Memo,
 }
 
 impl Shared {
@@ -113,6 +121,7 @@ impl Shared {
             accepting: Arc::new(AtomicBool::new(true)),
             admission,
             tls: None,
+            event_list: events::Memo::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
+use parking_lot::RwLock;
 use serde_json::Value;
 
 use crate::broadcast::Command;
@@ -23,10 +24,22 @@ use crate::config::{AuthMode, Config, Secret};
 use crate::directus::{Client, Credential, encode_segment};
 use crate::logging::json_error_at;
 use crate::metrics::Metrics;
+use crate::position::Position;
 use crate::thread::spawn_named;
 
 /// A device→event map.
 pub(crate) type DeviceMap = HashMap<String, String>;
+
+/// The map in force, for readers other than the broadcaster (the ingest
+/// answer's `unrouted`): replaced whole by each changed refresh.
+pub(crate) type SharedMap = Arc<RwLock<Arc<DeviceMap>>>;
+
+/// How many of `positions` no event will receive: without an `eventId`,
+/// and their device not in `map`.
+pub(crate) fn unrouted(map: &SharedMap, positions: &[Position]) -> usize {
+    let map = Arc::clone(&map.read());
+    positions.iter().filter(|p| p.event_id.is_none() && !map.contains_key(&p.device_id)).count()
+}
 
 /// Where the map comes from.
 #[derive(Debug)]
@@ -210,15 +223,22 @@ pub(crate) struct Refresher {
 impl Refresher {
     /// Loads the map once (so routing is right from the first position;
     /// from Directus this blocks the start for at most the request's
-    /// timeout), sends it to the broadcaster, and starts the `device-map`
-    /// thread.
+    /// timeout), sends it to the broadcaster (and into `shared`), and
+    /// starts the `device-map` thread.
     pub(crate) fn start(
         source: MapSource,
         period: Duration,
         commands: Sender<Command>,
         metrics: Metrics,
+        shared: SharedMap,
     ) -> std::io::Result<Refresher> {
+        let publish = move |map: &Option<Arc<DeviceMap>>| {
+            if let Some(map) = map {
+                *shared.write() = Arc::clone(map);
+            }
+        };
         let mut current = refresh(&source, &commands, &metrics, None, false);
+        publish(&current);
         let (stop_tx, stop_rx): (Sender<()>, Receiver<()>) = crossbeam_channel::bounded(0);
         let thread = spawn_named("device-map".into(), None, move || {
             let mut failing = current.is_none();
@@ -230,6 +250,7 @@ impl Refresher {
                 let next = refresh(&source, &commands, &metrics, current.as_ref(), failing);
                 failing = next.is_none();
                 if next.is_some() {
+                    publish(&next);
                     current = next;
                 }
             }

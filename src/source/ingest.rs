@@ -227,8 +227,8 @@ mod tests {
     #[test]
     fn json_array_keeps_good_items_around_bad_ones() {
         let body =
-            br#"[{"deviceId":"a","lat":1,"lon":1,"ts":1},{"deviceId":"b","lat":99,"lon":1,"ts":1},
-            {"deviceId":"c","lat":1,"lon":1,"ts":1}]"#;
+            br#"[{"deviceId":"a","lat":1,"lon":1,"ts":1700000000000},{"deviceId":"b","lat":99,"lon":1,"ts":1700000000000},
+            {"deviceId":"c","lat":1,"lon":1,"ts":1700000000000}]"#;
         let p = parse_json(body, &LIMITS).unwrap();
         assert_eq!(p.positions.len(), 2);
         assert_eq!((p.rejected.len(), p.rejected_count), (1, 1));
@@ -238,7 +238,7 @@ mod tests {
         assert!(matches!(parse_json(b"[] []", &LIMITS), Err(Refused::Malformed(_))));
         assert!(matches!(parse_json(b"[1,", &LIMITS), Err(Refused::Malformed(_))));
         assert_eq!(
-            parse_json(br#" {"deviceId":"a","lat":1,"lon":1,"ts":1} "#, &LIMITS)
+            parse_json(br#" {"deviceId":"a","lat":1,"lon":1,"ts":1700000000000} "#, &LIMITS)
                 .unwrap()
                 .positions
                 .len(),
@@ -250,12 +250,12 @@ mod tests {
 
     #[test]
     fn an_item_json_cannot_represent_rejects_that_item_only() {
-        let good = |d: &str| format!(r#"{{"deviceId":"{d}","lat":1,"lon":1,"ts":1}}"#);
+        let good = |d: &str| format!(r#"{{"deviceId":"{d}","lat":1,"lon":1,"ts":1764316800123}}"#);
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         for bad in [
-            r#"{"deviceId":"x","lat":1e400,"lon":1,"ts":1}"#.to_owned(),
-            r#"{"deviceId":"\ud800","lat":1,"lon":1,"ts":1}"#.to_owned(),
-            format!(r#"{{"deviceId":"x","lat":1,"lon":1,"ts":1,"deep":{deep}}}"#),
+            r#"{"deviceId":"x","lat":1e400,"lon":1,"ts":1764316800123}"#.to_owned(),
+            r#"{"deviceId":"\ud800","lat":1,"lon":1,"ts":1764316800123}"#.to_owned(),
+            format!(r#"{{"deviceId":"x","lat":1,"lon":1,"ts":1764316800123,"deep":{deep}}}"#),
             deep.clone(),
         ] {
             let body = format!("[{},{bad},{}]", good("a"), good("b"));
@@ -305,9 +305,11 @@ mod tests {
     #[test]
     fn oversized_positions_are_rejected_by_index() {
         let limits = Limits { max_position_bytes: 100, ..LIMITS };
-        let big =
-            format!(r#"{{"deviceId":"b","lat":1,"lon":1,"ts":1,"note":"{}"}}"#, "x".repeat(100));
-        let body = format!(r#"[{{"deviceId":"a","lat":1,"lon":1,"ts":1}},{big}]"#);
+        let big = format!(
+            r#"{{"deviceId":"b","lat":1,"lon":1,"ts":1700000000000,"note":"{}"}}"#,
+            "x".repeat(100)
+        );
+        let body = format!(r#"[{{"deviceId":"a","lat":1,"lon":1,"ts":1700000000000}},{big}]"#);
         let p = parse_json(body.as_bytes(), &limits).unwrap();
         assert_eq!(p.positions.len(), 1);
         assert_eq!(p.rejected[0].index, 1);
@@ -317,7 +319,7 @@ mod tests {
 
     #[test]
     fn ndjson_indices_are_line_numbers() {
-        let body = b"{\"deviceId\":\"a\",\"lat\":1,\"lon\":1,\"ts\":1}\r\n\n{bad\n{\"deviceId\":\"b\",\"lat\":1,\"lon\":1,\"ts\":1}\n";
+        let body = b"{\"deviceId\":\"a\",\"lat\":1,\"lon\":1,\"ts\":1700000000000}\r\n\n{bad\n{\"deviceId\":\"b\",\"lat\":1,\"lon\":1,\"ts\":1700000000000}\n";
         let p = parse_ndjson(body, &LIMITS).unwrap();
         assert_eq!(p.positions.len(), 2);
         assert_eq!(p.rejected, vec![Rejection { index: 2, error: p.rejected[0].error.clone() }]);

@@ -114,11 +114,14 @@ async function openPage(server) {
   await page.waitForFunction(() => window.ready === true, null, { timeout: WAIT });
 }
 
-const start = (name, options, events, sub) =>
-  page.evaluate(([n, o, e, s]) => window.start(n, o, e, s), [name, options, events, sub]);
+// Every call into the page has a deadline: a page that stopped answering
+// fails the test naming the call, instead of hanging it.
+const start = (name, options, events, sub) => deadline(
+  page.evaluate(([n, o, e, s]) => window.start(n, o, e, s), [name, options, events, sub]),
+  `start of ${name}`);
 const record = (name) => deadline(page.evaluate((n) => window.record(n), name), `record of ${name}`);
-const call = (name, method) =>
-  page.evaluate(([n, m]) => window.clients[n].client[m](), [name, method]);
+const call = (name, method) => deadline(
+  page.evaluate(([n, m]) => window.clients[n].client[m](), [name, method]), `${name}.${method}()`);
 
 /** Waits until `pred(record)` holds for client `name`; returns that record. */
 async function waitFor(name, what, pred, timeout = WAIT) {

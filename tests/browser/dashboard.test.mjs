@@ -73,7 +73,9 @@ async function waitForRows(expected) {
     assert.equal(await row.locator("td.lat").textContent(), p.lat.toFixed(5), `${id} lat cell`);
     assert.equal(await row.locator("td.lon").textContent(), p.lon.toFixed(5), `${id} lon cell`);
     if (p.speed !== undefined) {
-      assert.equal(await row.locator("td.speed").textContent(), String(p.speed), `${id} speed`);
+      // m/s on the wire, km/h with one decimal on the page.
+      assert.equal(await row.locator("td.speed").textContent(), `${(p.speed * 3.6).toFixed(1)} km/h`,
+        `${id} speed`);
     }
   }
 }
@@ -212,6 +214,43 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     }
   });
 
+  await t.test("the bare page lists the events; an event without positions says so", async () => {
+    await page.goto(`http://${server.http}/`);
+    await page.locator('#event-list li[data-event="bt-race"]').waitFor({ timeout: WAIT });
+    const listed = await page.$$eval("#event-list li", (lis) => lis.map((li) => li.dataset.event));
+    assert.deepEqual(listed.sort(), ["bt-other", "bt-race", "bt-trail"]);
+    assert.match(await page.locator('#event-list li[data-event="bt-race"]').textContent(),
+      /^bt-race5 devices · updated \d+ (s|min \d+ s) ago$/);
+    assert.match(await page.locator('#event-list li[data-event="bt-other"]').textContent(), /1 device ·/);
+    await page.screenshot({ path: path.join(outDir, "dashboard-events.png") });
+    // Picked from the list: one device, one position, said in the singular.
+    await page.click('#event-list li[data-event="bt-other"] button');
+    await waitForRows({ "x-1": { lat: 1, lon: 1 } });
+    assert.equal(await page.locator("#event-list").isHidden(), true);
+    assert.match(page.url(), /[?&]event=bt-other(&|$)/);
+    assert.equal(await page.locator("#event").inputValue(), "bt-other");
+    assert.equal(await page.locator(".stats").innerText().then((t) => t.replace(/\s+/g, " ").trim()),
+      `${await page.locator("#rate").textContent()} msg/s 1 device 1 position`);
+    // A typed event nobody posts to: the page says so and offers the
+    // others; the counters start over.
+    await page.fill("#event", "bt-nothing");
+    await page.press("#event", "Enter");
+    await page.waitForFunction(() => {
+      const list = document.getElementById("event-list");
+      return !list.hidden && list.dataset.emptyEvent === "bt-nothing" && list.querySelectorAll("li").length === 3;
+    }, null, { timeout: WAIT });
+    assert.match(await page.locator("#event-list p").textContent(), /No positions in event bt-nothing yet/);
+    assert.equal(await page.locator("#total").textContent(), "0");
+    assert.equal(await page.locator("#device-count").textContent(), "0");
+    // Its first position replaces the list with the device.
+    await ingest(server, [{ eventId: "bt-nothing", deviceId: "n-1", lat: 46.5, lon: 6.6, ts: Date.now() }]);
+    await waitForRows({ "n-1": { lat: 46.5, lon: 6.6 } });
+    assert.equal(await page.locator("#event-list").isHidden(), true);
+    await page.goto(`http://${server.http}/?event=${event}`);
+    await waitForState("connected");
+    await waitForRows({ "d-2": { lat: 46.508, lon: 6.633333, speed: 8 } });
+  });
+
   await t.test("reconnects and resubscribes after a server restart", async () => {
     const { wsPort, httpPort } = server;
     await stopServer(server);
@@ -267,6 +306,30 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     await waitForTrails({ "s-1": 4 });
     assert.equal(await page.locator("#errors li").count(), 0, "nothing refused");
     assert.equal(await stateOf(), "connected");
+    await stopServer(server);
+  });
+
+  await t.test("a page on another host name: the Origin rule says so, on the page and in the log", async () => {
+    server = await startServer();
+    // localhost and 127.0.0.1 are the same machine, but not the same host
+    // name: the Origin rule (mode none) refuses the upgrade, which the
+    // page sees as a bare 1006.
+    await page.goto(`http://localhost:${server.httpPort}/?event=${event}&ws=ws://127.0.0.1:${server.wsPort}/`);
+    await waitForState("refused");
+    const detail = await page.locator("#state-detail").textContent();
+    assert.match(detail, /Origin rule/);
+    assert.match(detail, /LIVE_WS_ALLOWED_ORIGINS/);
+    await page.waitForTimeout(1500);
+    assert.equal(await stateOf(), "refused", "no retry loop: only the configuration can change it");
+    const deadline = Date.now() + WAIT;
+    while (!/WARN.*refused by the Origin rule.*LIVE_WS_ALLOWED_ORIGINS/.test(server.stderr)) {
+      assert.ok(Date.now() < deadline, `no warning in the log:\n${server.stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // Told apart from "log in again" and from "server down": the same page
+    // on the WebSocket URL's host name connects.
+    await page.goto(`http://127.0.0.1:${server.httpPort}/?event=${event}`);
+    await waitForState("connected");
     await stopServer(server);
   });
 

@@ -129,12 +129,14 @@ export async function ingest(server, positions) {
 
 /**
  * Launches headless Chromium with a fresh profile under `scratch`;
- * returns the context.
+ * returns the context. `options` go to Playwright's context (e.g.
+ * ignoreHTTPSErrors for a test's self-signed certificate).
  */
-export async function launchBrowser(name) {
+export async function launchBrowser(name, options = {}) {
   const profile = path.join(scratch, name);
   // Playwright passes the fresh profile as --user-data-dir itself.
   return chromium.launchPersistentContext(profile, {
+    ...options,
     executablePath: chromiumPath,
     headless: true,
     viewport: { width: 1280, height: 760 },

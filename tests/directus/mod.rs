@@ -829,3 +829,29 @@ fn revalidation_ends_a_subscription_directus_no_longer_allows() {
     let p = a.recv_position();
     assert_eq!((p["eventId"].as_str(), seq_of(&p)), (Some("e-1"), 2), "nothing of e-2: {p}");
 }
+
+/// The event list (`{"type":"events"}`) holds only the events the Directus
+/// user may read, each authorized as a subscribe is (and cached alike).
+#[test]
+fn the_event_list_holds_the_events_the_user_may_read() {
+    let fake = Fake::start();
+    fake.token("tok-a", "u-a");
+    fake.grant("u-a", &["e-1", "e-3"]);
+    let srv = directus_server(&fake.url(), |_| {});
+    srv.ingest_ok(&json!([pos("e-1", "d-1", 0), pos("e-2", "d-2", 0), pos("e-3", "d-3", 0)]));
+    let mut a = srv.connect_with("/", &[("Authorization", "Bearer tok-a")]).expect("connect");
+    a.send_json(&json!({"type": "events"}));
+    let answer = a.recv_type("events");
+    let mut ids: Vec<&str> = answer["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["eventId"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["e-1", "e-3"], "{answer}");
+    assert_eq!(fake.requests(Route::Events).len(), 3, "one authorization per event");
+    a.send_json(&json!({"type": "events"}));
+    a.recv_type("events");
+    assert_eq!(fake.requests(Route::Events).len(), 3, "decisions are cached");
+}

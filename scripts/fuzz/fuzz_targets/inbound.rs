@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                     return;
                 }
+                Inbound::Events => return,
             };
             assert!(!event_id.is_empty(), "empty eventId accepted");
             assert!(event_id.chars().count() <= MAX_EVENT_ID_CHARS, "long eventId accepted");
