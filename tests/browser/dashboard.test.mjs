@@ -22,7 +22,7 @@ import { copyFileSync, existsSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import {
   WAIT, bin, chromiumPath, cleanUp, httpScheme, ingest, launchBrowser, outDir, root, scratch,
-  startServer, stopServer, tls,
+  startServer, stopServer, tls, wsScheme,
 } from "./support.mjs";
 
 /** `steps` positions of one device on a gentle arc ending at `to`. */
@@ -215,7 +215,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
   });
 
   await t.test("the bare page lists the events; an event without positions says so", async () => {
-    await page.goto(`http://${server.http}/`);
+    await page.goto(`${httpScheme}://${server.http}/`);
     await page.locator('#event-list li[data-event="bt-race"]').waitFor({ timeout: WAIT });
     const listed = await page.$$eval("#event-list li", (lis) => lis.map((li) => li.dataset.event));
     assert.deepEqual(listed.sort(), ["bt-other", "bt-race", "bt-trail"]);
@@ -246,7 +246,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     await ingest(server, [{ eventId: "bt-nothing", deviceId: "n-1", lat: 46.5, lon: 6.6, ts: Date.now() }]);
     await waitForRows({ "n-1": { lat: 46.5, lon: 6.6 } });
     assert.equal(await page.locator("#event-list").isHidden(), true);
-    await page.goto(`http://${server.http}/?event=${event}`);
+    await page.goto(`${httpScheme}://${server.http}/?event=${event}`);
     await waitForState("connected");
     await waitForRows({ "d-2": { lat: 46.508, lon: 6.633333, speed: 8 } });
   });
@@ -314,7 +314,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     // localhost and 127.0.0.1 are the same machine, but not the same host
     // name: the Origin rule (mode none) refuses the upgrade, which the
     // page sees as a bare 1006.
-    await page.goto(`http://localhost:${server.httpPort}/?event=${event}&ws=ws://127.0.0.1:${server.wsPort}/`);
+    await page.goto(`${httpScheme}://localhost:${server.httpPort}/?event=${event}&ws=${wsScheme}://127.0.0.1:${server.wsPort}/`);
     await waitForState("refused");
     const detail = await page.locator("#state-detail").textContent();
     assert.match(detail, /Origin rule/);
@@ -328,7 +328,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     }
     // Told apart from "log in again" and from "server down": the same page
     // on the WebSocket URL's host name connects.
-    await page.goto(`http://127.0.0.1:${server.httpPort}/?event=${event}`);
+    await page.goto(`${httpScheme}://127.0.0.1:${server.httpPort}/?event=${event}`);
     await waitForState("connected");
     await stopServer(server);
   });
@@ -338,7 +338,9 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     assert.match(server.demoUrl, new RegExp(`^${httpScheme}://${server.http}/\\?event=demo-marathon$`));
     await page.goto(server.demoUrl);
     await waitForState("connected");
-    const runners = ["runner-1", "runner-4", "runner-7", "runner-10"];
+    // runner-4 reports as the OwnTracks app would (user "demo"), so its id
+    // is "demo/runner-4"; the others post to /ingest or as Traccar Client.
+    const runners = ["demo/runner-4", "runner-1", "runner-7", "runner-10"];
     await page.waitForFunction((n) => document.querySelectorAll("#devices tbody tr").length === n,
       runners.length, { timeout: WAIT });
     assert.deepEqual(await rowIds(), runners);
@@ -352,7 +354,7 @@ test("dashboard in headless Chromium", { timeout: 180_000 }, async (t) => {
     // draw trails worth seeing within seconds.
     await page.fill("#event", "demo-rally");
     await page.press("#event", "Enter");
-    const cars = ["car-3", "car-6", "car-9", "car-12"];
+    const cars = ["car-3", "car-6", "car-9", "demo/car-12"]; // car-12: OwnTracks
     await page.waitForFunction((n) => document.querySelectorAll("#devices tbody tr").length === n,
       cars.length, { timeout: WAIT });
     assert.deepEqual(await rowIds(), cars);

@@ -136,11 +136,12 @@ export async function launchBrowser(name, options = {}) {
   const profile = path.join(scratch, name);
   // Playwright passes the fresh profile as --user-data-dir itself.
   return chromium.launchPersistentContext(profile, {
+    // A test's own option (nginx's self-signed pair) wins over TLS mode's.
+    ignoreHTTPSErrors: tls,
     ...options,
     executablePath: chromiumPath,
     headless: true,
     viewport: { width: 1280, height: 760 },
-    ignoreHTTPSErrors: tls,
     args: [
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
