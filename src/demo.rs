@@ -369,30 +369,6 @@ impl Reporter {
 /// The user name of the demo's OwnTracks devices.
 const OWNTRACKS_USER: &str = "demo";
 
-/// `ms` since the epoch as `yyyy-MM-ddTHH:mm:ss.SSSZ`.
-fn iso8601(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // H. Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
 /// Standard base64 with padding, for a Basic `Authorization`.
 fn base64(text: &str) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -653,7 +629,7 @@ impl Device {
         let (lat, lon, heading, speed) = self.fix();
         json!({
             "location": {
-                "timestamp": iso8601(ts),
+                "timestamp": crate::logging::rfc3339_ms(ts),
                 "coords": {
                     "latitude": lat,
                     "longitude": lon,
@@ -828,9 +804,9 @@ mod tests {
 
     #[test]
     fn iso8601_and_base64() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(1_749_995_112_862), "2025-06-15T13:45:12.862Z");
-        assert_eq!(iso8601(1_709_208_000_001), "2024-02-29T12:00:00.001Z");
+        assert_eq!(crate::logging::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(crate::logging::rfc3339_ms(1_749_995_112_862), "2025-06-15T13:45:12.862Z");
+        assert_eq!(crate::logging::rfc3339_ms(1_709_208_000_001), "2024-02-29T12:00:00.001Z");
         assert_eq!(base64("demo:s3cret"), "ZGVtbzpzM2NyZXQ=");
         assert_eq!(base64("ab"), "YWI=");
         assert_eq!(base64("abc"), "YWJj");

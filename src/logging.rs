@@ -94,7 +94,12 @@ pub(crate) fn json_error_at(e: &serde_json::Error) -> String {
 /// Now as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 fn rfc3339_now() -> String {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = i64::try_from(d.as_secs()).unwrap_or(0);
+    rfc3339_ms(u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+/// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC).
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    let secs = i64::try_from(ms / 1000).unwrap_or(0);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // H. Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -111,7 +116,7 @@ fn rfc3339_now() -> String {
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        d.subsec_millis()
+        ms % 1000
     )
 }
 
