@@ -809,13 +809,7 @@ pub(crate) fn read_with_deadline<S: TimedRead + ?Sized>(
             Ok(n) => return Ok(n),
             // A timed-out read is `WouldBlock` on Unix, `TimedOut` elsewhere
             // (as ureq's `normalize_would_block`); the loop checks the clock.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_timeout_or_interrupt(&e) => {}
             Err(e) => return Err(ReadFail::Io(e)),
         }
     }
@@ -988,6 +982,16 @@ impl fmt::Debug for HeaderNames<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.0.iter().map(|(name, _)| name)).finish()
     }
+}
+
+/// Whether a socket call with a timeout just timed out (or was
+/// interrupted): the caller checks its deadline and tries again. A timed-out
+/// call is `WouldBlock` on Unix, `TimedOut` elsewhere.
+pub(crate) fn is_timeout_or_interrupt(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 #[cfg(test)]

@@ -43,8 +43,8 @@ use prometheus::IntCounterVec;
 use crate::accept::{Acceptor, Admission, Port, Refusal, Rules, Slot};
 use crate::http_codec::{
     BodyLimits, ConnectionHeader, Framing, HeadError, READ_CHUNK, ReadFail, Request, RequestHead,
-    Response, encode_response, framing, has_token, read_append, read_body, read_head_buffered,
-    read_with_deadline, wants_keep_alive,
+    Response, encode_response, framing, has_token, is_timeout_or_interrupt, read_append, read_body,
+    read_head_buffered, read_with_deadline, wants_keep_alive,
 };
 use crate::proxy::{HostRule, TrustedProxies};
 use crate::thread::spawn_named;
@@ -571,15 +571,8 @@ fn write_all_by(stream: &mut Stream, mut bytes: &[u8], deadline: Instant) -> io:
             Ok(0) if bytes.is_empty() => flushed = true,
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
-            // A timed-out write is `WouldBlock` on Unix; the loop checks
-            // the clock.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
+            // The loop checks the clock.
+            Err(e) if is_timeout_or_interrupt(&e) => {}
             Err(e) => return Err(e),
         }
     }
